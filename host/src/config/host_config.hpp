@@ -1,0 +1,109 @@
+// The host's configuration: what config/grapevine.yaml holds, after
+// validation, defaults and command-line overrides.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "config/diagnostic.hpp"
+
+namespace gv::config {
+
+struct ServerConfig {
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 8080;
+  unsigned io_threads = 0;  // 0: one per core
+};
+
+struct LimitsConfig {
+  size_t header_bytes = 8 * 1024;
+  size_t body_bytes = 1024 * 1024;
+  std::chrono::milliseconds request_timeout{30000};
+  std::chrono::milliseconds idle_timeout{60000};
+  size_t max_connections = 10000;
+  unsigned json_depth = 32;
+};
+
+struct WebSocketConfig {
+  size_t max_message_bytes = 64 * 1024;
+  size_t send_queue_messages = 256;
+  size_t max_in_flight = 32;  // operations one socket may have running
+  std::chrono::milliseconds ping_interval{30000};  // dead peer after 2x
+  std::chrono::milliseconds handshake_timeout{10000};
+  std::vector<std::string> allowed_origins;  // "*" allows any
+};
+
+struct WorkersConfig {
+  unsigned threads = 0;  // 0: one per core
+  size_t queue_limit = 1024;
+};
+
+struct AuthKey {
+  std::string kid;
+  std::string alg;  // "HS256" or "EdDSA"
+  std::string secret;            // HS256: the shared secret
+  std::string secret_file;       // HS256: file holding it (made if absent and generate)
+  bool generate = false;         // HS256: create secret_file with a random key
+  std::string public_key_file;   // EdDSA: PEM
+  std::string private_key_file;  // EdDSA: PEM, only on hosts that sign
+};
+
+struct AuthConfig {
+  std::string issuer = "grapevine";
+  std::string audience = "grapevine";
+  std::string signing_kid;  // empty: this host does not sign
+  std::chrono::seconds access_token_ttl{900};
+  std::chrono::seconds leeway{30};
+  std::vector<AuthKey> keys;
+};
+
+struct LogConfig {
+  std::string level = "info";  // debug, info, warn, error
+  bool access = true;          // one line per request
+};
+
+struct PluginEntry {
+  std::string name;
+  bool enabled = true;
+  bool optional = false;  // a failure to load is logged, not fatal
+  nlohmann::json config = nlohmann::json::object();
+  Mark mark;  // where the plugin's section starts, for diagnostics
+};
+
+struct HostConfig {
+  std::filesystem::path file;  // the YAML it came from
+  ServerConfig server;
+  LimitsConfig limits;
+  WebSocketConfig websocket;
+  WorkersConfig workers;
+  AuthConfig auth;
+  LogConfig log;
+  std::chrono::milliseconds shutdown_grace{10000};
+  std::filesystem::path data_dir = "data";
+  // "$ORIGIN" at the start stands for the folder of the grapevine binary.
+  std::vector<std::string> plugin_dirs = {"$ORIGIN/../lib/grapevine/plugins"};
+  std::vector<PluginEntry> plugins;  // in file order
+};
+
+// Command-line values that win over the file.
+struct Overrides {
+  std::string listen;    // "HOST:PORT", port 0 allowed
+  std::string data_dir;
+};
+
+// Reads, validates and applies overrides. Every problem found goes into
+// errors (file, line, key path, message); returns false when there is any.
+// Plugin sections are checked later, against each plugin's own schema.
+bool load_host_config(const std::filesystem::path& file,
+                      const Overrides& overrides, HostConfig* out,
+                      std::vector<Diagnostic>* errors);
+
+// The JSON Schema of the host's own keys (plugin sections excluded).
+const nlohmann::json& host_config_schema();
+
+}  // namespace gv::config
