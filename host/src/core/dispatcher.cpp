@@ -1,0 +1,156 @@
+#include "core/dispatcher.hpp"
+
+#include <strings.h>
+
+#include <charconv>
+
+#include "core/log.hpp"
+
+namespace gv {
+namespace {
+
+// Path and query parameters arrive as text; give them the JSON type the
+// schema asks for, so "?limit=20" validates against {"type":"integer"}.
+nlohmann::json coerce(const std::string& text, const nlohmann::json& prop) {
+  std::string type = prop.is_object() ? prop.value("type", "") : "";
+  if (type == "integer") {
+    int64_t v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec == std::errc() && end == text.data() + text.size()) return v;
+  } else if (type == "number") {
+    double v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec == std::errc() && end == text.data() + text.size()) return v;
+  } else if (type == "boolean") {
+    if (text == "true") return true;
+    if (text == "false") return false;
+  }
+  return text;  // the schema check names the field if it is wrong
+}
+
+int header_lookup(const gv_request_v1* req, const char* name, gv_str* value) {
+  const auto* call = static_cast<const Call*>(req->host_data);
+  if (!call || !name) return 0;
+  for (const auto& [k, v] : call->headers)
+    if (strcasecmp(k.c_str(), name) == 0) {
+      *value = gv_str{v.data(), v.size()};
+      return 1;
+    }
+  return 0;
+}
+
+}  // namespace
+
+bool Dispatcher::submit(std::shared_ptr<Call> call,
+                        std::function<void(Reply)> done) {
+  ++in_flight_;
+  bool queued = pool_.try_submit([this, call, done = std::move(done)] {
+    Reply reply = run(*call);
+    done(std::move(reply));
+    --in_flight_;
+  });
+  if (!queued) --in_flight_;
+  return queued;
+}
+
+Reply Dispatcher::run(Call& call) const {
+  if (auto denied = check_access(call)) return *denied;
+  if (auto bad = build_input(call)) return *bad;
+  auto violations = call.op->schema->validate(call.input);
+  if (!violations.empty()) {
+    nlohmann::json details = nlohmann::json::array();
+    for (const auto& v : violations)
+      details.push_back({{"field", v.pointer}, {"message", v.message}});
+    const auto& first = violations.front();
+    std::string where = first.pointer.empty() ? "input" : first.pointer.substr(1);
+    return Reply{400, error_body("invalid_input", where + ": " + first.message,
+                                 call.request_id, details)};
+  }
+  return invoke(call);
+}
+
+std::optional<Reply> Dispatcher::check_access(const Call& call) const {
+  const Operation& op = *call.op;
+  if (call.system || op.access == GV_ACCESS_ANYONE) return std::nullopt;
+  if (!call.identity)
+    return error_reply(401, "unauthorized",
+                       "this operation needs a valid access token",
+                       call.request_id);
+  if (op.access == GV_ACCESS_ROLE && !call.identity->has_role(op.role))
+    return error_reply(403, "forbidden",
+                       "this operation needs the role '" + op.role + "'",
+                       call.request_id);
+  return std::nullopt;
+}
+
+std::optional<Reply> Dispatcher::build_input(Call& call) const {
+  if (!call.body.empty()) {
+    if (!json_depth_within(call.body, json_depth_))
+      return error_reply(400, "invalid_json",
+                         "the body nests deeper than " +
+                             std::to_string(json_depth_) + " levels",
+                         call.request_id);
+    auto parsed = nlohmann::json::parse(call.body, nullptr, false);
+    if (parsed.is_discarded())
+      return error_reply(400, "invalid_json", "the body is not valid JSON",
+                         call.request_id);
+    if (!parsed.is_object())
+      return error_reply(400, "invalid_json", "the body must be a JSON object",
+                         call.request_id);
+    call.input = std::move(parsed);
+  }
+  const auto& props =
+      call.op->input_schema.value("properties", nlohmann::json::object());
+  for (const auto& [key, text] : call.params) {
+    if (call.input.contains(key))
+      return error_reply(400, "invalid_input",
+                         key + ": given more than once (path, query or body)",
+                         call.request_id);
+    call.input[key] = coerce(text, props.value(key, nlohmann::json()));
+  }
+  call.params.clear();
+  return std::nullopt;
+}
+
+Reply Dispatcher::invoke(Call& call) const {
+  const Operation& op = *call.op;
+  std::string input = call.input.dump(-1, ' ', false,
+                                      nlohmann::json::error_handler_t::replace);
+  std::string user_id, roles;
+  if (call.identity) {
+    user_id = call.identity->user_id;
+    roles = call.identity->roles_joined();
+  }
+  gv_request_v1 req{};
+  req.struct_size = sizeof req;
+  req.operation = {op.name.data(), op.name.size()};
+  req.request_id = {call.request_id.data(), call.request_id.size()};
+  req.input_json = {input.data(), input.size()};
+  req.user_id = {user_id.data(), user_id.size()};
+  req.roles = {roles.data(), roles.size()};
+  req.connection_id = call.connection_id;
+  req.header = &header_lookup;
+  req.host_data = &call;
+  gv_response response;
+  response.request_id = call.request_id;
+  gv_status rc = GV_ERR_INTERNAL;
+  try {
+    rc = op.handler(op.handler_ctx, &req, &response);
+  } catch (...) {  // a plugin that let an exception escape the ABI
+    rc = GV_ERR_INTERNAL;
+  }
+  if (rc == GV_OK && response.answered)
+    return Reply{response.status, std::move(response.body)};
+  log::error("operation failed",
+             {{"op", op.name}, {"plugin", op.plugin},
+              {"request_id", call.request_id}, {"code", static_cast<int>(rc)},
+              {"answered", response.answered}});
+  if (rc == GV_ERR_UNAVAILABLE)
+    return error_reply(503, "unavailable", "the operation is unavailable",
+                       call.request_id);
+  return error_reply(500, "internal",
+                     "the operation failed; quote the request id when reporting it",
+                     call.request_id);
+}
+
+}  // namespace gv

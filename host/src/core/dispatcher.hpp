@@ -1,0 +1,43 @@
+// Runs operations: checks who may call, builds and validates the input,
+// calls the plugin's handler on a worker thread, and turns whatever happens
+// into a Reply. The same path serves HTTP, WebSocket and in-process calls.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+
+#include "core/call.hpp"
+#include "core/metrics.hpp"
+#include "core/worker_pool.hpp"
+
+namespace gv {
+
+class Dispatcher {
+ public:
+  Dispatcher(WorkerPool& pool, unsigned json_depth)
+      : pool_(pool), json_depth_(json_depth) {}
+
+  // Queues call on the worker pool; done runs there with the reply. False
+  // when the queue is full: nothing was queued and done is never called.
+  bool submit(std::shared_ptr<Call> call, std::function<void(Reply)> done);
+
+  // Runs call on this thread (a worker, or a handler making a nested call).
+  Reply run(Call& call) const;
+
+  // Calls queued or running now; shutdown waits for this to reach zero.
+  int64_t in_flight() const { return in_flight_.load(); }
+
+  static constexpr int kMaxCallDepth = 8;
+
+ private:
+  std::optional<Reply> check_access(const Call& call) const;
+  std::optional<Reply> build_input(Call& call) const;
+  Reply invoke(Call& call) const;
+
+  WorkerPool& pool_;
+  unsigned json_depth_;
+  std::atomic<int64_t> in_flight_{0};
+};
+
+}  // namespace gv

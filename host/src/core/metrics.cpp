@@ -1,0 +1,87 @@
+#include "core/metrics.hpp"
+
+#include <cstdio>
+
+namespace gv {
+namespace {
+
+// Label values are operation names we chose; escape anyway, per the format.
+std::string label(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') { out += "\\n"; continue; }
+    out += c;
+  }
+  return out;
+}
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+}  // namespace
+
+void Metrics::observe_request(std::string_view op, int status, double seconds) {
+  std::lock_guard lock(mutex_);
+  auto it = ops_.find(op);
+  if (it == ops_.end()) it = ops_.emplace(std::string(op), OpStats{}).first;
+  OpStats& s = it->second;
+  ++s.by_status[status];
+  size_t i = 0;
+  while (i < kBuckets.size() && seconds > kBuckets[i]) ++i;
+  ++s.buckets[i];
+  s.sum += seconds;
+  ++s.count;
+}
+
+std::string Metrics::render() const {
+  std::string out;
+  out += "# HELP grapevine_requests_total Requests answered, by operation and status.\n";
+  out += "# TYPE grapevine_requests_total counter\n";
+  std::lock_guard lock(mutex_);
+  for (const auto& [op, s] : ops_)
+    for (const auto& [status, n] : s.by_status)
+      out += "grapevine_requests_total{op=\"" + label(op) + "\",status=\"" +
+             std::to_string(status) + "\"} " + std::to_string(n) + "\n";
+  out += "# HELP grapevine_request_duration_seconds Time from a request read to its answer.\n";
+  out += "# TYPE grapevine_request_duration_seconds histogram\n";
+  for (const auto& [op, s] : ops_) {
+    uint64_t cumulative = 0;
+    std::string name = "grapevine_request_duration_seconds";
+    for (size_t i = 0; i <= kBuckets.size(); ++i) {
+      cumulative += s.buckets[i];
+      std::string le = i < kBuckets.size() ? number(kBuckets[i]) : "+Inf";
+      out += name + "_bucket{op=\"" + label(op) + "\",le=\"" + le + "\"} " +
+             std::to_string(cumulative) + "\n";
+    }
+    out += name + "_sum{op=\"" + label(op) + "\"} " + number(s.sum) + "\n";
+    out += name + "_count{op=\"" + label(op) + "\"} " + std::to_string(s.count) + "\n";
+  }
+  auto gauge = [&out](const char* name, const char* help, const char* type,
+                      int64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
+           " " + type + "\n" + name + " " + std::to_string(v) + "\n";
+  };
+  gauge("grapevine_open_connections_http", "Open HTTP connections.", "gauge",
+        http_connections.load());
+  gauge("grapevine_open_connections_websocket", "Open WebSocket connections.",
+        "gauge", websocket_connections.load());
+  gauge("grapevine_worker_queue_depth", "Calls waiting for a worker thread.",
+        "gauge",
+        worker_queue_depth ? static_cast<int64_t>(worker_queue_depth()) : 0);
+  gauge("grapevine_plugin_load_failures_total",
+        "Plugins that failed to load or start.", "counter",
+        plugin_load_failures.load());
+  gauge("grapevine_websocket_slow_closes_total",
+        "WebSockets closed because their send queue was full.", "counter",
+        websocket_slow_closes.load());
+  gauge("grapevine_overload_rejections_total",
+        "Requests refused with 503 because a queue was full.", "counter",
+        rejected_overload.load());
+  return out;
+}
+
+}  // namespace gv

@@ -1,0 +1,48 @@
+// Process metrics in the Prometheus text format, served at /metrics.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace gv {
+
+class Metrics {
+ public:
+  // Counts one finished request of operation op (or route name such as
+  // "healthz") with its status and duration.
+  void observe_request(std::string_view op, int status, double seconds);
+
+  std::atomic<int64_t> http_connections{0};
+  std::atomic<int64_t> websocket_connections{0};
+  std::atomic<int64_t> plugin_load_failures{0};
+  std::atomic<int64_t> websocket_slow_closes{0};  // send queue overflowed
+  std::atomic<int64_t> rejected_overload{0};      // 503 for a full queue
+
+  // Read when rendering; set once before serving.
+  std::function<size_t()> worker_queue_depth;
+
+  std::string render() const;
+
+  static constexpr std::array<double, 14> kBuckets = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+      0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+
+ private:
+  struct OpStats {
+    std::map<int, uint64_t> by_status;
+    std::array<uint64_t, kBuckets.size() + 1> buckets{};  // last: +Inf
+    double sum = 0;
+    uint64_t count = 0;
+  };
+  mutable std::mutex mutex_;
+  std::map<std::string, OpStats, std::less<>> ops_;
+};
+
+}  // namespace gv

@@ -1,0 +1,217 @@
+// grapevine: the host binary. See `grapevine --help`.
+#include <grapevine/abi.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "auth/jwt.hpp"
+#include "config/host_config.hpp"
+#include "core/dispatcher.hpp"
+#include "core/hub.hpp"
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+#include "core/registry.hpp"
+#include "core/worker_pool.hpp"
+#include "net/server.hpp"
+#include "plugins/plugin_host.hpp"
+
+namespace {
+
+constexpr const char* kUsage =
+    R"(Usage: grapevine [OPTIONS]            run the server
+       grapevine --check-config [OPTIONS]  report every config error, run nothing
+       grapevine plugins [OPTIONS]         list installed plugins without running them
+       grapevine --version
+
+Options:
+  --config FILE      configuration (default: $GRAPEVINE_CONFIG, else
+                     /etc/grapevine/grapevine.yaml)
+  --listen HOST:PORT listen here instead of server.listen (port 0: any free
+                     port; the bound address is logged as "listening")
+  --data-dir DIR     keep data here instead of data_dir
+  --plugin-dir DIR   with 'plugins': look here (repeatable) instead of the
+                     config's plugin_dirs
+)";
+
+struct Args {
+  std::string command = "run";  // run, check, plugins, version, help
+  std::string config;
+  gv::config::Overrides overrides;
+  std::vector<std::string> plugin_dirs;
+};
+
+bool parse_args(int argc, char** argv, Args* args, std::string* error) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) {
+        *error = a + " needs a value";
+        return false;
+      }
+      *out = argv[++i];
+      return true;
+    };
+    if (a == "plugins" && i == 1) args->command = "plugins";
+    else if (a == "--check-config") args->command = "check";
+    else if (a == "--version") args->command = "version";
+    else if (a == "--help" || a == "-h") args->command = "help";
+    else if (a == "--config") { if (!value(&args->config)) return false; }
+    else if (a == "--listen") { if (!value(&args->overrides.listen)) return false; }
+    else if (a == "--data-dir") { if (!value(&args->overrides.data_dir)) return false; }
+    else if (a == "--plugin-dir") {
+      std::string d;
+      if (!value(&d)) return false;
+      args->plugin_dirs.push_back(d);
+    } else {
+      *error = "unknown argument '" + a + "'";
+      return false;
+    }
+  }
+  if (args->config.empty()) {
+    const char* env = std::getenv("GRAPEVINE_CONFIG");
+    args->config = env && *env ? env : "/etc/grapevine/grapevine.yaml";
+  }
+  return true;
+}
+
+int list_plugins(const Args& args) {
+  std::vector<std::string> dirs = args.plugin_dirs;
+  if (dirs.empty()) {
+    gv::config::HostConfig cfg;
+    std::vector<gv::config::Diagnostic> errors;
+    if (std::filesystem::exists(args.config) &&
+        gv::config::load_host_config(args.config, args.overrides, &cfg, &errors))
+      dirs = cfg.plugin_dirs;
+    else
+      dirs = gv::config::HostConfig{}.plugin_dirs;
+  }
+  auto found = gv::plugins::list_installed(gv::plugins::resolve_plugin_dirs(dirs));
+  std::printf("%-16s %-10s %-6s %-24s %s\n", "NAME", "VERSION", "ABI", "DEPENDS", "PATH");
+  for (const auto& p : found) {
+    if (!p.problem.empty() && p.manifest.name.empty()) {
+      std::printf("%-16s %-10s %-6s %-24s %s  (%s)\n", "-", "-", "-", "-",
+                  p.file.c_str(), p.problem.c_str());
+      continue;
+    }
+    std::string deps;
+    for (const auto& d : p.manifest.depends) deps += (deps.empty() ? "" : ",") + d;
+    std::string abi = std::to_string(p.manifest.abi_major) + "." +
+                      std::to_string(p.manifest.abi_minor);
+    std::printf("%-16s %-10s %-6s %-24s %s%s%s\n", p.manifest.name.c_str(),
+                p.manifest.version.c_str(), abi.c_str(), deps.empty() ? "-" : deps.c_str(),
+                p.file.c_str(), p.problem.empty() ? "" : "  ",
+                p.problem.empty() ? "" : ("(" + p.problem + ")").c_str());
+  }
+  if (found.empty()) std::printf("(no plugins found)\n");
+  return 0;
+}
+
+// Exit codes: 0 clean stop, 1 start-up failure, 2 bad config or arguments.
+int run(const Args& args) {
+  gv::config::HostConfig cfg;
+  std::vector<gv::config::Diagnostic> problems;
+  if (!gv::config::load_host_config(args.config, args.overrides, &cfg, &problems)) {
+    for (const auto& p : problems) std::fprintf(stderr, "%s\n", p.to_string().c_str());
+    std::fprintf(stderr, "grapevine: %zu config error(s); nothing was started\n",
+                 problems.size());
+    return 2;
+  }
+  gv::log::set_level(gv::log::parse_level(cfg.log.level));
+  gv::Metrics metrics;
+  gv::Registry registry;
+  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  gv::WorkerPool pool(cfg.workers.threads ? cfg.workers.threads : cores,
+                      cfg.workers.queue_limit);
+  metrics.worker_queue_depth = [&pool] { return pool.depth(); };
+  gv::Dispatcher dispatcher(pool, cfg.limits.json_depth);
+  gv::Hub hub;
+
+  std::unique_ptr<gv::auth::KeySet> keys;
+  if (args.command != "check") {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.data_dir, ec);
+    if (ec) {
+      std::fprintf(stderr, "grapevine: data_dir %s: %s\n", cfg.data_dir.c_str(),
+                   ec.message().c_str());
+      return 1;
+    }
+    if (!cfg.auth.keys.empty()) {
+      std::string error;
+      keys = gv::auth::KeySet::load(cfg.auth, cfg.data_dir, &error);
+      if (!keys) {
+        std::fprintf(stderr, "grapevine: %s\n", error.c_str());
+        return 1;
+      }
+    }
+  }
+  gv::plugins::HostServices services{&cfg, &registry, &dispatcher, &hub, &metrics,
+                                     keys.get()};
+  gv::plugins::PluginHost plugins(services);
+
+  if (args.command == "check") {
+    plugins.check(&problems);
+    for (const auto& p : problems) std::fprintf(stderr, "%s\n", p.to_string().c_str());
+    if (!problems.empty()) {
+      std::fprintf(stderr, "grapevine: %zu config error(s)\n", problems.size());
+      return 2;
+    }
+    std::printf("%s: configuration is valid\n", args.config.c_str());
+    return 0;
+  }
+
+  std::vector<std::string> errors;
+  if (!plugins.load(&errors) || !plugins.start(&errors)) {
+    for (const auto& e : errors) {
+      std::fprintf(stderr, "grapevine: %s\n", e.c_str());
+      gv::log::error("start-up failed", {{"reason", e}});
+    }
+    return 1;
+  }
+  std::atomic<bool> ready{false};
+  gv::net::Server server({&cfg, &registry, &dispatcher, &hub, &metrics, keys.get(),
+                          [&ready] { return ready.load(); }});
+  std::string error;
+  if (!server.listen(&error)) {
+    std::fprintf(stderr, "grapevine: %s\n", error.c_str());
+    plugins.stop();
+    return 1;
+  }
+  ready = true;
+  gv::log::info("listening", {{"address", server.address()},
+                              {"plugins", plugins.names()},
+                              {"operations", registry.size()},
+                              {"version", GRAPEVINE_VERSION}});
+  server.run();
+  plugins.stop();
+  pool.stop();
+  gv::log::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  std::string error;
+  if (!parse_args(argc, argv, &args, &error)) {
+    std::fprintf(stderr, "grapevine: %s\n%s", error.c_str(), kUsage);
+    return 2;
+  }
+  if (args.command == "help") {
+    std::printf("%s", kUsage);
+    return 0;
+  }
+  if (args.command == "version") {
+    std::printf("grapevine %s (plugin ABI %d.%d)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR,
+                GV_ABI_MINOR);
+    return 0;
+  }
+  if (args.command == "plugins") return list_plugins(args);
+  return run(args);
+}

@@ -1,0 +1,414 @@
+// One HTTP/1.1 connection: read a request, answer it (directly for the
+// host's own endpoints, through the worker pool for operations), repeat
+// while keep-alive holds. Runs on one single-threaded io_context, so no
+// strand is needed; worker results are posted back to it.
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/url_view.hpp>
+
+#include "core/call.hpp"
+#include "core/log.hpp"
+#include "core/request_id.hpp"
+#include "net/sessions.hpp"
+
+namespace gv::net {
+namespace {
+
+struct Answer {
+  http::status status = http::status::ok;
+  std::string body;
+  std::string content_type = "application/json";
+  std::string allow;        // for 405
+  bool retry_after = false; // for 503
+  bool www_authenticate = false;
+};
+
+Answer error_answer(int status, std::string_view code, std::string_view msg,
+                    std::string_view request_id) {
+  Answer a;
+  a.status = static_cast<http::status>(status);
+  a.body = error_body(code, msg, request_id);
+  return a;
+}
+
+class HttpSession : public Drainable,
+                    public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(tcp::socket socket, std::shared_ptr<ServerState> state)
+      : stream_(std::move(socket)), state_(std::move(state)),
+        limits_(state_->deps.config->limits) {}
+
+  ~HttpSession() override {
+    if (tracked_) state_->untrack(track_id_);
+    if (counted_) {
+      --state_->connections;
+      --state_->deps.metrics->http_connections;
+    }
+  }
+
+  void start() {
+    track_id_ = state_->track(weak_from_this());
+    tracked_ = true;
+    counted_ = true;
+    ++state_->deps.metrics->http_connections;
+    if (++state_->connections >
+        static_cast<int64_t>(limits_.max_connections)) {
+      begin_request();
+      method_ = "-";
+      keep_alive_ = false;
+      send(error_answer(503, "overloaded", "too many open connections",
+                        request_id_), true);
+      return;
+    }
+    read_header();
+  }
+
+  void drain() override {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (!self->busy_) self->close();
+    });
+  }
+
+ private:
+  void read_header() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(limits_.header_bytes));
+    parser_->body_limit(limits_.body_bytes);
+    stream_.expires_after(first_ ? limits_.request_timeout : limits_.idle_timeout);
+    http::async_read_header(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) {
+          self->on_header(ec);
+        });
+  }
+
+  void on_header(beast::error_code ec) {
+    first_ = false;
+    if (ec) return on_read_error(ec);
+    if (state_->draining) keep_alive_ = false;
+    auto& req = parser_->get();
+    if (beast::websocket::is_upgrade(req)) return upgrade();
+    auto length = parser_->content_length();
+    if (length && *length > limits_.body_bytes) return refuse_body();
+    if (req[http::field::expect] == "100-continue") {
+      auto cont = std::make_shared<http::response<http::empty_body>>(
+          http::status::continue_, req.version());
+      http::async_write(stream_, *cont,
+                        [self = shared_from_this(), cont](beast::error_code e, size_t) {
+                          if (e) return self->close();
+                          self->read_body();
+                        });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    stream_.expires_after(limits_.request_timeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                       if (ec) return self->on_read_error(ec);
+                       self->on_request();
+                     });
+  }
+
+  void on_read_error(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == beast::error::timeout || ec == asio::error::operation_aborted ||
+        ec == asio::error::connection_reset)
+      return close();
+    begin_request();
+    keep_alive_ = false;
+    if (ec == http::error::header_limit)
+      return send(error_answer(431, "headers_too_large",
+                               "request headers exceed " +
+                                   std::to_string(limits_.header_bytes) + " bytes",
+                               request_id_), true);
+    if (ec == http::error::body_limit) return refuse_body();
+    send(error_answer(400, "bad_request", "malformed HTTP request", request_id_), true);
+  }
+
+  void refuse_body() {
+    begin_request();
+    keep_alive_ = false;
+    send(error_answer(413, "body_too_large",
+                      "request body exceeds " +
+                          std::to_string(limits_.body_bytes) + " bytes",
+                      request_id_), true);
+  }
+
+  // Marks a request as started: counted until its answer is written.
+  void begin_request() {
+    if (busy_) return;
+    busy_ = true;
+    ++state_->active_requests;
+    started_ = std::chrono::steady_clock::now();
+    op_.clear();
+    if (parser_) {
+      auto& req = parser_->get();
+      request_id_ = request_id_from(req["X-Request-Id"]);
+      method_ = std::string(req.method_string());
+      path_ = std::string(req.target().substr(0, req.target().find('?')));
+    } else {
+      request_id_ = new_request_id();
+    }
+  }
+
+  void on_request() {
+    begin_request();
+    auto& req = parser_->get();
+    keep_alive_ = keep_alive_ && req.keep_alive() && !state_->draining;
+    auto url = boost::urls::parse_origin_form(req.target());
+    if (!url) {
+      op_ = "bad_target";
+      return send(error_answer(400, "bad_request", "malformed request target",
+                               request_id_), false);
+    }
+    std::string path = url->path();
+    if (auto a = host_endpoint(req.method(), path)) return send(*a, false);
+    operation(req, *url, path);
+  }
+
+  // /healthz, /readyz, /metrics, /api/v1/openapi.json: served on this
+  // thread, without plugins.
+  std::optional<Answer> host_endpoint(http::verb method, const std::string& path) {
+    bool get = method == http::verb::get || method == http::verb::head;
+    Answer a;
+    if (path == "/healthz") {
+      op_ = "healthz";
+      a.body = R"({"status":"ok"})";
+    } else if (path == "/readyz") {
+      op_ = "readyz";
+      bool ready = !state_->draining && state_->deps.ready && state_->deps.ready();
+      a.status = ready ? http::status::ok : http::status::service_unavailable;
+      a.body = ready ? R"({"status":"ready"})" : R"({"status":"not_ready"})";
+    } else if (path == "/metrics") {
+      op_ = "metrics";
+      a.content_type = "text/plain; version=0.0.4";
+      a.body = state_->deps.metrics->render();
+    } else if (path == "/api/v1/openapi.json") {
+      op_ = "openapi";
+      a.body = state_->openapi_json;
+    } else if (path == "/ws") {
+      op_ = "ws";
+      return error_answer(426, "upgrade_required",
+                          "/ws takes WebSocket upgrade requests only", request_id_);
+    } else {
+      return std::nullopt;
+    }
+    if (!get) {
+      Answer e = error_answer(405, "method_not_allowed",
+                              "use GET for " + path, request_id_);
+      e.allow = "GET, HEAD";
+      return e;
+    }
+    return a;
+  }
+
+  void operation(http::request<http::string_body>& req,
+                 const boost::urls::url_view& url, const std::string& path) {
+    const Operation* op = nullptr;
+    PathParams params;
+    std::string allowed;
+    switch (state_->deps.registry->route(req.method_string(), path, &op,
+                                         &params, &allowed)) {
+      case Registry::Match::no_path:
+        op_ = "not_found";
+        return send(error_answer(404, "not_found", "no such path: " + path.substr(0, 200),
+                                 request_id_), false);
+      case Registry::Match::no_method: {
+        op_ = "method_not_allowed";
+        Answer a = error_answer(405, "method_not_allowed",
+                                std::string(req.method_string()) + " is not allowed here",
+                                request_id_);
+        a.allow = allowed;
+        return send(a, false);
+      }
+      case Registry::Match::found: break;
+    }
+    op_ = op->name;
+    auto call = std::make_shared<Call>();
+    call->op = op;
+    call->request_id = request_id_;
+    call->params = std::move(params);
+    for (auto p : url.params()) {
+      for (const auto& [k, v] : call->params)
+        if (k == p.key)
+          return send(error_answer(400, "invalid_input",
+                                   p.key + ": given more than once", request_id_), false);
+      call->params.emplace_back(p.key, p.has_value ? p.value : std::string());
+    }
+    auto auth = req[http::field::authorization];
+    if (!auth.empty()) {
+      constexpr std::string_view bearer = "Bearer ";
+      TokenCheck check;
+      if (auth.size() <= bearer.size() ||
+          !beast::iequals(auth.substr(0, bearer.size()), bearer))
+        check.problem = "the Authorization header must be 'Bearer <token>'";
+      else
+        check = check_token(*state_, auth.substr(bearer.size()));
+      if (!check.identity) {
+        Answer a = error_answer(401, "invalid_token", check.problem, request_id_);
+        a.www_authenticate = true;
+        return send(a, false);
+      }
+      call->identity = std::move(check.identity);
+    }
+    for (const auto& field : req)
+      call->headers.emplace_back(std::string(field.name_string()),
+                                 std::string(field.value()));
+    call->body = std::move(req.body());
+    auto self = shared_from_this();
+    bool queued = state_->deps.dispatcher->submit(call, [self](Reply reply) {
+      asio::post(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
+        Answer a;
+        a.status = static_cast<http::status>(reply.status);
+        a.body = std::move(reply.body);
+        self->send(a, false);
+      });
+    });
+    if (!queued) {
+      ++state_->deps.metrics->rejected_overload;
+      Answer a = error_answer(503, "overloaded",
+                              "the server is busy; retry shortly", request_id_);
+      a.retry_after = true;
+      send(a, false);
+    }
+  }
+
+  void send(const Answer& a, bool close_after) {
+    auto res = std::make_shared<http::response<http::string_body>>(
+        a.status, parser_ ? parser_->get().version() : 11);
+    res->set(http::field::server, "grapevine");
+    res->set("X-Request-Id", request_id_);
+    if (!a.body.empty()) res->set(http::field::content_type, a.content_type);
+    if (!a.allow.empty()) res->set(http::field::allow, a.allow);
+    if (a.retry_after) res->set(http::field::retry_after, "1");
+    if (a.www_authenticate)
+      res->set(http::field::www_authenticate, "Bearer error=\"invalid_token\"");
+    bool head = parser_ && parser_->get().method() == http::verb::head;
+    res->body() = head ? std::string() : a.body;
+    res->prepare_payload();
+    if (head) res->content_length(a.body.size());
+    if (close_after || state_->draining) keep_alive_ = false;
+    res->keep_alive(keep_alive_);
+    stream_.expires_after(limits_.request_timeout);
+    http::async_write(stream_, *res,
+                      [self = shared_from_this(), res](beast::error_code ec, size_t) {
+                        self->on_write(ec, static_cast<int>(res->result_int()));
+                      });
+  }
+
+  void on_write(beast::error_code ec, int status) {
+    double secs = seconds_since(started_);
+    state_->deps.metrics->observe_request(op_.empty() ? "unknown" : op_, status, secs);
+    if (state_->deps.config->log.access)
+      log::access({request_id_, "http", method_, path_, op_, status, secs * 1000});
+    busy_ = false;
+    --state_->active_requests;
+    if (ec || !keep_alive_ || state_->draining) return close();
+    read_header();
+  }
+
+  void upgrade() {
+    auto& req = parser_->get();
+    begin_request();
+    op_ = "ws.upgrade";
+    keep_alive_ = false;
+    std::string target(req.target());
+    if (target.substr(0, target.find('?')) != "/ws")
+      return send(error_answer(404, "not_found", "WebSocket upgrades go to /ws",
+                               request_id_), true);
+    if (state_->draining)
+      return send(error_answer(503, "shutting_down", "the server is shutting down",
+                               request_id_), true);
+    const auto& origins = state_->deps.config->websocket.allowed_origins;
+    auto origin = req[http::field::origin];
+    if (!origin.empty() &&
+        std::find(origins.begin(), origins.end(), "*") == origins.end() &&
+        std::find(origins.begin(), origins.end(), std::string(origin)) == origins.end())
+      return send(error_answer(403, "origin_not_allowed",
+                               "origin not in websocket.allowed_origins", request_id_),
+                  true);
+    std::string token;
+    auto auth = req[http::field::authorization];
+    if (auth.size() > 7 && beast::iequals(auth.substr(0, 7), "Bearer "))
+      token = std::string(auth.substr(7));
+    else if (auto url = boost::urls::parse_origin_form(req.target()))
+      for (auto p : url->params())
+        if (p.key == "access_token") token = p.value;
+    std::optional<auth::Identity> identity;
+    if (!token.empty()) {
+      TokenCheck check = check_token(*state_, token);
+      if (!check.identity) {
+        Answer a = error_answer(401, "invalid_token", check.problem, request_id_);
+        a.www_authenticate = true;
+        return send(a, true);
+      }
+      identity = std::move(check.identity);
+    }
+    // The upgrade is logged here; the socket's own traffic is logged per op.
+    double secs = seconds_since(started_);
+    state_->deps.metrics->observe_request(op_, 101, secs);
+    if (state_->deps.config->log.access)
+      log::access({request_id_, "http", method_, path_, op_, 101, secs * 1000});
+    busy_ = false;
+    --state_->active_requests;
+    if (tracked_) state_->untrack(track_id_);
+    tracked_ = false;
+    counted_ = false;  // the WebSocket session counts the connection now
+    --state_->deps.metrics->http_connections;
+    stream_.expires_never();
+    start_websocket_session(std::move(stream_), parser_->release(), state_,
+                            std::move(identity));
+  }
+
+  void close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.socket().close(ec);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::shared_ptr<ServerState> state_;
+  const config::LimitsConfig& limits_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  uint64_t track_id_ = 0;
+  bool tracked_ = false, counted_ = false;
+  bool first_ = true, busy_ = false, keep_alive_ = true;
+  std::chrono::steady_clock::time_point started_;
+  std::string request_id_, method_, path_, op_;
+};
+
+}  // namespace
+
+void start_http_session(tcp::socket socket, std::shared_ptr<ServerState> state) {
+  std::make_shared<HttpSession>(std::move(socket), std::move(state))->start();
+}
+
+TokenCheck check_token(const ServerState& state, std::string_view token) {
+  TokenCheck check;
+  check.present = true;
+  if (!state.deps.keys) {
+    check.problem = "this host has no token keys configured";
+    return check;
+  }
+  auth::Identity id;
+  auth::VerifyError e = state.deps.keys->verify(token, &id);
+  if (e == auth::VerifyError::none)
+    check.identity = std::move(id);
+  else
+    check.problem = auth::describe(e);
+  return check;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace gv::net

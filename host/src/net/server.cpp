@@ -1,0 +1,143 @@
+// The listener and the process's I/O threads. Each I/O thread runs its own
+// single-threaded io_context; accepted sockets are dealt to them in turn,
+// so a connection never needs a strand.
+#include "net/server.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <thread>
+
+#include "core/log.hpp"
+#include "net/sessions.hpp"
+
+namespace gv::net {
+
+struct Server::Impl {
+  explicit Impl(ServerDeps deps) : state(std::make_shared<ServerState>()) {
+    state->deps = std::move(deps);
+    state->openapi_json =
+        state->deps.registry->openapi("Grapevine", GRAPEVINE_VERSION).dump();
+    unsigned n = state->deps.config->server.io_threads;
+    if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i)
+      contexts.push_back(std::make_unique<asio::io_context>(1));
+    acceptor.emplace(*contexts[0]);
+    signals.emplace(*contexts[0], SIGINT, SIGTERM);
+    drain_timer.emplace(*contexts[0]);
+  }
+
+  void accept() {
+    asio::io_context& next = *contexts[next_context++ % contexts.size()];
+    acceptor->async_accept(next, [this](beast::error_code ec, tcp::socket socket) {
+      if (ec) {
+        if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
+        // Out of file descriptors and the like: keep serving the others.
+        log::warn("accept failed", {{"error", ec.message()}});
+      } else {
+        socket.set_option(tcp::no_delay(true), ec);
+        start_http_session(std::move(socket), state);
+      }
+      accept();
+    });
+  }
+
+  void begin_drain(const char* why) {
+    if (state->draining.exchange(true)) return;
+    log::info("shutting down", {{"reason", why},
+                                {"in_flight", state->active_requests.load()}});
+    beast::error_code ec;
+    acceptor->close(ec);
+    signals->cancel(ec);
+    std::vector<std::shared_ptr<Drainable>> live;
+    {
+      std::lock_guard lock(state->sessions_mutex);
+      for (auto& [id, weak] : state->sessions)
+        if (auto s = weak.lock()) live.push_back(std::move(s));
+    }
+    for (auto& s : live) s->drain();
+    drain_deadline = std::chrono::steady_clock::now() + state->deps.config->shutdown_grace;
+    poll_drain();
+  }
+
+  void poll_drain() {
+    bool idle = state->active_requests == 0 &&
+                state->deps.dispatcher->in_flight() == 0 && state->tracked() == 0;
+    if (idle || std::chrono::steady_clock::now() >= drain_deadline) {
+      if (!idle)
+        log::warn("shutdown grace ran out",
+                  {{"in_flight", state->active_requests.load()},
+                   {"connections", state->tracked()}});
+      for (auto& c : contexts) c->stop();
+      return;
+    }
+    drain_timer->expires_after(std::chrono::milliseconds(20));
+    drain_timer->async_wait([this](beast::error_code) { poll_drain(); });
+  }
+
+  std::shared_ptr<ServerState> state;
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::optional<tcp::acceptor> acceptor;
+  std::optional<asio::signal_set> signals;
+  std::optional<asio::steady_timer> drain_timer;
+  std::chrono::steady_clock::time_point drain_deadline;
+  size_t next_context = 0;
+  std::string bound;
+};
+
+Server::Server(ServerDeps deps) : impl_(std::make_unique<Impl>(std::move(deps))) {}
+Server::~Server() = default;
+
+bool Server::listen(std::string* error) {
+  const auto& sc = impl_->state->deps.config->server;
+  beast::error_code ec;
+  auto address = asio::ip::make_address(sc.listen_host, ec);
+  if (ec) {
+    *error = "server.listen: '" + sc.listen_host + "' is not an IP address";
+    return false;
+  }
+  tcp::endpoint endpoint(address, sc.listen_port);
+  auto& acc = *impl_->acceptor;
+  acc.open(endpoint.protocol(), ec);
+  if (!ec) acc.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acc.bind(endpoint, ec);
+  if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    *error = "cannot listen on " + sc.listen_host + ":" +
+             std::to_string(sc.listen_port) + ": " + ec.message();
+    return false;
+  }
+  auto local = acc.local_endpoint();
+  std::string host = local.address().to_string();
+  if (local.address().is_v6()) host = "[" + host + "]";
+  impl_->bound = host + ":" + std::to_string(local.port());
+  return true;
+}
+
+std::string Server::address() const { return impl_->bound; }
+
+void Server::run() {
+  Impl& impl = *impl_;
+  impl.signals->async_wait([&impl](beast::error_code ec, int sig) {
+    if (!ec) impl.begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  });
+  impl.accept();
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < impl.contexts.size(); ++i)
+    threads.emplace_back([&impl, i] {
+      auto guard = asio::make_work_guard(*impl.contexts[i]);
+      impl.contexts[i]->run();
+    });
+  {
+    auto guard = asio::make_work_guard(*impl.contexts[0]);
+    impl.contexts[0]->run();
+  }
+  for (auto& t : threads) t.join();
+}
+
+void Server::stop() {
+  asio::post(*impl_->contexts[0], [this] { impl_->begin_drain("stop requested"); });
+}
+
+}  // namespace gv::net

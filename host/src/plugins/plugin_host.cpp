@@ -1,0 +1,267 @@
+#include "plugins/plugin_host.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/dll/shared_library.hpp>
+#include <map>
+
+#include "core/log.hpp"
+#include "plugins/host_api.hpp"
+
+namespace gv::plugins {
+
+namespace fs = std::filesystem;
+
+struct PluginHost::Loaded {
+  Manifest manifest;
+  const gv_plugin_v1* descriptor = nullptr;
+  void* state = nullptr;
+  gv_host context;
+  bool started = false;
+};
+
+namespace {
+
+fs::path exe_dir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::current_path() : exe.parent_path();
+}
+
+std::string where(const config::HostConfig& cfg, const config::PluginEntry& e) {
+  std::string s = cfg.file.string();
+  if (e.mark.line > 0)
+    s += ":" + std::to_string(e.mark.line) + ":" + std::to_string(e.mark.column);
+  return s;
+}
+
+// Boost.DLL loads with RTLD_LOCAL so plugins cannot see each other's
+// symbols. The library object is leaked on purpose: a plugin is never
+// unloaded, not even at exit, where its threads or thread_locals may live.
+const gv_plugin_v1* load_entry(const fs::path& file, std::string* error) {
+  namespace dll = boost::dll;
+  boost::dll::fs::error_code ec;
+  auto* lib = new dll::shared_library(
+      file, dll::load_mode::rtld_local | dll::load_mode::rtld_now, ec);
+  if (ec || !lib->is_loaded()) {
+    *error = "cannot load: " + ec.message();
+    delete lib;
+    return nullptr;
+  }
+  if (!lib->has(GV_ENTRY_SYMBOL)) {
+    *error = std::string("no entry point ") + GV_ENTRY_SYMBOL + " exported";
+    return nullptr;
+  }
+  auto entry = lib->get<const gv_plugin_v1*()>(GV_ENTRY_SYMBOL);
+  const gv_plugin_v1* d = entry();
+  if (!d || d->magic != GV_PLUGIN_MAGIC || d->struct_size < sizeof(gv_plugin_v1) ||
+      d->abi_major != GV_ABI_MAJOR || d->abi_minor > GV_ABI_MINOR ||
+      !d->create || !d->start || !d->stop || !d->destroy) {
+    *error = "the plugin's descriptor does not match its manifest or this host";
+    return nullptr;
+  }
+  return d;
+}
+
+}  // namespace
+
+std::vector<fs::path> resolve_plugin_dirs(const std::vector<std::string>& dirs) {
+  std::vector<fs::path> out;
+  for (const auto& d : dirs) {
+    if (d.rfind("$ORIGIN", 0) == 0)
+      out.push_back((exe_dir().string() + d.substr(7)));
+    else
+      out.emplace_back(d);
+  }
+  for (auto& p : out) p = p.lexically_normal();
+  return out;
+}
+
+std::vector<InstalledPlugin> list_installed(const std::vector<fs::path>& dirs) {
+  std::vector<InstalledPlugin> found;
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().extension() == ".so") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      InstalledPlugin p;
+      p.file = f;
+      std::string error;
+      if (!read_manifest(f, &p.manifest, &error))
+        p.problem = error;
+      else if (!check_abi(p.manifest, &error))
+        p.problem = error;
+      found.push_back(std::move(p));
+    }
+  }
+  return found;
+}
+
+PluginHost::PluginHost(HostServices services) : services_(services) {}
+
+PluginHost::~PluginHost() {
+  stop();
+  for (auto it = loaded_.rbegin(); it != loaded_.rend(); ++it)
+    if ((*it)->state) (*it)->descriptor->destroy((*it)->state);
+}
+
+bool PluginHost::prepare(const config::PluginEntry& entry,
+                         const std::vector<fs::path>& dirs, Manifest* out,
+                         std::vector<config::Diagnostic>* problems) const {
+  const config::HostConfig& cfg = *services_.config;
+  auto problem = [&](std::string path, std::string message) {
+    problems->push_back({cfg.file.string(), entry.mark, std::move(path),
+                         std::move(message)});
+    return false;
+  };
+  fs::path file;
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    if (fs::exists(dir / (entry.name + ".so"), ec)) {
+      file = dir / (entry.name + ".so");
+      break;
+    }
+  }
+  std::string key = "plugins." + entry.name;
+  if (file.empty()) {
+    std::string searched;
+    for (const auto& d : dirs) searched += (searched.empty() ? "" : ", ") + d.string();
+    return problem(key, "no " + entry.name + ".so in the plugin directories (" +
+                            searched + ")");
+  }
+  std::string error;
+  if (!read_manifest(file, out, &error))
+    return problem(key, file.string() + ": " + error);
+  if (!check_abi(*out, &error)) return problem(key, error);
+  if (out->name != entry.name)
+    return problem(key, file.string() + " is the plugin '" + out->name +
+                            "', not '" + entry.name + "'");
+  auto schema = JsonSchema::compile(strict_schema(out->config_schema), &error);
+  if (!schema)
+    return problem(key, file.string() + ": the plugin's config schema is invalid: " + error);
+  bool ok = true;
+  for (const auto& v : schema->validate(entry.config, 16)) {
+    std::string path = key + ".config";
+    for (char c : v.pointer) path += c == '/' ? '.' : c;
+    ok = problem(path, v.message);
+  }
+  return ok;
+}
+
+void PluginHost::check(std::vector<config::Diagnostic>* errors) const {
+  auto dirs = resolve_plugin_dirs(services_.config->plugin_dirs);
+  std::vector<Manifest> manifests;
+  for (const auto& entry : services_.config->plugins) {
+    if (!entry.enabled) continue;
+    Manifest m;
+    if (prepare(entry, dirs, &m, errors)) manifests.push_back(m);
+  }
+  std::string error;
+  if (!order_by_dependencies(manifests, &error))
+    errors->push_back({services_.config->file.string(), {}, "plugins", error});
+}
+
+void PluginHost::fail(const config::PluginEntry& entry, const std::string& message,
+                      std::vector<std::string>* errors) {
+  ++services_.metrics->plugin_load_failures;
+  if (entry.optional) {
+    log::warn("optional plugin left out", {{"plugin", entry.name}, {"reason", message}});
+    return;
+  }
+  errors->push_back(message);
+}
+
+bool PluginHost::load(std::vector<std::string>* errors) {
+  const config::HostConfig& cfg = *services_.config;
+  auto dirs = resolve_plugin_dirs(cfg.plugin_dirs);
+  std::vector<Manifest> manifests;
+  std::map<std::string, const config::PluginEntry*> entries;
+  for (const auto& entry : cfg.plugins) {
+    if (!entry.enabled) continue;
+    entries[entry.name] = &entry;
+    Manifest m;
+    std::vector<config::Diagnostic> problems;
+    if (prepare(entry, dirs, &m, &problems))
+      manifests.push_back(std::move(m));
+    else
+      for (const auto& p : problems) fail(entry, p.to_string(), errors);
+  }
+  if (!errors->empty()) return false;
+  std::string error;
+  if (!order_by_dependencies(manifests, &error)) {
+    errors->push_back(cfg.file.string() + ": " + error);
+    return false;
+  }
+  for (const auto& m : manifests) {
+    const config::PluginEntry& entry = *entries[m.name];
+    if (!create(entry, m, &error))
+      fail(entry, where(cfg, entry) + ": plugin " + m.name + " (" +
+                      m.file.string() + "): " + error, errors);
+  }
+  return errors->empty();
+}
+
+bool PluginHost::create(const config::PluginEntry& entry, const Manifest& manifest,
+                        std::string* error) {
+  for (const auto& dep : manifest.depends) {
+    auto names = this->names();
+    if (std::find(names.begin(), names.end(), dep) == names.end()) {
+      *error = "its dependency '" + dep + "' failed to load";
+      return false;
+    }
+  }
+  const gv_plugin_v1* d = load_entry(manifest.file, error);
+  if (!d) return false;
+  auto p = std::make_unique<Loaded>();
+  p->manifest = manifest;
+  p->descriptor = d;
+  p->context.plugin = manifest.name;
+  p->context.services = &services_;
+  std::string config = entry.config.dump();
+  p->context.creating = true;
+  gv_status rc = d->create(host_api(), &p->context,
+                           gv_str{config.data(), config.size()}, &p->state);
+  p->context.creating = false;
+  if (rc != GV_OK) {
+    services_.registry->remove_plugin(manifest.name);
+    *error = "create failed (status " + std::to_string(rc) + "); see the log above";
+    return false;
+  }
+  log::info("plugin loaded", {{"plugin", manifest.name},
+                              {"version", manifest.version},
+                              {"file", manifest.file.string()}});
+  loaded_.push_back(std::move(p));
+  return true;
+}
+
+bool PluginHost::start(std::vector<std::string>* errors) {
+  for (auto& p : loaded_) {
+    if (p->descriptor->start(p->state) != GV_OK) {
+      ++services_.metrics->plugin_load_failures;
+      errors->push_back("plugin " + p->manifest.name + ": start failed; see the log above");
+      return false;
+    }
+    p->started = true;
+  }
+  started_ = true;
+  return true;
+}
+
+void PluginHost::stop() {
+  for (auto it = loaded_.rbegin(); it != loaded_.rend(); ++it) {
+    if (!(*it)->started) continue;
+    (*it)->descriptor->stop((*it)->state);
+    (*it)->started = false;
+  }
+}
+
+std::vector<std::string> PluginHost::names() const {
+  std::vector<std::string> out;
+  for (const auto& p : loaded_) out.push_back(p->manifest.name);
+  return out;
+}
+
+}  // namespace gv::plugins
