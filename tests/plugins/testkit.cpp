@@ -1,0 +1,56 @@
+// A plugin for the end-to-end tests: operations that misbehave on purpose.
+#include <grapevine/sdk.hpp>
+
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+
+namespace {
+
+using grapevine::json;
+using grapevine::Request;
+using grapevine::Response;
+
+class TestKit : public grapevine::Plugin {
+ public:
+  explicit TestKit(grapevine::PluginContext& ctx) {
+    auto& r = ctx.registry();
+    r.add({.name = "testkit.throw", .http_method = "GET", .http_path = "/api/v1/testkit/throw"},
+          [](const Request&) -> Response { throw std::runtime_error("boom, on purpose"); });
+    r.add({.name = "testkit.slow",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/slow",
+           .input_schema = {{"type", "object"},
+                            {"properties", {{"ms", {{"type", "integer"}, {"minimum", 0}, {"maximum", 60000}}}}}}},
+          [](const Request& req) {
+            int ms = req.input().value("ms", 100);
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+            return Response({{"slept_ms", ms}});
+          });
+    r.add({.name = "testkit.error",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/error"},
+          [](const Request&) -> Response {
+            throw grapevine::Error::conflict("a conflict the plugin chose");
+          });
+    r.add({.name = "testkit.flood",
+           .input_schema = {{"type", "object"},
+                            {"properties", {{"count", {{"type", "integer"}, {"minimum", 1}, {"maximum", 100000}}}}}},
+           .access = grapevine::Access::signed_in},
+          [this](const Request& req) {
+            int n = req.input().value("count", 1000);
+            std::string payload(1000, 'x');
+            for (int i = 0; i < n; ++i)
+              service_->push_to_user(req.user_id(), "testkit.flood", {{"i", i}, {"pad", payload}});
+            return Response({{"pushed", n}});
+          });
+    service_.emplace(ctx.service());
+  }
+
+ private:
+  std::optional<grapevine::ServiceContext> service_;
+};
+
+}  // namespace
+
+GRAPEVINE_PLUGIN(TestKit, "testkit", "0.0.1", "", R"({"type":"object"})")
