@@ -25,7 +25,7 @@ class TestKit : public grapevine::Plugin {
           [](const Request& req) {
             int ms = req.input().value("ms", 100);
             std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-            return Response({{"slept_ms", ms}});
+            return Response(json{{"slept_ms", ms}});
           });
     r.add({.name = "testkit.error",
            .http_method = "GET",
@@ -42,7 +42,7 @@ class TestKit : public grapevine::Plugin {
             std::string payload(1000, 'x');
             for (int i = 0; i < n; ++i)
               service_->push_to_user(req.user_id(), "testkit.flood", {{"i", i}, {"pad", payload}});
-            return Response({{"pushed", n}});
+            return Response(json{{"pushed", n}});
           });
     service_.emplace(ctx.service());
   }

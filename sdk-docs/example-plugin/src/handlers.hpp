@@ -60,7 +60,7 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                 .summary = "Says who the caller is",
                 .access = Access::signed_in},
                [](const Request& r) {
-                 return Response({{"user_id", r.user_id()},
+                 return Response(json{{"user_id", r.user_id()},
                                   {"admin", r.has_role("admin")}});
                });
 
@@ -68,7 +68,7 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                 .summary = "Subscribes this WebSocket to announcements"},
                [&service](const Request& r) {
                  service.subscribe(r);
-                 return Response({{"subscribed", kAnnouncements}});
+                 return Response(json{{"subscribed", kAnnouncements}});
                });
 
   registry.add({.name = "hello.announce",
@@ -82,7 +82,7 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                 .role = "admin"},
                [&service](const Request& r) {
                  service.announce(r.input()["text"], r.user_id());
-                 return Response({{"sent", true}}, 202);
+                 return Response(json{{"sent", true}}, 202);
                });
 
   registry.add({.name = "hello.poke",
@@ -97,7 +97,7 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                 .access = Access::signed_in},
                [&service](const Request& r) {
                  service.poke(r.input()["user_id"].get<std::string>(), r.input()["text"]);
-                 return Response({{"sent", true}}, 202);
+                 return Response(json{{"sent", true}}, 202);
                });
 }
 
