@@ -13,7 +13,13 @@ function(grapevine_add_plugin name)
     PREFIX ""
     CXX_VISIBILITY_PRESET hidden
     VISIBILITY_INLINES_HIDDEN ON)
-  target_link_options(${name} PRIVATE -Wl,--no-undefined -Wl,-z,defs)
+  # Export the entry point only: a plugin's C++ internals (template
+  # instances included) stay private, so two plugins never collide.
+  set(version_script ${CMAKE_CURRENT_BINARY_DIR}/${name}.exports)
+  file(WRITE ${version_script} "{ global: grapevine_plugin_entry_v1; local: *; };\n")
+  target_link_options(${name} PRIVATE -Wl,--no-undefined -Wl,-z,defs
+    -Wl,--version-script=${version_script})
+  set_property(TARGET ${name} APPEND PROPERTY LINK_DEPENDS ${version_script})
   if(DEFINED GRAPEVINE_PLUGIN_OUTPUT_DIR)
     set_target_properties(${name} PROPERTIES
       LIBRARY_OUTPUT_DIRECTORY ${GRAPEVINE_PLUGIN_OUTPUT_DIR})
