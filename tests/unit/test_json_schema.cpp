@@ -1,4 +1,5 @@
 // JsonSchema: short messages naming the field, pointers to the value.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <thread>
 
@@ -94,6 +95,7 @@ TEST_CASE("bounds, enums and patterns read as plain words", "[schema]") {
   CHECK(with("age", -1) == "must be at least 0");
   CHECK(with("age", 151) == "must be at most 150");
   CHECK(with("role", "owner") == "must be one of admin or member");
+  CHECK(only({{"enum", {"x"}}}, "y").message == "must be x");
   CHECK(with("handle", "Ada") == "does not match the pattern ^[a-z]+$");
   CHECK(only({{"type", "array"}, {"maxItems", 1}}, {1, 2}).message ==
         "must have at most 1 item");

@@ -40,7 +40,9 @@ json section(json properties) {
           {"properties", std::move(properties)}};
 }
 
-constexpr int64_t kDay_ms = 24LL * 3600 * 1000;
+constexpr int64_t kHour_ms = 3600LL * 1000;
+constexpr int64_t kDay_ms = 24 * kHour_ms;
+constexpr int64_t kWeek_s = 7LL * 24 * 3600;
 
 json make_schema() {
   json key = section({
@@ -77,14 +79,14 @@ json make_schema() {
       {"auth", section({{"issuer", text()},
                         {"audience", text()},
                         {"signing_kid", text(0)},
-                        {"access_token_ttl_s", integer(1, 7 * 24 * 3600)},
+                        {"access_token_ttl_s", integer(1, kWeek_s)},
                         {"leeway_s", integer(0, 3600)},
                         {"keys", list_of(key)}})},
       {"log", section({{"level",
                         {{"type", "string"},
                          {"enum", {"debug", "info", "warn", "error"}}}},
                        {"access", boolean()}})},
-      {"shutdown", section({{"grace_ms", integer(0, 3600 * 1000)}})},
+      {"shutdown", section({{"grace_ms", integer(0, kHour_ms)}})},
       {"data_dir", text()},
       {"plugin_dirs", list_of(text())},
       {"plugins", {{"type", "object"}, {"additionalProperties", plugin}}},
@@ -377,7 +379,8 @@ bool load_host_config(const std::filesystem::path& file,
     if (doc.value.is_null()) doc.value = json::object();  // empty file
     validate_new(doc, before, errors);
     read_config(doc, out, errors);
-    std::stable_sort(errors->begin() + before, errors->end(),
+    std::stable_sort(errors->begin() + static_cast<std::ptrdiff_t>(before),
+                     errors->end(),
                      [](const Diagnostic& a, const Diagnostic& b) {
                        return std::tie(a.mark.line, a.mark.column) <
                               std::tie(b.mark.line, b.mark.column);

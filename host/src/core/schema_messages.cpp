@@ -424,7 +424,8 @@ class Translator {
       for (const auto& v : *e)
         words.push_back(v.is_string() ? v.get<std::string>() : v.dump());
       std::string list = join_or(words);
-      if (list.size() <= kMaxListed) return "must be one of " + list;
+      if (list.size() > kMaxListed) break;
+      return (words.size() == 1 ? "must be " : "must be one of ") + list;
     }
     return "is not one of the allowed values";
   }
