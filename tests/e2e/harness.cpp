@@ -21,7 +21,7 @@ namespace gvtest {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
-namespace http = beast::http;
+namespace bhttp = beast::http;
 namespace websocket = beast::websocket;
 using tcp = asio::ip::tcp;
 
@@ -50,23 +50,23 @@ HttpResult http(int port, const std::string& method, const std::string& target,
   beast::tcp_stream stream(ioc);
   stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
                                static_cast<unsigned short>(port)));
-  http::request<http::string_body> req(http::string_to_verb(method), target, 11);
-  req.set(http::field::host, "127.0.0.1");
-  if (req.method() == http::verb::unknown) req.method_string(method);
+  bhttp::request<bhttp::string_body> req(bhttp::string_to_verb(method), target, 11);
+  req.set(bhttp::field::host, "127.0.0.1");
+  if (req.method() == bhttp::verb::unknown) req.method_string(method);
   bool has_type = false;
   for (const auto& [k, v] : headers) {
     req.set(k, v);
     has_type |= beast::iequals(k, "content-type");
   }
   req.body() = body;
-  if (!body.empty() && !has_type) req.set(http::field::content_type, "application/json");
+  if (!body.empty() && !has_type) req.set(bhttp::field::content_type, "application/json");
   req.prepare_payload();
-  http::write(stream, req);
+  bhttp::write(stream, req);
   beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
+  bhttp::response_parser<bhttp::string_body> parser;
   parser.body_limit(64 * 1024 * 1024);
   parser.skip(method == "HEAD");
-  http::read(stream, buffer, parser);
+  bhttp::read(stream, buffer, parser);
   auto& res = parser.get();
   HttpResult out;
   out.status = res.result_int();

@@ -90,7 +90,7 @@ TEST_CASE("input is checked against the operation's schema", "[http][validation]
     check_error_body(r, "invalid_input");
     CHECK(r.json_body()["error"]["message"].get<std::string>().find(c.field) != std::string::npos);
   }
-  for (std::string bad : {"{", "[1,2]", "\"text\"", std::string(100, '[')}) {
+  for (const std::string& bad : std::vector<std::string>{"{", "[1,2]", "\"text\"", std::string(100, '[')}) {
     auto r = host.request("POST", "/api/v1/hello/echo", bad);
     CHECK(r.status == 400);
     check_error_body(r, "invalid_json");

@@ -1,5 +1,6 @@
 // The WebSocket transport: limits, pushes, origins, tokens.
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "harness.hpp"
 
@@ -22,7 +23,7 @@ TEST_CASE("malformed messages get an error and the socket stays open", "[ws]") {
   Host host;
   REQUIRE(host.started());
   WebSocket ws(host.port());
-  for (std::string bad : {"not json", "[1]", R"({"id":"1"})", R"({"op":"x","id":{}})",
+  for (std::string bad : std::vector<std::string>{"not json", "[1]", R"({"id":"1"})", R"({"op":"x","id":{}})",
                           R"({"op":"hello.greet","id":"2","data":[]})",
                           R"({"op":"hello.greet","id":"3","extra":1})"}) {
     INFO(bad);
