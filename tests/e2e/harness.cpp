@@ -296,7 +296,9 @@ std::optional<std::string> WebSocket::receive(std::chrono::milliseconds timeout)
   impl_->buffer.clear();
   impl_->ws.read(impl_->buffer, ec);
   if (ec) {
-    if (ec == websocket::error::closed) impl_->close_code = impl_->ws.reason().code;
+    // The close frame's code is kept even when replying to it fails
+    // because the server already dropped the connection.
+    impl_->close_code = impl_->ws.reason().code;
     impl_->open = false;
     return std::nullopt;
   }
