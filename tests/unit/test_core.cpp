@@ -1,0 +1,80 @@
+// Worker pool, hub, JSON limits and error bodies.
+#include <catch2/catch.hpp>
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "core/call.hpp"
+#include "core/hub.hpp"
+#include "core/request_id.hpp"
+#include "core/worker_pool.hpp"
+
+TEST_CASE("the worker pool refuses work past its queue limit", "[workers]") {
+  gv::WorkerPool pool(1, 2);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> ran{0};
+  auto job = [&] { gate.wait(); ++ran; };
+  REQUIRE(pool.try_submit(job));  // running
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE(pool.try_submit(job));  // queued
+  REQUIRE(pool.try_submit(job));  // queued
+  CHECK(pool.depth() == 2);
+  CHECK_FALSE(pool.try_submit(job));
+  release.set_value();
+  pool.stop();
+  CHECK(ran == 3);
+  CHECK_FALSE(pool.try_submit(job));
+}
+
+namespace {
+struct Recorder : gv::PushTarget {
+  std::vector<std::string> got;
+  bool closed = false;
+  void send(std::shared_ptr<const std::string> text) override { got.push_back(*text); }
+  void close_going_away() override { closed = true; }
+};
+}  // namespace
+
+TEST_CASE("the hub pushes to users and channels", "[hub]") {
+  gv::Hub hub;
+  auto a = std::make_shared<Recorder>();
+  auto b = std::make_shared<Recorder>();
+  uint64_t ia = hub.add(a, "alice");
+  uint64_t ib = hub.add(b, "");
+  CHECK(ia != ib);
+  CHECK(hub.push_to_user("alice", "poke", R"({"n":1})") == 1);
+  CHECK(a->got.back() == R"({"event":"poke","data":{"n":1}})");
+  CHECK(hub.join(ia, "room"));
+  CHECK(hub.join(ib, "room"));
+  CHECK_FALSE(hub.join(999, "room"));
+  CHECK(hub.push_to_channel("room", "msg", "{}") == 2);
+  hub.leave(ia, "room");
+  CHECK(hub.push_to_channel("room", "msg", "{}") == 1);
+  hub.set_user(ib, "alice");
+  CHECK(hub.push_to_user("alice", "poke", "{}") == 2);
+  hub.remove(ia);
+  CHECK(hub.push_to_user("alice", "poke", "{}") == 1);
+  b.reset();  // a socket gone without remove() is skipped
+  CHECK(hub.push_to_user("alice", "poke", "{}") == 0);
+  CHECK(hub.size() == 1);
+}
+
+TEST_CASE("JSON nesting is measured before parsing", "[limits]") {
+  CHECK(gv::json_depth_within(R"({"a":[1,{"b":2}]})", 3));
+  CHECK_FALSE(gv::json_depth_within(R"({"a":[1,{"b":2}]})", 2));
+  CHECK(gv::json_depth_within(R"({"a":"[[[[[[[[["})", 1));  // brackets in strings
+  CHECK(gv::json_depth_within(R"({"a":"\"[[[["})", 1));
+  CHECK_FALSE(gv::json_depth_within(std::string(100000, '['), 32));
+}
+
+TEST_CASE("error bodies have one shape; request ids are sane", "[errors]") {
+  auto body = nlohmann::json::parse(gv::error_body("not_found", "no such post", "r1"));
+  CHECK(body == nlohmann::json{{"error", {{"code", "not_found"}, {"message", "no such post"},
+                                          {"request_id", "r1"}}}});
+  CHECK(gv::request_id_from("abc-1.2_3:4") == "abc-1.2_3:4");
+  CHECK(gv::request_id_from("has space").size() == 16);
+  CHECK(gv::request_id_from(std::string(200, 'a')).size() == 16);
+  CHECK(gv::new_request_id() != gv::new_request_id());
+}
