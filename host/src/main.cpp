@@ -188,8 +188,8 @@ int run(const Args& args) {
                               {"operations", registry.size()},
                               {"version", GRAPEVINE_VERSION}});
   server.run();
+  pool.stop();  // handlers still running past the grace finish first
   plugins.stop();
-  pool.stop();
   gv::log::info("stopped");
   return 0;
 }

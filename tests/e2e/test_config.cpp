@@ -43,6 +43,14 @@ TEST_CASE("--check-config checks plugin sections against the plugin's schema", "
   std::ofstream(bad) << c.dump(2);
   CHECK(run_grapevine({"--config", bad.string(), "--check-config"}, &out) == 2);
   CHECK(out.find("plugins.hello.config.greeting") != std::string::npos);
+  // The line of the offending value itself: "greeting": 5 in the dump.
+  std::ifstream in(bad);
+  int line = 0, greeting_line = 0;
+  for (std::string l; std::getline(in, l);) {
+    ++line;
+    if (l.find("\"greeting\": 5") != std::string::npos) greeting_line = line;
+  }
+  CHECK(out.find(bad.string() + ":" + std::to_string(greeting_line) + ":") != std::string::npos);
   CHECK(out.find("colour") != std::string::npos);
 }
 

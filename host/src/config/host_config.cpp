@@ -373,7 +373,8 @@ bool load_host_config(const std::filesystem::path& file,
   *out = HostConfig{};
   out->file = file;
   try {
-    YamlDocument doc;
+    auto shared_doc = std::make_shared<YamlDocument>();
+    YamlDocument& doc = *shared_doc;
     // A file that could not be parsed gives no object to go on with.
     if (!load_yaml(file, &doc, errors) && !doc.value.is_object()) return false;
     if (doc.value.is_null()) doc.value = json::object();  // empty file
@@ -386,6 +387,7 @@ bool load_host_config(const std::filesystem::path& file,
                               std::tie(b.mark.line, b.mark.column);
                      });
     apply_overrides(overrides, out, errors);
+    out->document = std::move(shared_doc);
   } catch (const std::exception& e) {
     errors->push_back({file.string(), {}, "", e.what()});
   }

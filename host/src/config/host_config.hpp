@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -13,6 +14,8 @@
 #include "config/diagnostic.hpp"
 
 namespace gv::config {
+
+struct YamlDocument;
 
 struct ServerConfig {
   std::string listen_host = "127.0.0.1";
@@ -88,6 +91,9 @@ struct HostConfig {
   // "$ORIGIN" at the start stands for the folder of the grapevine binary.
   std::vector<std::string> plugin_dirs = {"$ORIGIN/../lib/grapevine/plugins"};
   std::vector<PluginEntry> plugins;  // in file order
+  // The parsed file, so plugin sections can be checked later with the
+  // line of every value.
+  std::shared_ptr<const YamlDocument> document;
 };
 
 // Command-line values that win over the file.

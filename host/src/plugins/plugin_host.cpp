@@ -6,6 +6,7 @@
 #include <boost/dll/shared_library.hpp>
 #include <map>
 
+#include "config/yaml_document.hpp"
 #include "core/log.hpp"
 #include "plugins/host_api.hpp"
 
@@ -142,6 +143,12 @@ bool PluginHost::prepare(const config::PluginEntry& entry,
   auto schema = JsonSchema::compile(strict_schema(out->config_schema), &error);
   if (!schema)
     return problem(key, file.string() + ": the plugin's config schema is invalid: " + error);
+  if (cfg.document) {
+    size_t before = problems->size();
+    config::validate_at(*cfg.document, "/plugins/" + entry.name + "/config", *schema,
+                        problems);
+    return problems->size() == before;
+  }
   bool ok = true;
   for (const auto& v : schema->validate(entry.config, 16)) {
     std::string path = key + ".config";
