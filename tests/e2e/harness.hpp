@@ -90,6 +90,19 @@ fs::path grapevine_binary();
 fs::path build_plugin_dir();  // the in-tree plugins (hello, ...)
 fs::path test_plugin_dir();   // testkit, bad_abi, not_a_plugin, ...
 
+// A raw TCP connection, for tests that misbehave at the byte level.
+class RawConnection {
+ public:
+  explicit RawConnection(int port);
+  ~RawConnection();
+  void send(const std::string& bytes);
+  // Reads until the peer closes or the timeout passes; *closed says which.
+  std::string read_until_closed(std::chrono::milliseconds timeout, bool* closed);
+
+ private:
+  int fd_ = -1;
+};
+
 class WebSocket {
  public:
   // Connects to ws://127.0.0.1:port/target; throws on failure, with the

@@ -205,7 +205,10 @@ std::string escape_token(std::string t) {
 
 std::string to_pointer(const Tokens& tokens) {
   std::string p;
-  for (const auto& t : tokens) p += "/" + escape_token(t);
+  for (const auto& t : tokens) {
+    p += '/';  // appended apart: GCC 12 -O3 warns falsely on "/" + string
+    p += escape_token(t);
+  }
   return p;
 }
 
