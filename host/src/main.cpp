@@ -183,14 +183,17 @@ int run(const Args& args) {
     return 1;
   }
   ready = true;
+  gv::log::start_batching(cfg.log.flush);
   gv::log::info("listening", {{"address", server.address()},
                               {"plugins", plugins.names()},
                               {"operations", registry.size()},
                               {"version", GRAPEVINE_VERSION}});
+  gv::log::flush();  // whoever waits for "listening" sees it now
   server.run();
   pool.stop();  // handlers still running past the grace finish first
   plugins.stop();
   gv::log::info("stopped");
+  gv::log::stop_batching();
   return 0;
 }
 

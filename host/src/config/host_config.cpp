@@ -85,7 +85,8 @@ json make_schema() {
       {"log", section({{"level",
                         {{"type", "string"},
                          {"enum", {"debug", "info", "warn", "error"}}}},
-                       {"access", boolean()}})},
+                       {"access", boolean()},
+                       {"flush_ms", integer(0, 10000)}})},
       {"shutdown", section({{"grace_ms", integer(0, kHour_ms)}})},
       {"data_dir", text()},
       {"plugin_dirs", list_of(text())},
@@ -327,6 +328,7 @@ void read_config(const YamlDocument& doc, HostConfig* c,
   read_auth(r, &c->auth);
   r.text("/log/level", &c->log.level);
   r.flag("/log/access", &c->log.access);
+  r.duration("/log/flush_ms", &c->log.flush);
   r.duration("/shutdown/grace_ms", &c->shutdown_grace);
   std::string data_dir;
   r.text("/data_dir", &data_dir);

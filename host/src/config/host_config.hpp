@@ -68,6 +68,8 @@ struct AuthConfig {
 struct LogConfig {
   std::string level = "info";  // debug, info, warn, error
   bool access = true;          // one line per request
+  // Lines are written in batches at most this often (0: each at once).
+  std::chrono::milliseconds flush{100};
 };
 
 struct PluginEntry {

@@ -2,12 +2,23 @@
 // write(2) so lines from different threads never interleave.
 #pragma once
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
 namespace gv::log {
 
 enum class Level { debug = 0, info = 1, warn = 2, error = 3 };
+
+// From now on, lines are written by a background thread at most every
+// interval (and whenever 64 KiB have collected); error lines at once.
+// interval 0 keeps writing each line as it comes.
+void start_batching(std::chrono::milliseconds interval);
+// Writes every pending line now (after "listening", before exit).
+void flush();
+// Writes what is pending and stops the thread; lines are then written
+// directly again.
+void stop_batching();
 
 // Parses "debug", "info", "warn", "error"; info for anything else.
 Level parse_level(std::string_view name);

@@ -30,7 +30,7 @@ struct Server::Impl {
 
   void accept() {
     asio::io_context& next = *contexts[next_context++ % contexts.size()];
-    acceptor->async_accept(next, [this](beast::error_code ec, tcp::socket socket) {
+    acceptor->async_accept(next.get_executor(), [this](beast::error_code ec, Socket socket) {
       if (ec) {
         if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
         // Out of file descriptors and the like: keep serving the others.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
@@ -21,6 +22,12 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
+
+// Each connection lives on one single-threaded io_context; naming its
+// executor type (not the type-erased any_io_executor) saves work per call.
+using Executor = asio::io_context::executor_type;
+using Socket = tcp::socket::rebind_executor<Executor>::other;
+using Stream = beast::basic_stream<tcp, Executor, beast::unlimited_rate_policy>;
 
 // A session the server can ask to finish: close when idle, else after the
 // answer in flight.
@@ -58,10 +65,10 @@ struct ServerState {
 };
 
 // Serves HTTP on a freshly accepted socket (and hands /ws upgrades over).
-void start_http_session(tcp::socket socket, std::shared_ptr<ServerState> state);
+void start_http_session(Socket socket, std::shared_ptr<ServerState> state);
 
 // Takes over an upgraded connection; identity is the verified caller.
-void start_websocket_session(beast::tcp_stream stream,
+void start_websocket_session(Stream stream,
                              http::request<http::string_body> upgrade,
                              std::shared_ptr<ServerState> state,
                              std::optional<auth::Identity> identity);

@@ -21,7 +21,7 @@ class WebSocketSession : public PushTarget,
                          public Drainable,
                          public std::enable_shared_from_this<WebSocketSession> {
  public:
-  WebSocketSession(beast::tcp_stream stream, std::shared_ptr<ServerState> state,
+  WebSocketSession(Stream stream, std::shared_ptr<ServerState> state,
                    std::optional<auth::Identity> identity)
       : ws_(std::move(stream)), state_(std::move(state)),
         limits_(state_->deps.config->websocket), identity_(std::move(identity)) {}
@@ -245,7 +245,7 @@ class WebSocketSession : public PushTarget,
     ws_.async_close(reason, [self = shared_from_this()](beast::error_code) {});
   }
 
-  websocket::stream<beast::tcp_stream> ws_;
+  websocket::stream<Stream> ws_;
   beast::flat_buffer buffer_;
   std::shared_ptr<ServerState> state_;
   const config::WebSocketConfig& limits_;
@@ -259,7 +259,7 @@ class WebSocketSession : public PushTarget,
 
 }  // namespace
 
-void start_websocket_session(beast::tcp_stream stream,
+void start_websocket_session(Stream stream,
                              http::request<http::string_body> upgrade,
                              std::shared_ptr<ServerState> state,
                              std::optional<auth::Identity> identity) {
