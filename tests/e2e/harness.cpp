@@ -331,13 +331,25 @@ void WebSocket::send(const std::string& text) {
 
 std::optional<std::string> WebSocket::receive(std::chrono::milliseconds timeout) {
   if (!impl_->open) return std::nullopt;
-  timeval tv{};
-  tv.tv_sec = static_cast<long>(timeout.count() / 1000);
-  tv.tv_usec = static_cast<long>((timeout.count() % 1000) * 1000);
-  setsockopt(impl_->ws.next_layer().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // An asynchronous read run for at most timeout: a synchronous one cannot
+  // time out (Asio polls again after SO_RCVTIMEO).
   beast::error_code ec;
+  bool done = false;
   impl_->buffer.clear();
-  impl_->ws.read(impl_->buffer, ec);
+  impl_->ws.async_read(impl_->buffer, [&](beast::error_code e, size_t) {
+    ec = e;
+    done = true;
+  });
+  impl_->ioc.restart();
+  impl_->ioc.run_for(timeout);
+  if (!done) {
+    beast::error_code ignored;
+    impl_->ws.next_layer().cancel(ignored);
+    impl_->ioc.restart();
+    impl_->ioc.run();
+    impl_->open = false;  // a cancelled read leaves the stream unusable
+    return std::nullopt;
+  }
   if (ec) {
     // The close frame's code is kept even when replying to it fails
     // because the server already dropped the connection.

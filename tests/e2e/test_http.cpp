@@ -232,3 +232,48 @@ TEST_CASE("SIGTERM lets a slow request finish, then exits 0", "[http][shutdown]"
   CHECK(r.json_body()["slept_ms"] == 1500);
   CHECK(host.output().find("\"msg\":\"stopped\"") != std::string::npos);
 }
+
+TEST_CASE("query parameters take the schema's type, also from a type list", "[http][validation]") {
+  Host host;
+  REQUIRE(host.started());
+  auto r = host.request("GET", "/api/v1/testkit/nullable?n=5");
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body()["n"] == 5);
+  CHECK(host.request("GET", "/api/v1/testkit/nullable?n=x").status == 400);
+  CHECK(host.request("GET", "/healthz").status == 200);
+}
+
+TEST_CASE("HEAD, absolute-form targets and bodyless statuses", "[http]") {
+  Host host;
+  REQUIRE(host.started());
+  auto head = host.request("HEAD", "/api/v1/hello/greetings/h");
+  CHECK(head.status == 200);
+  CHECK(head.body.empty());
+  CHECK(std::stoi(head.header("content-length")) > 0);
+  auto absolute = host.request("GET", "http://127.0.0.1/api/v1/hello/greetings/abs");
+  CHECK(absolute.status == 200);
+  CHECK(absolute.json_body()["message"] == "Hi, abs!");
+  // A 304 carries no body, so the next response on the connection parses.
+  RawConnection conn(host.port());
+  conn.send("GET /api/v1/testkit/not_modified HTTP/1.1\r\nHost: t\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+  bool closed = false;
+  std::string got = conn.read_until_closed(std::chrono::seconds(5), &closed);
+  CHECK(got.find("HTTP/1.1 304 Not Modified\r\n") == 0);
+  CHECK(got.find("ignored") == std::string::npos);
+  CHECK(got.find("\r\n\r\nHTTP/1.1 200 OK\r\n") != std::string::npos);
+}
+
+TEST_CASE("Expect: 100-continue is answered in any letter case", "[http]") {
+  Host host;
+  REQUIRE(host.started());
+  RawConnection conn(host.port());
+  conn.send("POST /api/v1/hello/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "Content-Length: 13\r\nExpect: 100-Continue\r\nConnection: close\r\n\r\n");
+  bool closed = false;
+  std::string interim = conn.read_until_closed(std::chrono::milliseconds(500), &closed);
+  CHECK(interim.find("100 Continue") != std::string::npos);
+  conn.send(R"({"text":"go"})");
+  std::string rest = conn.read_until_closed(std::chrono::seconds(5), &closed);
+  CHECK(rest.find("201 Created") != std::string::npos);
+}

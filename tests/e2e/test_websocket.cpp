@@ -1,5 +1,6 @@
 // The WebSocket transport: limits, pushes, origins, tokens.
 #include <catch2/catch.hpp>
+#include <future>
 #include <thread>
 
 #include "harness.hpp"
@@ -112,4 +113,53 @@ TEST_CASE("a client that does not read is closed, not buffered", "[ws][limits]")
   auto metrics = host.request("GET", "/metrics").body;
   CHECK(metrics.find("grapevine_websocket_slow_closes_total 1") != std::string::npos);
   CHECK(host.request("GET", "/healthz").status == 200);
+}
+
+TEST_CASE("a malformed auth message is refused without harm", "[ws][auth]") {
+  Host host;
+  REQUIRE(host.started());
+  WebSocket ws(host.port());
+  for (json data : {json{{"token", 123}}, json{{"token", {{"a", 1}}}}, json{{"tok", "x"}}}) {
+    INFO(data.dump());
+    json reply = ws.call("auth", data);
+    CHECK(reply["status"] == 400);
+  }
+  CHECK(ws.call("hello.greet", {{"name", "alive"}})["ok"] == true);
+  CHECK(host.request("GET", "/healthz").status == 200);
+}
+
+TEST_CASE("a socket stops getting its user's pushes when the token expires", "[ws][auth]") {
+  Host host;
+  REQUIRE(host.started());
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch()).count();
+  // The harness config allows 30 s of leeway; expire beyond it.
+  WebSocket ws(host.port(), "/ws?access_token=" + make_token({{"sub", "shortlived"},
+                                                              {"exp", now - 28}}));
+  auto poke = [&] {
+    return host.request("POST", "/api/v1/hello/pokes/shortlived", R"({"text":"hey"})",
+                        {{"Authorization", "Bearer " + make_token()}}).status;
+  };
+  CHECK(poke() == 202);
+  REQUIRE(ws.receive_json(std::chrono::seconds(2)).has_value());
+  std::this_thread::sleep_for(std::chrono::milliseconds(4500));
+  CHECK(poke() == 202);
+  CHECK_FALSE(ws.receive_json(std::chrono::milliseconds(800)).has_value());
+}
+
+TEST_CASE("SIGTERM answers operations in flight on sockets, then closes with 1001",
+          "[ws][shutdown]") {
+  Host host;
+  REQUIRE(host.started());
+  WebSocket ws(host.port());
+  ws.send_json({{"op", "testkit.slow"}, {"id", "s"}, {"data", {{"ms", 1000}}}});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto terminated = std::async(std::launch::async, [&host] { return host.terminate(); });
+  auto reply = ws.receive_json(std::chrono::seconds(5));
+  REQUIRE(reply);
+  CHECK((*reply)["id"] == "s");
+  CHECK((*reply)["ok"] == true);
+  CHECK_FALSE(ws.receive().has_value());
+  CHECK(ws.close_code() == 1001);
+  CHECK(terminated.get() == 0);
 }

@@ -44,6 +44,16 @@ class TestKit : public grapevine::Plugin {
               service_->push_to_user(req.user_id(), "testkit.flood", {{"i", i}, {"pad", payload}});
             return Response(json{{"pushed", n}});
           });
+    r.add({.name = "testkit.nullable",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/nullable",
+           .input_schema = {{"type", "object"},
+                            {"properties", {{"n", {{"type", {"integer", "null"}}}}}}}},
+          [](const Request& req) { return Response(json{{"n", req.input().value("n", json())}}); });
+    r.add({.name = "testkit.not_modified",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/not_modified"},
+          [](const Request&) { return Response(json{{"ignored", "body"}}, 304); });
     service_.emplace(ctx.service());
   }
 

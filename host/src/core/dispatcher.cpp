@@ -12,18 +12,30 @@ namespace {
 // Path and query parameters arrive as text; give them the JSON type the
 // schema asks for, so "?limit=20" validates against {"type":"integer"}.
 nlohmann::json coerce(const std::string& text, const nlohmann::json& prop) {
-  std::string type = prop.is_object() ? prop.value("type", "") : "";
-  if (type == "integer") {
-    int64_t v = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-    if (ec == std::errc() && end == text.data() + text.size()) return v;
-  } else if (type == "number") {
-    double v = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-    if (ec == std::errc() && end == text.data() + text.size()) return v;
-  } else if (type == "boolean") {
-    if (text == "true") return true;
-    if (text == "false") return false;
+  // "type" is a string or, in draft 7, an array of them.
+  std::vector<std::string> types;
+  if (prop.is_object() && prop.contains("type")) {
+    const auto& t = prop["type"];
+    if (t.is_string()) types.push_back(t.get<std::string>());
+    if (t.is_array())
+      for (const auto& one : t)
+        if (one.is_string()) types.push_back(one.get<std::string>());
+  }
+  const char* begin = text.data();
+  const char* end = text.data() + text.size();
+  for (const auto& type : types) {
+    if (type == "integer") {
+      int64_t v = 0;
+      auto [stop, ec] = std::from_chars(begin, end, v);
+      if (ec == std::errc() && stop == end) return v;
+    } else if (type == "number") {
+      double v = 0;
+      auto [stop, ec] = std::from_chars(begin, end, v);
+      if (ec == std::errc() && stop == end) return v;
+    } else if (type == "boolean") {
+      if (text == "true") return true;
+      if (text == "false") return false;
+    }
   }
   return text;  // the schema check names the field if it is wrong
 }
@@ -45,7 +57,13 @@ bool Dispatcher::submit(std::shared_ptr<Call> call,
                         std::function<void(Reply)> done) {
   ++in_flight_;
   bool queued = pool_.try_submit([this, call, done = std::move(done)] {
-    Reply reply = run(*call);
+    Reply reply;
+    try {
+      reply = run(*call);
+    } catch (const std::exception& e) {  // a host bug: answer, keep serving
+      log::error("dispatch failed", {{"op", call->op->name}, {"error", e.what()}});
+      reply = error_reply(500, "internal", "the operation failed", call->request_id);
+    }
     done(std::move(reply));
     --in_flight_;
   });
@@ -139,7 +157,8 @@ Reply Dispatcher::invoke(Call& call) const {
   } catch (...) {  // a plugin that let an exception escape the ABI
     rc = GV_ERR_INTERNAL;
   }
-  if (rc == GV_OK && response.answered)
+  if (rc == GV_OK && response.answered &&
+      (response.body.empty() || nlohmann::json::accept(response.body)))
     return Reply{response.status, std::move(response.body)};
   log::error("operation failed",
              {{"op", op.name}, {"plugin", op.plugin},

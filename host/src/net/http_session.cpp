@@ -40,8 +40,8 @@ class HttpSession : public Drainable,
                     public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(Socket socket, std::shared_ptr<ServerState> state)
-      : stream_(std::move(socket)), state_(std::move(state)),
-        limits_(state_->deps.config->limits) {}
+      : stream_(std::move(socket)), executor_(stream_.get_executor()),
+        state_(std::move(state)), limits_(state_->deps.config->limits) {}
 
   ~HttpSession() override {
     if (tracked_) state_->untrack(track_id_);
@@ -56,7 +56,9 @@ class HttpSession : public Drainable,
     tracked_ = true;
     counted_ = true;
     ++state_->deps.metrics->http_connections;
-    if (++state_->connections >
+    ++state_->connections;
+    if (state_->draining) return close();  // accepted behind the drain
+    if (state_->connections >
         static_cast<int64_t>(limits_.max_connections)) {
       begin_request();
       method_ = "-";
@@ -69,8 +71,8 @@ class HttpSession : public Drainable,
   }
 
   void drain() override {
-    asio::post(stream_.get_executor(), [self = shared_from_this()] {
-      if (!self->busy_) self->close();
+    asio::post(executor_, [self = shared_from_this()] {
+      if (!self->busy_ && !self->upgraded_) self->close();
     });
   }
 
@@ -95,7 +97,7 @@ class HttpSession : public Drainable,
     if (beast::websocket::is_upgrade(req)) return upgrade();
     auto length = parser_->content_length();
     if (length && *length > limits_.body_bytes) return refuse_body();
-    if (req[http::field::expect] == "100-continue") {
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
       wire_ = "HTTP/1.1 100 Continue\r\n\r\n";
       asio::async_write(stream_, asio::buffer(wire_),
                         [self = shared_from_this()](beast::error_code e, size_t) {
@@ -162,7 +164,12 @@ class HttpSession : public Drainable,
     begin_request();
     auto& req = parser_->get();
     keep_alive_ = keep_alive_ && req.keep_alive() && !state_->draining;
+    // Origin form ("/path?q") as clients send it, or absolute form
+    // ("http://host/path") as proxies may (RFC 9112 3.2.2).
     auto url = boost::urls::parse_origin_form(req.target());
+    if (!url) {
+      if (auto absolute = boost::urls::parse_absolute_uri(req.target())) url = *absolute;
+    }
     if (!url) {
       op_ = "bad_target";
       return send(error_answer(400, "bad_request", "malformed request target",
@@ -214,7 +221,11 @@ class HttpSession : public Drainable,
     const Operation* op = nullptr;
     PathParams params;
     std::string allowed;
-    switch (state_->deps.registry->route(req.method_string(), path, &op,
+    // HEAD is GET without the body (send() leaves it out).
+    std::string_view method = req.method() == http::verb::head
+                                  ? std::string_view("GET")
+                                  : std::string_view(req.method_string());
+    switch (state_->deps.registry->route(method, path, &op,
                                          &params, &allowed)) {
       case Registry::Match::no_path:
         op_ = "not_found";
@@ -289,6 +300,9 @@ class HttpSession : public Drainable,
                 parser_->get().method() == http::verb::head;
     unsigned version = parser_ && parser_->is_header_done() ? parser_->get().version() : 11;
     int status = static_cast<int>(a.status);
+    // These statuses never carry a body (RFC 9110 6.4.1); 204 and 1xx not
+    // even a Content-Length.
+    bool bodyless = status < 200 || status == 204 || status == 304;
     wire_.clear();
     wire_ += "HTTP/1.1 ";
     wire_ += std::to_string(status);
@@ -296,7 +310,7 @@ class HttpSession : public Drainable,
     wire_ += http::obsolete_reason(a.status);
     wire_ += "\r\nServer: grapevine\r\nX-Request-Id: ";
     wire_ += request_id_;  // sanitized: no CR or LF can get here
-    if (!a.body.empty()) {
+    if (!a.body.empty() && !bodyless) {
       wire_ += "\r\nContent-Type: ";
       wire_ += a.content_type;
     }
@@ -306,16 +320,16 @@ class HttpSession : public Drainable,
     }
     if (a.retry_after) wire_ += "\r\nRetry-After: 1";
     if (a.www_authenticate) wire_ += "\r\nWWW-Authenticate: Bearer error=\"invalid_token\"";
-    if (status != 204) {
+    if (status >= 200 && status != 204) {
       wire_ += "\r\nContent-Length: ";
-      wire_ += std::to_string(a.body.size());
+      wire_ += std::to_string(bodyless ? 0 : a.body.size());
     }
     if (!keep_alive_)
       wire_ += "\r\nConnection: close";
     else if (version == 10)
       wire_ += "\r\nConnection: keep-alive";
     wire_ += "\r\n\r\n";
-    if (!head && status != 204) wire_ += a.body;
+    if (!head && !bodyless) wire_ += a.body;
     stream_.expires_after(limits_.request_timeout);
     asio::async_write(stream_, asio::buffer(wire_),
                       [self = shared_from_this(), status](beast::error_code ec, size_t) {
@@ -383,6 +397,7 @@ class HttpSession : public Drainable,
     counted_ = false;  // the WebSocket session counts the connection now
     --state_->deps.metrics->http_connections;
     stream_.expires_never();
+    upgraded_ = true;
     start_websocket_session(std::move(stream_), parser_->release(), state_,
                             std::move(identity));
   }
@@ -394,6 +409,7 @@ class HttpSession : public Drainable,
   }
 
   Stream stream_;
+  const Executor executor_;  // stream_ may be moved away on upgrade
   std::string wire_;  // the response being written; reused across requests
   beast::flat_buffer buffer_;
   std::shared_ptr<ServerState> state_;
@@ -401,7 +417,7 @@ class HttpSession : public Drainable,
   std::optional<http::request_parser<http::string_body>> parser_;
   uint64_t track_id_ = 0;
   bool tracked_ = false, counted_ = false;
-  bool first_ = true, busy_ = false, keep_alive_ = true;
+  bool first_ = true, busy_ = false, keep_alive_ = true, upgraded_ = false;
   std::chrono::steady_clock::time_point started_;
   std::string request_id_, method_, path_, op_;
 };

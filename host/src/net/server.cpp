@@ -86,6 +86,24 @@ struct Server::Impl {
   std::string bound;
 };
 
+namespace {
+
+// Runs an I/O context until stopped. An exception out of a handler is a
+// host bug; log it and keep serving rather than take every connection down.
+void run_context(asio::io_context& context) {
+  auto guard = asio::make_work_guard(context);
+  for (;;) {
+    try {
+      context.run();
+      return;
+    } catch (const std::exception& e) {
+      log::error("I/O handler failed", {{"error", e.what()}});
+    }
+  }
+}
+
+}  // namespace
+
 Server::Server(ServerDeps deps) : impl_(std::make_unique<Impl>(std::move(deps))) {}
 Server::~Server() = default;
 
@@ -125,14 +143,8 @@ void Server::run() {
   impl.accept();
   std::vector<std::thread> threads;
   for (size_t i = 1; i < impl.contexts.size(); ++i)
-    threads.emplace_back([&impl, i] {
-      auto guard = asio::make_work_guard(*impl.contexts[i]);
-      impl.contexts[i]->run();
-    });
-  {
-    auto guard = asio::make_work_guard(*impl.contexts[0]);
-    impl.contexts[0]->run();
-  }
+    threads.emplace_back([&impl, i] { run_context(*impl.contexts[i]); });
+  run_context(*impl.contexts[0]);
   for (auto& t : threads) t.join();
 }
 

@@ -5,6 +5,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/asio/system_timer.hpp>
 #include <deque>
 
 #include "core/call.hpp"
@@ -24,7 +25,8 @@ class WebSocketSession : public PushTarget,
   WebSocketSession(Stream stream, std::shared_ptr<ServerState> state,
                    std::optional<auth::Identity> identity)
       : ws_(std::move(stream)), state_(std::move(state)),
-        limits_(state_->deps.config->websocket), identity_(std::move(identity)) {}
+        limits_(state_->deps.config->websocket), identity_(std::move(identity)),
+        expiry_(ws_.get_executor()) {}
 
   ~WebSocketSession() override {
     if (connection_id_) state_->deps.hub->remove(connection_id_);
@@ -50,7 +52,9 @@ class WebSocketSession : public PushTarget,
       if (ec) return;
       self->connection_id_ = self->state_->deps.hub->add(
           std::weak_ptr<PushTarget>(self), self->identity_ ? self->identity_->user_id : "");
+      self->arm_expiry();
       self->read();
+      if (self->state_->draining) self->drain_now();  // accepted behind the drain
     });
   }
 
@@ -61,10 +65,9 @@ class WebSocketSession : public PushTarget,
     });
   }
 
+  // Shutdown: answer the operations in flight, then close with 1001.
   void close_going_away() override {
-    asio::post(ws_.get_executor(), [self = shared_from_this()] {
-      self->close(websocket::close_code::going_away, "server shutting down");
-    });
+    asio::post(ws_.get_executor(), [self = shared_from_this()] { self->drain_now(); });
   }
 
   void drain() override { close_going_away(); }
@@ -82,7 +85,12 @@ class WebSocketSession : public PushTarget,
     if (!ws_.got_text()) {
       reply_error(nullptr, 400, "bad_request", "send text frames of JSON");
     } else {
-      handle(beast::buffers_to_string(buffer_.data()));
+      try {
+        handle(beast::buffers_to_string(buffer_.data()));
+      } catch (const std::exception& e) {  // a host bug: answer, keep the socket
+        log::error("websocket message failed", {{"error", e.what()}});
+        reply_error(nullptr, 500, "internal", "the message could not be handled");
+      }
     }
     buffer_.consume(buffer_.size());
     if (!closing_) read();
@@ -109,6 +117,8 @@ class WebSocketSession : public PushTarget,
     if (!data.is_object())
       return reply_error(&id, 400, "invalid_input", "data must be a JSON object");
     if (op_name == "auth") return authenticate(id, data);
+    if (draining_)
+      return reply_error(&id, 503, "shutting_down", "the server is shutting down");
     refresh_identity();
     const Operation* op = state_->deps.registry->find(op_name);
     if (!op)
@@ -130,6 +140,8 @@ class WebSocketSession : public PushTarget,
                                                 reply = std::move(reply)] {
             --self->in_flight_;
             self->reply(id, reply, call->op->name, call->request_id, started);
+            if (self->draining_ && self->in_flight_ == 0)
+              self->close(websocket::close_code::going_away, "server shutting down");
           });
         });
     if (!queued) {
@@ -142,7 +154,13 @@ class WebSocketSession : public PushTarget,
   // {"op":"auth","data":{"token":"..."}} replaces the socket's identity;
   // an empty token signs the socket out.
   void authenticate(const nlohmann::json& id, const nlohmann::json& data) {
-    std::string token = data.value("token", "");
+    auto given = data.find("token");
+    if (given != data.end() && !given->is_string())
+      return reply_error(&id, 400, "invalid_input", "token: expected string");
+    for (auto it = data.begin(); it != data.end(); ++it)
+      if (it.key() != "token")
+        return reply_error(&id, 400, "invalid_input", "unknown field '" + it.key() + "'");
+    std::string token = given == data.end() ? "" : given->get<std::string>();
     if (token.empty()) {
       identity_.reset();
     } else {
@@ -151,6 +169,7 @@ class WebSocketSession : public PushTarget,
       identity_ = std::move(check.identity);
     }
     state_->deps.hub->set_user(connection_id_, identity_ ? identity_->user_id : "");
+    arm_expiry();
     nlohmann::json out = {{"id", id}, {"ok", true}, {"status", 200},
                           {"data", {{"user_id", identity_ ? identity_->user_id : ""}}}};
     enqueue(std::make_shared<const std::string>(out.dump()));
@@ -162,10 +181,31 @@ class WebSocketSession : public PushTarget,
     if (!identity_) return;
     auto now = std::chrono::system_clock::now().time_since_epoch();
     if (std::chrono::duration_cast<std::chrono::seconds>(now).count() >
-        identity_->expires_at) {
+        identity_->expires_at + leeway()) {
       identity_.reset();
       state_->deps.hub->set_user(connection_id_, "");
     }
+  }
+
+  // When the token expires the socket stops receiving its user's pushes,
+  // whether or not the client sends anything.
+  void arm_expiry() {
+    expiry_.cancel();
+    if (!identity_) return;
+    expiry_.expires_at(std::chrono::system_clock::time_point(
+                           std::chrono::seconds(identity_->expires_at + leeway() + 1)));
+    // Weak: a timer minutes away must not keep a closed socket alive.
+    expiry_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      if (auto self = weak.lock(); self && !ec) self->refresh_identity();
+    });
+  }
+
+  // Verification tolerates this much clock skew past exp; so does the socket.
+  int64_t leeway() const { return state_->deps.config->auth.leeway.count(); }
+
+  void drain_now() {
+    draining_ = true;
+    if (in_flight_ == 0) close(websocket::close_code::going_away, "server shutting down");
   }
 
   void reply(const nlohmann::json& id, const Reply& r, const std::string& op,
@@ -242,6 +282,10 @@ class WebSocketSession : public PushTarget,
   void send_close() {
     auto reason = *pending_close_;
     pending_close_.reset();
+    expiry_.cancel();
+    // A peer that never answers the close frame must not hold shutdown.
+    ws_.set_option(websocket::stream_base::timeout{
+        std::chrono::seconds(1), std::chrono::seconds(1), false});
     ws_.async_close(reason, [self = shared_from_this()](beast::error_code) {});
   }
 
@@ -252,7 +296,10 @@ class WebSocketSession : public PushTarget,
   std::optional<auth::Identity> identity_;
   uint64_t connection_id_ = 0, track_id_ = 0;
   std::deque<std::shared_ptr<const std::string>> queue_;
-  bool writing_ = false, closing_ = false;
+  bool writing_ = false, closing_ = false, draining_ = false;
+  asio::basic_waitable_timer<std::chrono::system_clock, asio::wait_traits<std::chrono::system_clock>,
+                             Executor>
+      expiry_;
   std::optional<websocket::close_reason> pending_close_;
   size_t in_flight_ = 0;
 };

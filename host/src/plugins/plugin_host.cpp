@@ -40,7 +40,8 @@ std::string where(const config::HostConfig& cfg, const config::PluginEntry& e) {
 // Boost.DLL loads with RTLD_LOCAL so plugins cannot see each other's
 // symbols. The library object is leaked on purpose: a plugin is never
 // unloaded, not even at exit, where its threads or thread_locals may live.
-const gv_plugin_v1* load_entry(const fs::path& file, std::string* error) {
+const gv_plugin_v1* load_entry(const fs::path& file, const std::string& expected_name,
+                               std::string* error) {
   namespace dll = boost::dll;
   boost::dll::fs::error_code ec;
   auto* lib = new dll::shared_library(
@@ -56,10 +57,26 @@ const gv_plugin_v1* load_entry(const fs::path& file, std::string* error) {
   }
   auto entry = lib->get<const gv_plugin_v1*()>(GV_ENTRY_SYMBOL);
   const gv_plugin_v1* d = entry();
-  if (!d || d->magic != GV_PLUGIN_MAGIC || d->struct_size < sizeof(gv_plugin_v1) ||
-      d->abi_major != GV_ABI_MAJOR || d->abi_minor > GV_ABI_MINOR ||
-      !d->create || !d->start || !d->stop || !d->destroy) {
-    *error = "the plugin's descriptor does not match its manifest or this host";
+  if (!d || d->magic != GV_PLUGIN_MAGIC) {
+    *error = "the entry point returned no Grapevine descriptor (bad magic)";
+    return nullptr;
+  }
+  if (d->struct_size < kPluginV10Size || d->abi_major != GV_ABI_MAJOR ||
+      d->abi_minor > GV_ABI_MINOR) {
+    *error = "its descriptor says ABI " + std::to_string(d->abi_major) + "." +
+             std::to_string(d->abi_minor) + " (size " + std::to_string(d->struct_size) +
+             "), this host expects " + std::to_string(GV_ABI_MAJOR) + ".0 to " +
+             std::to_string(GV_ABI_MAJOR) + "." + std::to_string(GV_ABI_MINOR) +
+             " (size at least " + std::to_string(kPluginV10Size) + ")";
+    return nullptr;
+  }
+  if (!d->create || !d->start || !d->stop || !d->destroy) {
+    *error = "its descriptor lacks a lifecycle function";
+    return nullptr;
+  }
+  if (!d->name || std::string(d->name) != expected_name) {
+    *error = std::string("its descriptor names it '") + (d->name ? d->name : "") +
+             "', its manifest '" + expected_name + "'";
     return nullptr;
   }
   return d;
@@ -220,7 +237,7 @@ bool PluginHost::create(const config::PluginEntry& entry, const Manifest& manife
       return false;
     }
   }
-  const gv_plugin_v1* d = load_entry(manifest.file, error);
+  const gv_plugin_v1* d = load_entry(manifest.file, manifest.name, error);
   if (!d) return false;
   auto p = std::make_unique<Loaded>();
   p->manifest = manifest;

@@ -26,7 +26,7 @@ class GreeterService {
   // Greets through the operation registry, as another plugin would.
   grapevine::json greet_via_registry(const std::string& name,
                                      const grapevine::Request& as) {
-    grapevine::CallResult r = ctx_.call("hello.greet", {{"name", name}}, &as);
+    grapevine::CallResult r = ctx_.call("hello.greet", {{"name", name}}, as);
     if (!r.ok()) throw grapevine::Error(r.status, "upstream", "hello.greet failed");
     return {{"via", "hello.greet"}, {"result", r.body}};
   }
