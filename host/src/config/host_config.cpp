@@ -140,14 +140,6 @@ std::string parse_listen(const std::string& s, std::string* host,
 
 // --------------------------------------------------------------- extraction
 
-std::string escape(std::string t) {
-  for (size_t i = 0; (i = t.find('~', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~0");
-  for (size_t i = 0; (i = t.find('/', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~1");
-  return t;
-}
-
 // Reads values by JSON pointer, taking only those of the right type and
 // range: a wrong one has already been reported by the schema.
 class Reader {
@@ -301,7 +293,7 @@ void read_plugins(const Reader& r, const YamlDocument& doc,
   if (!plugins || !plugins->is_object()) return;
   for (const auto& [name, v] : plugins->items()) {
     if (!v.is_object()) continue;
-    const std::string p = "/plugins/" + escape(name);
+    const std::string p = "/plugins/" + pointer_token(name);
     PluginEntry e;
     e.name = name;
     e.mark = doc.mark_of(p);

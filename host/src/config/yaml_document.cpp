@@ -26,14 +26,6 @@ Mark to_mark(const YAML::Mark& m) {
   return {m.line + 1, m.column + 1};
 }
 
-std::string escape_token(std::string t) {
-  for (size_t i = 0; (i = t.find('~', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~0");
-  for (size_t i = 0; (i = t.find('/', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~1");
-  return t;
-}
-
 std::string unescape_token(std::string t) {
   for (size_t i = 0; (i = t.find("~1", i)) != std::string::npos; ++i)
     t.replace(i, 2, "/");
@@ -120,7 +112,7 @@ class Converter {
         continue;
       }
       const std::string name = key.Scalar();
-      const std::string child = pointer + "/" + escape_token(name);
+      const std::string child = pointer + "/" + pointer_token(name);
       if (out->contains(name)) {
         error(child, key_mark, "duplicate key '" + name + "'");
         continue;

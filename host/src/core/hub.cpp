@@ -91,28 +91,26 @@ size_t Hub::send_to(const std::set<uint64_t>& ids,
   return targets.size();
 }
 
-size_t Hub::push_to_user(std::string_view user_id, std::string_view event,
-                         std::string_view data_json) {
+size_t Hub::push_to(const Index& index, std::string_view key, std::string_view event,
+                    std::string_view data_json) {
   std::set<uint64_t> ids;
   {
     std::lock_guard lock(mutex_);
-    auto it = by_user_.find(user_id);
-    if (it == by_user_.end()) return 0;
+    auto it = index.find(key);
+    if (it == index.end()) return 0;
     ids = it->second;
   }
   return send_to(ids, frame(event, data_json));
 }
 
+size_t Hub::push_to_user(std::string_view user_id, std::string_view event,
+                         std::string_view data_json) {
+  return push_to(by_user_, user_id, event, data_json);
+}
+
 size_t Hub::push_to_channel(std::string_view channel, std::string_view event,
                             std::string_view data_json) {
-  std::set<uint64_t> ids;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = by_channel_.find(channel);
-    if (it == by_channel_.end()) return 0;
-    ids = it->second;
-  }
-  return send_to(ids, frame(event, data_json));
+  return push_to(by_channel_, channel, event, data_json);
 }
 
 void Hub::close_all() {

@@ -49,6 +49,9 @@ class Hub {
     std::string user_id;
     std::set<std::string> channels;
   };
+  using Index = std::map<std::string, std::set<uint64_t>, std::less<>>;
+  size_t push_to(const Index& index, std::string_view key, std::string_view event,
+                 std::string_view data_json);
   static std::shared_ptr<const std::string> frame(std::string_view event,
                                                   std::string_view data_json);
   size_t send_to(const std::set<uint64_t>& ids,
@@ -57,8 +60,8 @@ class Hub {
   mutable std::mutex mutex_;
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, Entry> sockets_;
-  std::map<std::string, std::set<uint64_t>, std::less<>> by_user_;
-  std::map<std::string, std::set<uint64_t>, std::less<>> by_channel_;
+  Index by_user_;
+  Index by_channel_;
 };
 
 }  // namespace gv

@@ -149,4 +149,13 @@ json strict_schema(json schema) {
   return schema;
 }
 
+std::string pointer_token(std::string t) {
+  t = clip(t, kMaxToken);
+  for (size_t i = 0; (i = t.find('~', i)) != std::string::npos; i += 2)
+    t.replace(i, 1, "~0");
+  for (size_t i = 0; (i = t.find('/', i)) != std::string::npos; i += 2)
+    t.replace(i, 1, "~1");
+  return t;
+}
+
 }  // namespace gv

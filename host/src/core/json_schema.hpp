@@ -35,6 +35,10 @@ class JsonSchema {
   std::unique_ptr<Impl> impl_;
 };
 
+// One JSON pointer reference token, escaped (RFC 6901): "~" -> "~0",
+// "/" -> "~1".
+std::string pointer_token(std::string token);
+
 // Returns a copy of schema in which every object schema that has
 // "properties" and no "additionalProperties" gets "additionalProperties":
 // false, so unknown fields are refused by default.

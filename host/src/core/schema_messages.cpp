@@ -5,6 +5,8 @@
 // A description that cannot be mapped is passed through.
 #include "core/schema_messages.hpp"
 
+#include "core/json_schema.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -194,20 +196,12 @@ std::string quoted_name(const std::string& desc) {
   return desc.substr(open + 1, close - open - 1);
 }
 
-std::string escape_token(std::string t) {
-  t = clip(t, kMaxToken);
-  for (size_t i = 0; (i = t.find('~', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~0");
-  for (size_t i = 0; (i = t.find('/', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~1");
-  return t;
-}
 
 std::string to_pointer(const Tokens& tokens) {
   std::string p;
   for (const auto& t : tokens) {
     p += '/';  // appended apart: GCC 12 -O3 warns falsely on "/" + string
-    p += escape_token(t);
+    p += pointer_token(t);
   }
   return p;
 }
