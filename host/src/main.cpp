@@ -57,14 +57,21 @@ bool parse_args(int argc, char** argv, Args* args, std::string* error) {
       *out = argv[++i];
       return true;
     };
-    if (a == "plugins" && i == 1) args->command = "plugins";
-    else if (a == "--check-config") args->command = "check";
-    else if (a == "--version") args->command = "version";
-    else if (a == "--help" || a == "-h") args->command = "help";
-    else if (a == "--config") { if (!value(&args->config)) return false; }
-    else if (a == "--listen") { if (!value(&args->overrides.listen)) return false; }
-    else if (a == "--data-dir") { if (!value(&args->overrides.data_dir)) return false; }
-    else if (a == "--plugin-dir") {
+    if (a == "plugins" && i == 1)
+      args->command = "plugins";
+    else if (a == "--check-config")
+      args->command = "check";
+    else if (a == "--version")
+      args->command = "version";
+    else if (a == "--help" || a == "-h")
+      args->command = "help";
+    else if (a == "--config") {
+      if (!value(&args->config)) return false;
+    } else if (a == "--listen") {
+      if (!value(&args->overrides.listen)) return false;
+    } else if (a == "--data-dir") {
+      if (!value(&args->overrides.data_dir)) return false;
+    } else if (a == "--plugin-dir") {
       std::string d;
       if (!value(&d)) return false;
       args->plugin_dirs.push_back(d);
@@ -95,14 +102,14 @@ int list_plugins(const Args& args) {
   std::printf("%-16s %-10s %-6s %-24s %s\n", "NAME", "VERSION", "ABI", "DEPENDS", "PATH");
   for (const auto& p : found) {
     if (!p.problem.empty() && p.manifest.name.empty()) {
-      std::printf("%-16s %-10s %-6s %-24s %s  (%s)\n", "-", "-", "-", "-",
-                  p.file.c_str(), p.problem.c_str());
+      std::printf("%-16s %-10s %-6s %-24s %s  (%s)\n", "-", "-", "-", "-", p.file.c_str(),
+                  p.problem.c_str());
       continue;
     }
     std::string deps;
     for (const auto& d : p.manifest.depends) deps += (deps.empty() ? "" : ",") + d;
-    std::string abi = std::to_string(p.manifest.abi_major) + "." +
-                      std::to_string(p.manifest.abi_minor);
+    std::string abi =
+        std::to_string(p.manifest.abi_major) + "." + std::to_string(p.manifest.abi_minor);
     std::printf("%-16s %-10s %-6s %-24s %s%s%s\n", p.manifest.name.c_str(),
                 p.manifest.version.c_str(), abi.c_str(), deps.empty() ? "-" : deps.c_str(),
                 p.file.c_str(), p.problem.empty() ? "" : "  ",
@@ -118,16 +125,14 @@ int run(const Args& args) {
   std::vector<gv::config::Diagnostic> problems;
   if (!gv::config::load_host_config(args.config, args.overrides, &cfg, &problems)) {
     for (const auto& p : problems) std::fprintf(stderr, "%s\n", p.to_string().c_str());
-    std::fprintf(stderr, "grapevine: %zu config error(s); nothing was started\n",
-                 problems.size());
+    std::fprintf(stderr, "grapevine: %zu config error(s); nothing was started\n", problems.size());
     return 2;
   }
   gv::log::set_level(gv::log::parse_level(cfg.log.level));
   gv::Metrics metrics;
   gv::Registry registry;
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  gv::WorkerPool pool(cfg.workers.threads ? cfg.workers.threads : cores,
-                      cfg.workers.queue_limit);
+  gv::WorkerPool pool(cfg.workers.threads ? cfg.workers.threads : cores, cfg.workers.queue_limit);
   metrics.worker_queue_depth = [&pool] { return pool.depth(); };
   gv::Dispatcher dispatcher(pool, cfg.limits.json_depth);
   gv::Hub hub;
@@ -150,8 +155,7 @@ int run(const Args& args) {
       }
     }
   }
-  gv::plugins::HostServices services{&cfg, &registry, &dispatcher, &hub, &metrics,
-                                     keys.get()};
+  gv::plugins::HostServices services{&cfg, &registry, &dispatcher, &hub, &metrics, keys.get()};
   gv::plugins::PluginHost plugins(services);
 
   if (args.command == "check") {
@@ -211,8 +215,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args.command == "version") {
-    std::printf("grapevine %s (plugin ABI %d.%d)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR,
-                GV_ABI_MINOR);
+    std::printf("grapevine %s (plugin ABI %d.%d)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR, GV_ABI_MINOR);
     return 0;
   }
   if (args.command == "plugins") return list_plugins(args);

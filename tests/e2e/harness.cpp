@@ -3,10 +3,10 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <openssl/hmac.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -52,8 +52,8 @@ HttpResult http(int port, const std::string& method, const std::string& target,
                 const std::string& body, const Headers& headers) {
   asio::io_context ioc;
   beast::tcp_stream stream(ioc);
-  stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
-                               static_cast<unsigned short>(port)));
+  stream.connect(
+      tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
   bhttp::request<bhttp::string_body> req(bhttp::string_to_verb(method), target, 11);
   req.set(bhttp::field::host, "127.0.0.1");
   if (req.method() == bhttp::verb::unknown) req.method_string(method);
@@ -86,8 +86,7 @@ HttpResult http(int port, const std::string& method, const std::string& target,
 }
 
 std::string base64url(const std::string& bytes) {
-  static const char* table =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   std::string out;
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
@@ -109,20 +108,27 @@ std::string base64url(const std::string& bytes) {
 
 std::string make_token(json payload, json header, const std::string& secret) {
   auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                 std::chrono::system_clock::now().time_since_epoch()).count();
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
   json h = {{"alg", "HS256"}, {"typ", "at+jwt"}, {"kid", "main"}};
   for (auto it = header.begin(); it != header.end(); ++it)
-    if (it.value().is_null()) h.erase(it.key()); else h[it.key()] = it.value();
+    if (it.value().is_null())
+      h.erase(it.key());
+    else
+      h[it.key()] = it.value();
   json p = {{"sub", "alice"}, {"iss", "grapevine"}, {"aud", "grapevine"},
-            {"iat", now}, {"exp", now + 3600}, {"roles", json::array({"user"})}};
+            {"iat", now},     {"exp", now + 3600},  {"roles", json::array({"user"})}};
   for (auto it = payload.begin(); it != payload.end(); ++it)
-    if (it.value().is_null()) p.erase(it.key()); else p[it.key()] = it.value();
+    if (it.value().is_null())
+      p.erase(it.key());
+    else
+      p[it.key()] = it.value();
   std::string signing_input = base64url(h.dump()) + "." + base64url(p.dump());
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
-       reinterpret_cast<const unsigned char*>(signing_input.data()), signing_input.size(),
-       mac, &len);
+       reinterpret_cast<const unsigned char*>(signing_input.data()), signing_input.size(), mac,
+       &len);
   return signing_input + "." + base64url(std::string(reinterpret_cast<char*>(mac), len));
 }
 
@@ -145,8 +151,7 @@ json default_config(const fs::path& data_dir) {
         {"audience", "grapevine"},
         {"signing_kid", "main"},
         {"keys", json::array({{{"kid", "main"}, {"alg", "HS256"}, {"secret", kTestSecret}}})}}},
-      {"plugins",
-       {{"hello", {{"config", {{"greeting", "Hi"}}}}}, {"testkit", json::object()}}}};
+      {"plugins", {{"hello", {{"config", {{"greeting", "Hi"}}}}}, {"testkit", json::object()}}}};
 }
 
 namespace {
@@ -304,8 +309,8 @@ struct WebSocket::Impl {
 
 WebSocket::WebSocket(int port, const std::string& target, const Headers& headers)
     : impl_(std::make_unique<Impl>()) {
-  impl_->ws.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"),
-                                               static_cast<unsigned short>(port)));
+  impl_->ws.next_layer().connect(
+      tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
   impl_->ws.set_option(websocket::stream_base::decorator([headers](websocket::request_type& req) {
     for (const auto& [k, v] : headers) req.set(k, v);
   }));

@@ -11,11 +11,11 @@ TEST_CASE("a bad config prints every error with file and line", "[config]") {
   fs::path file = dir.path / "bad.yaml";
   std::ofstream(file) << "server:\n"
                          "  listen: 127.0.0.1:8080\n"
-                         "  io_thread: 2\n"            // line 3: unknown key
+                         "  io_thread: 2\n"  // line 3: unknown key
                          "limits:\n"
-                         "  body_bytes: lots\n"        // line 5: wrong type
+                         "  body_bytes: lots\n"  // line 5: wrong type
                          "log:\n"
-                         "  level: loud\n";            // line 7: not an allowed value
+                         "  level: loud\n";  // line 7: not an allowed value
   for (bool check_only : {true, false}) {
     std::string out;
     std::vector<std::string> args = {"--config", file.string()};
@@ -56,15 +56,16 @@ TEST_CASE("--check-config checks plugin sections against the plugin's schema", "
 
 TEST_CASE("the shipped config is valid", "[config]") {
   std::string out;
-  int code = run_grapevine({"--config", GRAPEVINE_SOURCE_DIR "/config/grapevine.yaml",
-                            "--check-config"}, &out);
+  int code = run_grapevine(
+      {"--config", GRAPEVINE_SOURCE_DIR "/config/grapevine.yaml", "--check-config"}, &out);
   INFO(out);
   CHECK(code == 0);
 }
 
 TEST_CASE("--listen overrides the address and a bad one is refused", "[config]") {
   std::string out;
-  CHECK(run_grapevine({"--config", GRAPEVINE_SOURCE_DIR "/config/grapevine.yaml",
-                       "--listen", "nonsense", "--check-config"}, &out) == 2);
+  CHECK(run_grapevine({"--config", GRAPEVINE_SOURCE_DIR "/config/grapevine.yaml", "--listen",
+                       "nonsense", "--check-config"},
+                      &out) == 2);
   CHECK(out.find("listen") != std::string::npos);
 }

@@ -26,9 +26,10 @@ TEST_CASE("keep-alive serves several requests on one connection", "[connections]
   Host host;
   REQUIRE(host.started());
   RawConnection conn(host.port());
-  conn.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
-            "GET /api/v1/hello/greetings/k HTTP/1.1\r\nHost: t\r\n\r\n"
-            "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+  conn.send(
+      "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+      "GET /api/v1/hello/greetings/k HTTP/1.1\r\nHost: t\r\n\r\n"
+      "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
   bool closed = false;
   std::string got = conn.read_until_closed(std::chrono::seconds(5), &closed);
   CHECK(closed);
@@ -67,8 +68,9 @@ TEST_CASE("a WebSocket peer that stops answering pings is dropped", "[connection
   Host host = host_with(dir, {{"websocket", {{"ping_interval_ms", 200}}}});
   REQUIRE(host.started());
   RawConnection conn(host.port());
-  conn.send("GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+  conn.send(
+      "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
   bool closed = false;
   auto start = std::chrono::steady_clock::now();
   std::string got = conn.read_until_closed(std::chrono::seconds(5), &closed);

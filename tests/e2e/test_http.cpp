@@ -90,7 +90,8 @@ TEST_CASE("input is checked against the operation's schema", "[http][validation]
     check_error_body(r, "invalid_input");
     CHECK(r.json_body()["error"]["message"].get<std::string>().find(c.field) != std::string::npos);
   }
-  for (const std::string& bad : std::vector<std::string>{"{", "[1,2]", "\"text\"", std::string(100, '[')}) {
+  for (const std::string& bad :
+       std::vector<std::string>{"{", "[1,2]", "\"text\"", std::string(100, '[')}) {
     auto r = host.request("POST", "/api/v1/hello/echo", bad);
     CHECK(r.status == 400);
     check_error_body(r, "invalid_json");
@@ -129,7 +130,8 @@ TEST_CASE("tokens are verified", "[http][auth]") {
   std::string tampered = good;
   tampered[good.find('.') + 5] = tampered[good.find('.') + 5] == 'A' ? 'B' : 'A';
   auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                 std::chrono::system_clock::now().time_since_epoch()).count();
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
   std::vector<std::pair<std::string, std::string>> bad = {
       {"alg none", make_token({}, {{"alg", "none"}}).substr(0, good.rfind('.') + 1)},
       {"alg none signed", make_token({}, {{"alg", "none"}})},
@@ -210,9 +212,8 @@ TEST_CASE("503 past the connection limit", "[http][limits]") {
   c["limits"] = {{"max_connections", 1}};
   Host host({c});
   REQUIRE(host.started());
-  auto held = std::async(std::launch::async, [&host] {
-    return host.request("GET", "/api/v1/testkit/slow?ms=1000");
-  });
+  auto held = std::async(std::launch::async,
+                         [&host] { return host.request("GET", "/api/v1/testkit/slow?ms=1000"); });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(host.request("GET", "/healthz").status == 503);
   CHECK(held.get().status == 200);
@@ -222,9 +223,8 @@ TEST_CASE("503 past the connection limit", "[http][limits]") {
 TEST_CASE("SIGTERM lets a slow request finish, then exits 0", "[http][shutdown]") {
   Host host;
   REQUIRE(host.started());
-  auto slow = std::async(std::launch::async, [&host] {
-    return host.request("GET", "/api/v1/testkit/slow?ms=1500");
-  });
+  auto slow = std::async(std::launch::async,
+                         [&host] { return host.request("GET", "/api/v1/testkit/slow?ms=1500"); });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(host.terminate() == 0);
   auto r = slow.get();
@@ -255,8 +255,9 @@ TEST_CASE("HEAD, absolute-form targets and bodyless statuses", "[http]") {
   CHECK(absolute.json_body()["message"] == "Hi, abs!");
   // A 304 carries no body, so the next response on the connection parses.
   RawConnection conn(host.port());
-  conn.send("GET /api/v1/testkit/not_modified HTTP/1.1\r\nHost: t\r\n\r\n"
-            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+  conn.send(
+      "GET /api/v1/testkit/not_modified HTTP/1.1\r\nHost: t\r\n\r\n"
+      "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
   bool closed = false;
   std::string got = conn.read_until_closed(std::chrono::seconds(5), &closed);
   CHECK(got.find("HTTP/1.1 304 Not Modified\r\n") == 0);
@@ -268,8 +269,9 @@ TEST_CASE("Expect: 100-continue is answered in any letter case", "[http]") {
   Host host;
   REQUIRE(host.started());
   RawConnection conn(host.port());
-  conn.send("POST /api/v1/hello/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            "Content-Length: 13\r\nExpect: 100-Continue\r\nConnection: close\r\n\r\n");
+  conn.send(
+      "POST /api/v1/hello/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+      "Content-Length: 13\r\nExpect: 100-Continue\r\nConnection: close\r\n\r\n");
   bool closed = false;
   std::string interim = conn.read_until_closed(std::chrono::milliseconds(500), &closed);
   CHECK(interim.find("100 Continue") != std::string::npos);

@@ -119,8 +119,8 @@ TEST_CASE("grapevine plugins lists what is installed without running it", "[plug
   TempDir scratch;
   fs::path marker = scratch.path / "marker";
   std::string out;
-  int code = run_grapevine({"plugins", "--plugin-dir", test_plugin_dir().string(),
-                            "--plugin-dir", build_plugin_dir().string()},
+  int code = run_grapevine({"plugins", "--plugin-dir", test_plugin_dir().string(), "--plugin-dir",
+                            build_plugin_dir().string()},
                            &out, {{"GRAPEVINE_TEST_MARKER", marker.string()}});
   CHECK(code == 0);
   CHECK(out.find("testkit") != std::string::npos);

@@ -24,9 +24,10 @@ TEST_CASE("malformed messages get an error and the socket stays open", "[ws]") {
   Host host;
   REQUIRE(host.started());
   WebSocket ws(host.port());
-  for (std::string bad : std::vector<std::string>{"not json", "[1]", R"({"id":"1"})", R"({"op":"x","id":{}})",
-                          R"({"op":"hello.greet","id":"2","data":[]})",
-                          R"({"op":"hello.greet","id":"3","extra":1})"}) {
+  for (std::string bad :
+       std::vector<std::string>{"not json", "[1]", R"({"id":"1"})", R"({"op":"x","id":{}})",
+                                R"({"op":"hello.greet","id":"2","data":[]})",
+                                R"({"op":"hello.greet","id":"3","extra":1})"}) {
     INFO(bad);
     ws.send(bad);
     auto reply = ws.receive_json();
@@ -54,8 +55,7 @@ TEST_CASE("operations over /ws check tokens and roles", "[ws][auth]") {
   WebSocket by_query(host.port(), "/ws?access_token=" + make_token({{"sub", "bob"}}));
   CHECK(by_query.call("hello.whoami")["data"]["user_id"] == "bob");
   CHECK(by_query.call("hello.announce", {{"text", "x"}})["status"] == 403);
-  CHECK_THROWS_WITH(WebSocket(host.port(), "/ws?access_token=bad"),
-                    Catch::Contains("401"));
+  CHECK_THROWS_WITH(WebSocket(host.port(), "/ws?access_token=bad"), Catch::Contains("401"));
 }
 
 TEST_CASE("the Origin allowlist guards the upgrade", "[ws]") {
@@ -81,14 +81,16 @@ TEST_CASE("services push to a channel and to a user", "[ws][push]") {
 
   auto admin = make_token({{"roles", {"admin"}}});
   CHECK(host.request("POST", "/api/v1/hello/announcements", R"({"text":"news"})",
-                     {{"Authorization", "Bearer " + admin}}).status == 202);
+                     {{"Authorization", "Bearer " + admin}})
+            .status == 202);
   auto event = listener.receive_json();
   REQUIRE(event);
   CHECK((*event)["event"] == "hello.announcement");
   CHECK((*event)["data"]["text"] == "news");
 
   CHECK(host.request("POST", "/api/v1/hello/pokes/bob", R"({"text":"psst"})",
-                     {{"Authorization", "Bearer " + make_token()}}).status == 202);
+                     {{"Authorization", "Bearer " + make_token()}})
+            .status == 202);
   auto poke = bob.receive_json();
   REQUIRE(poke);
   CHECK((*poke)["event"] == "hello.poke");
@@ -132,13 +134,16 @@ TEST_CASE("a socket stops getting its user's pushes when the token expires", "[w
   Host host;
   REQUIRE(host.started());
   auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                 std::chrono::system_clock::now().time_since_epoch()).count();
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
   // The harness config allows 30 s of leeway; expire beyond it.
-  WebSocket ws(host.port(), "/ws?access_token=" + make_token({{"sub", "shortlived"},
-                                                              {"exp", now - 28}}));
+  WebSocket ws(host.port(),
+               "/ws?access_token=" + make_token({{"sub", "shortlived"}, {"exp", now - 28}}));
   auto poke = [&] {
-    return host.request("POST", "/api/v1/hello/pokes/shortlived", R"({"text":"hey"})",
-                        {{"Authorization", "Bearer " + make_token()}}).status;
+    return host
+        .request("POST", "/api/v1/hello/pokes/shortlived", R"({"text":"hey"})",
+                 {{"Authorization", "Bearer " + make_token()}})
+        .status;
   };
   CHECK(poke() == 202);
   REQUIRE(ws.receive_json(std::chrono::seconds(2)).has_value());

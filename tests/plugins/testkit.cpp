@@ -21,21 +21,22 @@ class TestKit : public grapevine::Plugin {
            .http_method = "GET",
            .http_path = "/api/v1/testkit/slow",
            .input_schema = {{"type", "object"},
-                            {"properties", {{"ms", {{"type", "integer"}, {"minimum", 0}, {"maximum", 60000}}}}}}},
+                            {"properties",
+                             {{"ms", {{"type", "integer"}, {"minimum", 0}, {"maximum", 60000}}}}}}},
           [](const Request& req) {
             int ms = req.input().value("ms", 100);
             std::this_thread::sleep_for(std::chrono::milliseconds(ms));
             return Response(json{{"slept_ms", ms}});
           });
-    r.add({.name = "testkit.error",
-           .http_method = "GET",
-           .http_path = "/api/v1/testkit/error"},
+    r.add({.name = "testkit.error", .http_method = "GET", .http_path = "/api/v1/testkit/error"},
           [](const Request&) -> Response {
             throw grapevine::Error::conflict("a conflict the plugin chose");
           });
     r.add({.name = "testkit.flood",
            .input_schema = {{"type", "object"},
-                            {"properties", {{"count", {{"type", "integer"}, {"minimum", 1}, {"maximum", 100000}}}}}},
+                            {"properties",
+                             {{"count",
+                               {{"type", "integer"}, {"minimum", 1}, {"maximum", 100000}}}}}},
            .access = grapevine::Access::signed_in},
           [this](const Request& req) {
             int n = req.input().value("count", 1000);
@@ -49,11 +50,15 @@ class TestKit : public grapevine::Plugin {
            .http_path = "/api/v1/testkit/nullable",
            .input_schema = {{"type", "object"},
                             {"properties", {{"n", {{"type", {"integer", "null"}}}}}}}},
-          [](const Request& req) { return Response(json{{"n", req.input().value("n", json())}}); });
+          [](const Request& req) {
+            return Response(json{{"n", req.input().value("n", json())}});
+          });
     r.add({.name = "testkit.not_modified",
            .http_method = "GET",
            .http_path = "/api/v1/testkit/not_modified"},
-          [](const Request&) { return Response(json{{"ignored", "body"}}, 304); });
+          [](const Request&) {
+            return Response(json{{"ignored", "body"}}, 304);
+          });
     service_.emplace(ctx.service());
   }
 

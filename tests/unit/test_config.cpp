@@ -18,8 +18,7 @@ namespace {
 class TempDir {
  public:
   TempDir() {
-    std::string tmpl =
-        (fs::temp_directory_path() / "gv-config-XXXXXX").string();
+    std::string tmpl = (fs::temp_directory_path() / "gv-config-XXXXXX").string();
     REQUIRE(mkdtemp(tmpl.data()) != nullptr);
     path_ = tmpl;
   }
@@ -46,8 +45,7 @@ struct Loaded {
 Loaded load(const std::string& yaml, const Overrides& overrides = {}) {
   TempDir dir;
   Loaded r;
-  r.ok = load_host_config(dir.write("grapevine.yaml", yaml), overrides,
-                          &r.config, &r.errors);
+  r.ok = load_host_config(dir.write("grapevine.yaml", yaml), overrides, &r.config, &r.errors);
   for (const auto& e : r.errors) UNSCOPED_INFO(e.to_string());
   return r;
 }
@@ -81,8 +79,7 @@ TEST_CASE("an empty file gives the defaults", "[config]") {
 }
 
 TEST_CASE("the shipped config/grapevine.yaml loads cleanly", "[config]") {
-  const fs::path file =
-      fs::path(GRAPEVINE_SOURCE_DIR) / "config" / "grapevine.yaml";
+  const fs::path file = fs::path(GRAPEVINE_SOURCE_DIR) / "config" / "grapevine.yaml";
   HostConfig c;
   std::vector<Diagnostic> errors;
   bool ok = load_host_config(file, {}, &c, &errors);
@@ -125,8 +122,7 @@ TEST_CASE("values from the file are applied", "[config]") {
   CHECK(r.config.plugin_dirs == std::vector<std::string>{"/opt/p"});
 }
 
-TEST_CASE("every error in a file is reported at once, with its line",
-          "[config]") {
+TEST_CASE("every error in a file is reported at once, with its line", "[config]") {
   Loaded r = load(
       "server:\n"
       "  listen: 127.0.0.1:8080\n"
@@ -148,8 +144,7 @@ TEST_CASE("every error in a file is reported at once, with its line",
   CHECK(r.errors[2].path == "log.level");
   CHECK(r.errors[2].message == "must be one of debug, info, warn or error");
   CHECK(r.errors[0].file.find("grapevine.yaml") != std::string::npos);
-  CHECK(r.errors[1].to_string().find(
-            "grapevine.yaml:5:15: limits.body_bytes: expected integer") !=
+  CHECK(r.errors[1].to_string().find("grapevine.yaml:5:15: limits.body_bytes: expected integer") !=
         std::string::npos);
 }
 
@@ -157,14 +152,10 @@ TEST_CASE("unknown keys and bad values are refused", "[config]") {
   auto top = one_error("listen: 1\n");
   CHECK(top.message == "unknown field 'listen'");
   CHECK(top.mark.line == 1);
-  CHECK(one_error("limits:\n  body_bytes: 0\n").message ==
-        "must be at least 1");
-  CHECK(one_error("server:\n  io_threads: -1\n").message ==
-        "must be at least 0");
-  CHECK(one_error("limits:\n  body_bytes: '12'\n").message ==
-        "expected integer, found string");
-  CHECK(one_error("log: {access: yes}\n").message ==
-        "expected boolean, found string");
+  CHECK(one_error("limits:\n  body_bytes: 0\n").message == "must be at least 1");
+  CHECK(one_error("server:\n  io_threads: -1\n").message == "must be at least 0");
+  CHECK(one_error("limits:\n  body_bytes: '12'\n").message == "expected integer, found string");
+  CHECK(one_error("log: {access: yes}\n").message == "expected boolean, found string");
   auto plugin = one_error("plugins:\n  hello:\n    enable: true\n");
   CHECK(plugin.path == "plugins.hello.enable");
   CHECK(plugin.mark.line == 3);
@@ -205,16 +196,14 @@ TEST_CASE("auth keys are checked against their algorithm", "[config]") {
       "a.key\n");
   CHECK(both.mark.line == 3);
   CHECK(both.path == "auth.keys[0]");
-  CHECK(both.message.find("exactly one of secret or secret_file") !=
-        std::string::npos);
-  CHECK(one_error("auth: {keys: [{kid: a, alg: HS256}]}\n").path ==
-        "auth.keys[0]");
+  CHECK(both.message.find("exactly one of secret or secret_file") != std::string::npos);
+  CHECK(one_error("auth: {keys: [{kid: a, alg: HS256}]}\n").path == "auth.keys[0]");
   CHECK(one_error("auth:\n  keys:\n    - {kid: e, alg: EdDSA}\n").message ==
         "an EdDSA key needs public_key_file");
-  CHECK(one_error("auth: {keys: [{kid: a, alg: RS256, secret_file: f}]}\n")
-            .message == "must be one of HS256 or EdDSA");
-  CHECK(one_error("auth: {keys: [{kid: a, alg: HS256, secret: short}]}\n")
-            .message == "must be at least 32 characters long");
+  CHECK(one_error("auth: {keys: [{kid: a, alg: RS256, secret_file: f}]}\n").message ==
+        "must be one of HS256 or EdDSA");
+  CHECK(one_error("auth: {keys: [{kid: a, alg: HS256, secret: short}]}\n").message ==
+        "must be at least 32 characters long");
   auto missing = one_error("auth: {keys: [{alg: HS256, secret_file: f}]}\n");
   CHECK(missing.path == "auth.keys[0].kid");
   CHECK(missing.message == "missing required field 'kid'");
@@ -235,14 +224,11 @@ TEST_CASE("auth keys are checked against their algorithm", "[config]") {
 
 TEST_CASE("listen is HOST:PORT and --listen wins", "[config]") {
   CHECK(one_error("server: {listen: localhost}\n").path == "server.listen");
-  CHECK(one_error("server: {listen: '::1:80'}\n").message.find("brackets") !=
-        std::string::npos);
-  CHECK(one_error("server: {listen: 'a:70000'}\n").message.find("0 to 65535") !=
-        std::string::npos);
+  CHECK(one_error("server: {listen: '::1:80'}\n").message.find("brackets") != std::string::npos);
+  CHECK(one_error("server: {listen: 'a:70000'}\n").message.find("0 to 65535") != std::string::npos);
   CHECK(one_error("server: {listen: ':80'}\n").mark.line == 1);
 
-  Loaded any_port =
-      load("server: {listen: '127.0.0.1:8080'}\n", {"0.0.0.0:0", ""});
+  Loaded any_port = load("server: {listen: '127.0.0.1:8080'}\n", {"0.0.0.0:0", ""});
   REQUIRE(any_port.ok);
   CHECK(any_port.config.server.listen_host == "0.0.0.0");
   CHECK(any_port.config.server.listen_port == 0);
@@ -260,8 +246,7 @@ TEST_CASE("listen is HOST:PORT and --listen wins", "[config]") {
   CHECK(bad.errors[0].path == "--listen");
 }
 
-TEST_CASE("YAML syntax errors and missing files are one diagnostic",
-          "[config]") {
+TEST_CASE("YAML syntax errors and missing files are one diagnostic", "[config]") {
   auto e = one_error("server:\n  listen: [1, 2\nlog: {}\n");
   CHECK(e.mark.line >= 2);
   CHECK(e.message.find("invalid YAML") == 0);
@@ -281,8 +266,7 @@ TEST_CASE("duplicate keys are errors", "[config]") {
   CHECK(e.message == "duplicate key 'level'");
 }
 
-TEST_CASE("plain scalars get YAML types, quoted ones stay strings",
-          "[config]") {
+TEST_CASE("plain scalars get YAML types, quoted ones stay strings", "[config]") {
   Loaded r = load(
       "plugins:\n"
       "  zeta:\n"
@@ -321,14 +305,12 @@ TEST_CASE("YamlDocument keeps marks and dotted paths", "[config]") {
   TempDir dir;
   YamlDocument doc;
   std::vector<Diagnostic> errors;
-  REQUIRE(load_yaml(dir.write("d.yaml", "a:\n  b:\n    - x\n    - y: 1\n"),
-                    &doc, &errors));
+  REQUIRE(load_yaml(dir.write("d.yaml", "a:\n  b:\n    - x\n    - y: 1\n"), &doc, &errors));
   CHECK(doc.mark_of("/a/b/1/y").line == 4);
   CHECK(doc.mark_of("/a/b/1/y").column == 10);  // the value
   CHECK(doc.mark_of("/a/b/1/nope").line == 4);
   CHECK(doc.mark_of("/a").line == 1);
-  CHECK(YamlDocument::dotted("/plugins/hello/config") ==
-        "plugins.hello.config");
+  CHECK(YamlDocument::dotted("/plugins/hello/config") == "plugins.hello.config");
   CHECK(YamlDocument::dotted("/auth/keys/0/alg") == "auth.keys[0].alg");
   CHECK(YamlDocument::dotted("/a~1b/c~0d") == "a/b.c~d");
   CHECK(YamlDocument::dotted("") == "");
@@ -336,13 +318,11 @@ TEST_CASE("YamlDocument keeps marks and dotted paths", "[config]") {
   // Plugin sections are checked later against the plugin's own schema.
   std::string error;
   auto schema = gv::JsonSchema::compile(
-      {{"type", "object"}, {"properties", {{"n", {{"type", "integer"}}}}}},
-      &error);
+      {{"type", "object"}, {"properties", {{"n", {{"type", "integer"}}}}}}, &error);
   REQUIRE(schema);
   validate_at(doc, "/a/b/1", *schema, &errors);
   CHECK(errors.empty());
-  REQUIRE(load_yaml(dir.write("e.yaml", "p:\n  config:\n    n: x\n"), &doc,
-                    &errors));
+  REQUIRE(load_yaml(dir.write("e.yaml", "p:\n  config:\n    n: x\n"), &doc, &errors));
   validate_at(doc, "/p/config", *schema, &errors);
   REQUIRE(errors.size() == 1);
   CHECK(errors[0].path == "p.config.n");

@@ -1,6 +1,6 @@
 // Worker pool, hub, JSON limits and error bodies.
-#include <catch2/catch.hpp>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
 #include <thread>
@@ -15,7 +15,10 @@ TEST_CASE("the worker pool refuses work past its queue limit", "[workers]") {
   std::promise<void> release;
   auto gate = release.get_future().share();
   std::atomic<int> ran{0};
-  auto job = [&] { gate.wait(); ++ran; };
+  auto job = [&] {
+    gate.wait();
+    ++ran;
+  };
   REQUIRE(pool.try_submit(job));  // running
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   REQUIRE(pool.try_submit(job));  // queued
@@ -71,8 +74,9 @@ TEST_CASE("JSON nesting is measured before parsing", "[limits]") {
 
 TEST_CASE("error bodies have one shape; request ids are sane", "[errors]") {
   auto body = nlohmann::json::parse(gv::error_body("not_found", "no such post", "r1"));
-  CHECK(body == nlohmann::json{{"error", {{"code", "not_found"}, {"message", "no such post"},
-                                          {"request_id", "r1"}}}});
+  CHECK(body ==
+        nlohmann::json{
+            {"error", {{"code", "not_found"}, {"message", "no such post"}, {"request_id", "r1"}}}});
   CHECK(gv::request_id_from("abc-1.2_3:4") == "abc-1.2_3:4");
   CHECK(gv::request_id_from("has space").size() == 16);
   CHECK(gv::request_id_from(std::string(200, 'a')).size() == 16);

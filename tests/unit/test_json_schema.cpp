@@ -36,9 +36,7 @@ const json user_schema = gv::strict_schema({
       {"handle", {{"type", "string"}, {"pattern", "^[a-z]+$"}}},
       {"tags", {{"type", "array"}, {"items", {{"type", "string"}}}}},
       {"nick", {{"type", {"string", "null"}}}},
-      {"address",
-       {{"type", "object"},
-        {"properties", {{"city", {{"type", "string"}}}}}}}}},
+      {"address", {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}}}}},
 });
 
 }  // namespace
@@ -50,15 +48,13 @@ TEST_CASE("a valid value has no violations", "[schema]") {
 }
 
 TEST_CASE("unknown fields are named with their pointer", "[schema]") {
-  auto v = compile(user_schema)
-               ->validate({{"name", "ada"}, {"zeta", 1}, {"alpha", 2}});
+  auto v = compile(user_schema)->validate({{"name", "ada"}, {"zeta", 1}, {"alpha", 2}});
   REQUIRE(v.size() == 2);  // valijson names only the first; both are reported
   CHECK(v[0].pointer == "/alpha");
   CHECK(v[0].message == "unknown field 'alpha'");
   CHECK(v[1].pointer == "/zeta");
 
-  auto nested =
-      only(user_schema, {{"name", "ada"}, {"address", {{"zip", "1"}}}});
+  auto nested = only(user_schema, {{"name", "ada"}, {"address", {{"zip", "1"}}}});
   CHECK(nested.pointer == "/address/zip");
   CHECK(nested.message == "unknown field 'zip'");
 }
@@ -71,8 +67,7 @@ TEST_CASE("type mismatches say what was expected and found", "[schema]") {
         "expected integer, found number");
   CHECK(only(user_schema, {{"name", "ada"}, {"nick", 5}}).message ==
         "expected string or null, found integer");
-  CHECK(only(user_schema, json::array()).message ==
-        "expected object, found array");
+  CHECK(only(user_schema, json::array()).message == "expected object, found array");
   auto item = only(user_schema, {{"name", "ada"}, {"tags", {"a", 2}}});
   CHECK(item.pointer == "/tags/1");
   CHECK(item.message == "expected string, found integer");
@@ -88,26 +83,20 @@ TEST_CASE("bounds, enums and patterns read as plain words", "[schema]") {
   auto with = [](const char* key, json value) {
     return only(user_schema, {{"name", "ada"}, {key, value}}).message;
   };
-  CHECK(only(user_schema, {{"name", "al"}}).message ==
-        "must be at least 3 characters long");
-  CHECK(only(user_schema, {{"name", "alexandria"}}).message ==
-        "must be at most 8 characters long");
+  CHECK(only(user_schema, {{"name", "al"}}).message == "must be at least 3 characters long");
+  CHECK(only(user_schema, {{"name", "alexandria"}}).message == "must be at most 8 characters long");
   CHECK(with("age", -1) == "must be at least 0");
   CHECK(with("age", 151) == "must be at most 150");
   CHECK(with("role", "owner") == "must be one of admin or member");
   CHECK(only({{"enum", {"x"}}}, "y").message == "must be x");
   CHECK(with("handle", "Ada") == "does not match the pattern ^[a-z]+$");
-  CHECK(only({{"type", "array"}, {"maxItems", 1}}, {1, 2}).message ==
-        "must have at most 1 item");
+  CHECK(only({{"type", "array"}, {"maxItems", 1}}, {1, 2}).message == "must have at most 1 item");
   CHECK(only({{"type", "array"}, {"maxItems", 2}}, {1, 2, 3}).message ==
         "must have at most 2 items");
-  CHECK(only({{"type", "string"}, {"minLength", 1}}, "").message ==
-        "must not be empty");
+  CHECK(only({{"type", "string"}, {"minLength", 1}}, "").message == "must not be empty");
   CHECK(only({{"multipleOf", 5}}, 7).message == "must be a multiple of 5");
-  CHECK(only({{"type", "array"}, {"uniqueItems", true}}, {1, 1}).message ==
-        "items must be unique");
-  CHECK(only({{"exclusiveMinimum", 0.5}}, 0.5).message ==
-        "must be greater than 0.5");
+  CHECK(only({{"type", "array"}, {"uniqueItems", true}}, {1, 1}).message == "items must be unique");
+  CHECK(only({{"exclusiveMinimum", 0.5}}, 0.5).message == "must be greater than 0.5");
 }
 
 TEST_CASE("large values are never echoed", "[schema]") {
@@ -122,8 +111,7 @@ TEST_CASE("large values are never echoed", "[schema]") {
 
 TEST_CASE("anyOf reports the alternatives' problems once", "[schema]") {
   json schema = {{"anyOf", {{{"type", "string"}}, {{"type", "integer"}}}}};
-  CHECK(only(schema, true).message ==
-        "expected string or integer, found boolean");
+  CHECK(only(schema, true).message == "expected string or integer, found boolean");
   json objects = {{"anyOf", {{{"required", {"a"}}}, {{"required", {"b"}}}}}};
   auto v = compile(objects)->validate(json::object());
   REQUIRE(v.size() == 2);
@@ -131,11 +119,9 @@ TEST_CASE("anyOf reports the alternatives' problems once", "[schema]") {
 }
 
 TEST_CASE("$ref and definitions are followed for messages", "[schema]") {
-  json schema = {
-      {"definitions", {{"port", {{"type", "integer"}, {"maximum", 65535}}}}},
-      {"properties", {{"port", {{"$ref", "#/definitions/port"}}}}}};
-  CHECK(only(schema, {{"port", "x"}}).message ==
-        "expected integer, found string");
+  json schema = {{"definitions", {{"port", {{"type", "integer"}, {"maximum", 65535}}}}},
+                 {"properties", {{"port", {{"$ref", "#/definitions/port"}}}}}};
+  CHECK(only(schema, {{"port", "x"}}).message == "expected integer, found string");
   CHECK(only(schema, {{"port", 70000}}).message == "must be at most 65535");
 }
 
@@ -168,12 +154,9 @@ TEST_CASE("strict_schema refuses unknown fields by default", "[schema]") {
   json loose = {
       {"type", "object"},
       {"properties",
-       {{"a",
-         {{"type", "object"}, {"properties", {{"b", {{"type", "integer"}}}}}}},
+       {{"a", {{"type", "object"}, {"properties", {{"b", {{"type", "integer"}}}}}}},
         {"open",
-         {{"type", "object"},
-          {"properties", json::object()},
-          {"additionalProperties", true}}},
+         {{"type", "object"}, {"properties", json::object()}, {"additionalProperties", true}}},
         {"list", {{"items", {{"properties", {{"c", true}}}}}}}}},
       {"default", {{"properties", {{"x", 1}}}}},  // data, not a schema
   };
@@ -195,8 +178,7 @@ TEST_CASE("one compiled schema serves many threads", "[schema]") {
     threads.emplace_back([&] {
       for (int i = 0; i < 200; ++i) {
         if (!s->validate({{"name", "ada"}, {"handle", "abc"}}).empty()) ++wrong;
-        if (s->validate({{"name", "ada"}, {"handle", "A"}}).size() != 1)
-          ++wrong;
+        if (s->validate({{"name", "ada"}, {"handle", "A"}}).size() != 1) ++wrong;
       }
     });
   for (auto& t : threads) t.join();

@@ -34,8 +34,7 @@ const std::string kSecret = "test-secret-0123456789abcdef-0123456789";
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
-    std::string t =
-        (std::filesystem::temp_directory_path() / "gv-jwt-XXXXXX").string();
+    std::string t = (std::filesystem::temp_directory_path() / "gv-jwt-XXXXXX").string();
     REQUIRE(::mkdtemp(t.data()) != nullptr);
     path = t;
   }
@@ -61,8 +60,7 @@ std::string hmac(const std::string& secret, const std::string& data) {
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
-       reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac,
-       &len);
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), mac, &len);
   return std::string(reinterpret_cast<char*>(mac), len);
 }
 
@@ -73,14 +71,11 @@ std::string raw_token(const std::string& header, const std::string& payload,
   return input + "." + b64url(hmac(secret, input));
 }
 
-std::string hs_token(const json& header, const json& claims,
-                     const std::string& secret = kSecret) {
+std::string hs_token(const json& header, const json& claims, const std::string& secret = kSecret) {
   return raw_token(header.dump(), claims.dump(), secret);
 }
 
-json valid_header() {
-  return {{"alg", "HS256"}, {"typ", "at+jwt"}, {"kid", "hs"}};
-}
+json valid_header() { return {{"alg", "HS256"}, {"typ", "at+jwt"}, {"kid", "hs"}}; }
 
 json valid_claims() {
   return {{"iss", "grapevine"},         {"aud", "grapevine"}, {"sub", "alice"},
@@ -108,15 +103,14 @@ PkeyPtr keygen(const char* type) {
 }
 
 PkeyPtr keygen_ec() {
-  return PkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"),
-                 EVP_PKEY_free);
+  return PkeyPtr(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"), EVP_PKEY_free);
 }
 
 std::string to_pem(EVP_PKEY* key, bool is_private) {
   std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), BIO_free);
-  int ok = is_private ? PEM_write_bio_PrivateKey(bio.get(), key, nullptr,
-                                                 nullptr, 0, nullptr, nullptr)
-                      : PEM_write_bio_PUBKEY(bio.get(), key);
+  int ok = is_private
+               ? PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr)
+               : PEM_write_bio_PUBKEY(bio.get(), key);
   REQUIRE(ok == 1);
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
@@ -170,8 +164,7 @@ struct Env {
   }
 };
 
-VerifyError check(const KeySet& keys, const std::string& token,
-                  int64_t now = kNow) {
+VerifyError check(const KeySet& keys, const std::string& token, int64_t now = kNow) {
   Identity id;
   return keys.verify(token, &id, system_clock::time_point(seconds(now)));
 }
@@ -198,8 +191,7 @@ TEST_CASE("base64url round trips binary data", "[jwt][base64]") {
   CHECK(out == r);
 }
 
-TEST_CASE("base64url rejects the standard alphabet, padding and bad lengths",
-          "[jwt][base64]") {
+TEST_CASE("base64url rejects the standard alphabet, padding and bad lengths", "[jwt][base64]") {
   std::string out;
   CHECK(gv::auth::base64url_decode("-_-_", &out));
   CHECK(out == "\xfb\xff\xbf");
@@ -279,8 +271,7 @@ TEST_CASE("hand-made valid HS256 token verifies", "[jwt]") {
   Env env;
   auto keys = env.load();
   Identity id;
-  REQUIRE(keys->verify(hs_token(valid_header(), valid_claims()), &id, kNowTp) ==
-          VerifyError::none);
+  REQUIRE(keys->verify(hs_token(valid_header(), valid_claims()), &id, kNowTp) == VerifyError::none);
   CHECK(id.user_id == "alice");
   CHECK(id.expires_at == kNow + 600);
 }
@@ -290,8 +281,7 @@ TEST_CASE("EdDSA sign then verify, also on a verify-only host", "[jwt]") {
   auto keys = env.load();
   std::string token;
   REQUIRE(keys->sign({{"sub", "carol"}, {"roles", {"ops"}}}, &token));
-  CHECK(decode_part(split(token)[0]) ==
-        json{{"alg", "EdDSA"}, {"typ", "at+jwt"}, {"kid", "ed"}});
+  CHECK(decode_part(split(token)[0]) == json{{"alg", "EdDSA"}, {"typ", "at+jwt"}, {"kid", "ed"}});
   Identity id;
   REQUIRE(keys->verify(token, &id) == VerifyError::none);
   CHECK(id.user_id == "carol");
@@ -315,19 +305,14 @@ TEST_CASE("hand-signed EdDSA token verifies", "[jwt]") {
   Env env("");
   auto keys = env.load();
   json header = {{"alg", "EdDSA"}, {"typ", "at+jwt"}, {"kid", "ed"}};
-  std::string input =
-      b64url(header.dump()) + "." + b64url(valid_claims().dump());
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
-                                                              EVP_MD_CTX_free);
+  std::string input = b64url(header.dump()) + "." + b64url(valid_claims().dump());
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   unsigned char sig[64];
   size_t len = sizeof sig;
-  REQUIRE(EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr,
-                             env.ed.get()) == 1);
-  REQUIRE(EVP_DigestSign(ctx.get(), sig, &len,
-                         reinterpret_cast<const unsigned char*>(input.data()),
+  REQUIRE(EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, env.ed.get()) == 1);
+  REQUIRE(EVP_DigestSign(ctx.get(), sig, &len, reinterpret_cast<const unsigned char*>(input.data()),
                          input.size()) == 1);
-  std::string token =
-      input + "." + b64url(std::string(reinterpret_cast<char*>(sig), len));
+  std::string token = input + "." + b64url(std::string(reinterpret_cast<char*>(sig), len));
   CHECK(check(*keys, token) == VerifyError::none);
 }
 
@@ -340,32 +325,26 @@ TEST_CASE("algorithm is pinned by the key", "[jwt]") {
 
   SECTION("alg none") {
     h["alg"] = "none";
-    CHECK(check(*keys, hs_token(h, valid_claims())) ==
-          VerifyError::bad_algorithm);
+    CHECK(check(*keys, hs_token(h, valid_claims())) == VerifyError::bad_algorithm);
     // The classic form, with an empty signature, is not even well formed.
-    std::string unsigned_token =
-        b64url(h.dump()) + "." + b64url(valid_claims().dump()) + ".";
+    std::string unsigned_token = b64url(h.dump()) + "." + b64url(valid_claims().dump()) + ".";
     CHECK(check(*keys, unsigned_token) == VerifyError::malformed);
   }
   SECTION("alg missing") {
     h.erase("alg");
-    CHECK(check(*keys, hs_token(h, valid_claims())) ==
-          VerifyError::bad_algorithm);
+    CHECK(check(*keys, hs_token(h, valid_claims())) == VerifyError::bad_algorithm);
   }
   SECTION("alg differs in case") {
     h["alg"] = "hs256";
-    CHECK(check(*keys, hs_token(h, valid_claims())) ==
-          VerifyError::bad_algorithm);
+    CHECK(check(*keys, hs_token(h, valid_claims())) == VerifyError::bad_algorithm);
   }
   SECTION("EdDSA claimed for an HS256 key") {
     h["alg"] = "EdDSA";
-    CHECK(check(*keys, hs_token(h, valid_claims())) ==
-          VerifyError::bad_algorithm);
+    CHECK(check(*keys, hs_token(h, valid_claims())) == VerifyError::bad_algorithm);
   }
   SECTION("HS256 with the EdDSA public key as secret (algorithm confusion)") {
     h["kid"] = "ed";
-    CHECK(check(*keys, hs_token(h, valid_claims(), env.pub_pem)) ==
-          VerifyError::bad_algorithm);
+    CHECK(check(*keys, hs_token(h, valid_claims(), env.pub_pem)) == VerifyError::bad_algorithm);
   }
 }
 
@@ -408,22 +387,20 @@ TEST_CASE("tampering is detected", "[jwt]") {
   SECTION("payload changed after signing") {
     json claims = valid_claims();
     claims["roles"] = {"admin"};
-    CHECK(check(*keys, parts[0] + "." + b64url(claims.dump()) + "." +
-                           parts[2]) == VerifyError::bad_signature);
+    CHECK(check(*keys, parts[0] + "." + b64url(claims.dump()) + "." + parts[2]) ==
+          VerifyError::bad_signature);
   }
   SECTION("signature byte changed") {
     parts[2][0] = parts[2][0] == 'A' ? 'B' : 'A';
-    CHECK(check(*keys, parts[0] + "." + parts[1] + "." + parts[2]) ==
-          VerifyError::bad_signature);
+    CHECK(check(*keys, parts[0] + "." + parts[1] + "." + parts[2]) == VerifyError::bad_signature);
   }
   SECTION("signature truncated") {
-    CHECK(check(*keys,
-                parts[0] + "." + parts[1] + "." + parts[2].substr(0, 40)) ==
+    CHECK(check(*keys, parts[0] + "." + parts[1] + "." + parts[2].substr(0, 40)) ==
           VerifyError::bad_signature);
   }
   SECTION("another secret") {
-    CHECK(check(*keys, hs_token(valid_header(), valid_claims(),
-                                kSecret + "x")) == VerifyError::bad_signature);
+    CHECK(check(*keys, hs_token(valid_header(), valid_claims(), kSecret + "x")) ==
+          VerifyError::bad_signature);
   }
 }
 
@@ -442,33 +419,23 @@ TEST_CASE("malformed tokens are rejected", "[jwt]") {
   CHECK(check(*keys, token + ".") == VerifyError::malformed);
   CHECK(check(*keys, "." + p[1] + "." + p[2]) == VerifyError::malformed);
   CHECK(check(*keys, p[0] + ".." + p[2]) == VerifyError::malformed);
-  CHECK(check(*keys, p[0] + "=." + p[1] + "." + p[2]) ==
-        VerifyError::malformed);
-  CHECK(check(*keys, p[0] + "." + p[1] + "." + p[2] + "=") ==
-        VerifyError::malformed);
+  CHECK(check(*keys, p[0] + "=." + p[1] + "." + p[2]) == VerifyError::malformed);
+  CHECK(check(*keys, p[0] + "." + p[1] + "." + p[2] + "=") == VerifyError::malformed);
   std::string std_alphabet = p[0];
   std_alphabet[1] = '+';
-  CHECK(check(*keys, std_alphabet + "." + p[1] + "." + p[2]) ==
-        VerifyError::malformed);
+  CHECK(check(*keys, std_alphabet + "." + p[1] + "." + p[2]) == VerifyError::malformed);
 
   json claims = valid_claims();
-  CHECK(check(*keys, raw_token("not json", claims.dump())) ==
-        VerifyError::malformed);
-  CHECK(check(*keys, raw_token("[1,2]", claims.dump())) ==
-        VerifyError::malformed);
-  CHECK(check(*keys, raw_token("\"at+jwt\"", claims.dump())) ==
-        VerifyError::malformed);
-  CHECK(check(*keys, raw_token(valid_header().dump(), "{\"sub\":")) ==
-        VerifyError::malformed);
-  CHECK(check(*keys, raw_token(valid_header().dump(), "[]")) ==
-        VerifyError::malformed);
+  CHECK(check(*keys, raw_token("not json", claims.dump())) == VerifyError::malformed);
+  CHECK(check(*keys, raw_token("[1,2]", claims.dump())) == VerifyError::malformed);
+  CHECK(check(*keys, raw_token("\"at+jwt\"", claims.dump())) == VerifyError::malformed);
+  CHECK(check(*keys, raw_token(valid_header().dump(), "{\"sub\":")) == VerifyError::malformed);
+  CHECK(check(*keys, raw_token(valid_header().dump(), "[]")) == VerifyError::malformed);
 
   claims["roles"] = "admin";  // roles must be an array of strings
-  CHECK(check(*keys, hs_token(valid_header(), claims)) ==
-        VerifyError::malformed);
+  CHECK(check(*keys, hs_token(valid_header(), claims)) == VerifyError::malformed);
   claims["roles"] = {"user", 7};
-  CHECK(check(*keys, hs_token(valid_header(), claims)) ==
-        VerifyError::malformed);
+  CHECK(check(*keys, hs_token(valid_header(), claims)) == VerifyError::malformed);
 }
 
 TEST_CASE("tokens over 8 KiB are rejected", "[jwt]") {
@@ -499,8 +466,7 @@ TEST_CASE("time claims with leeway", "[jwt]") {
   SECTION("expired but within leeway") {
     c["exp"] = kNow - 30;
     CHECK(check(*keys, hs_token(valid_header(), c)) == VerifyError::none);
-    CHECK(check(*keys, hs_token(valid_header(), c), kNow + 1) ==
-          VerifyError::expired);
+    CHECK(check(*keys, hs_token(valid_header(), c), kNow + 1) == VerifyError::expired);
   }
   SECTION("exp missing or not a number") {
     c.erase("exp");
@@ -514,19 +480,16 @@ TEST_CASE("time claims with leeway", "[jwt]") {
   }
   SECTION("nbf in the future") {
     c["nbf"] = kNow + 31;
-    CHECK(check(*keys, hs_token(valid_header(), c)) ==
-          VerifyError::not_yet_valid);
+    CHECK(check(*keys, hs_token(valid_header(), c)) == VerifyError::not_yet_valid);
   }
   SECTION("nbf in the future but within leeway") {
     c["nbf"] = kNow + 30;
     CHECK(check(*keys, hs_token(valid_header(), c)) == VerifyError::none);
-    CHECK(check(*keys, hs_token(valid_header(), c), kNow - 1) ==
-          VerifyError::not_yet_valid);
+    CHECK(check(*keys, hs_token(valid_header(), c), kNow - 1) == VerifyError::not_yet_valid);
   }
   SECTION("iat in the future") {
     c["iat"] = kNow + 31;
-    CHECK(check(*keys, hs_token(valid_header(), c)) ==
-          VerifyError::not_yet_valid);
+    CHECK(check(*keys, hs_token(valid_header(), c)) == VerifyError::not_yet_valid);
     c["iat"] = kNow + 30;
     CHECK(check(*keys, hs_token(valid_header(), c)) == VerifyError::none);
   }
@@ -541,8 +504,7 @@ TEST_CASE("time claims with leeway", "[jwt]") {
     CHECK(check(*strict, hs_token(valid_header(), c)) == VerifyError::expired);
     c["exp"] = kNow;
     c["nbf"] = kNow + 1;
-    CHECK(check(*strict, hs_token(valid_header(), c)) ==
-          VerifyError::not_yet_valid);
+    CHECK(check(*strict, hs_token(valid_header(), c)) == VerifyError::not_yet_valid);
   }
 }
 
@@ -591,8 +553,7 @@ TEST_CASE("issuer, audience and subject", "[jwt]") {
   SECTION("no roles means none") {
     c.erase("roles");
     Identity id;
-    REQUIRE(keys->verify(hs_token(valid_header(), c), &id, kNowTp) ==
-            VerifyError::none);
+    REQUIRE(keys->verify(hs_token(valid_header(), c), &id, kNowTp) == VerifyError::none);
     CHECK(id.roles.empty());
     CHECK(id.roles_joined().empty());
   }
@@ -600,10 +561,8 @@ TEST_CASE("issuer, audience and subject", "[jwt]") {
 
 TEST_CASE("every error has a description", "[jwt]") {
   for (int e = 0; e <= static_cast<int>(VerifyError::bad_subject); ++e)
-    CHECK(std::string(gv::auth::describe(static_cast<VerifyError>(e))).size() >
-          0);
-  CHECK(std::string(gv::auth::describe(VerifyError::expired)) ==
-        "token expired");
+    CHECK(std::string(gv::auth::describe(static_cast<VerifyError>(e))).size() > 0);
+  CHECK(std::string(gv::auth::describe(VerifyError::expired)) == "token expired");
 }
 
 TEST_CASE("verify is safe from many threads", "[jwt]") {
@@ -662,8 +621,7 @@ TEST_CASE("secret_file is generated once and then reused", "[jwt][keys]") {
   CHECK(second->verify(token, nullptr) == VerifyError::none);
   // The secret is the file's text without the newline.
   json h = {{"alg", "HS256"}, {"typ", "at+jwt"}, {"kid", "gen"}};
-  CHECK(check(*second, hs_token(h, valid_claims(), content.substr(0, 64))) ==
-        VerifyError::none);
+  CHECK(check(*second, hs_token(h, valid_claims(), content.substr(0, 64))) == VerifyError::none);
 }
 
 TEST_CASE("key loading errors name the kid", "[jwt][keys]") {

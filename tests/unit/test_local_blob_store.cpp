@@ -81,12 +81,12 @@ TEST_CASE("blob keys: the rules shared with S3", "[blobs]") {
   for (const std::string& bad :
        {std::string(""), std::string("/abs"), std::string("a/"), std::string("a//b"),
         std::string("."), std::string(".."), std::string("../x"), std::string("a/../../x"),
-        std::string("a/./b"), std::string("a\\b"), std::string("a\0b", 3),
-        std::string("a\nb"), std::string("a\x7F"), std::string("a\xC2\x85"),  // U+0085
-        std::string("\xC0\xAF"),          // overlong '/'
-        std::string("\xED\xA0\x80"),      // surrogate
-        std::string("\xF4\x90\x80\x80"),  // beyond U+10FFFF
-        std::string("\xE2\x82"),          // truncated
+        std::string("a/./b"), std::string("a\\b"), std::string("a\0b", 3), std::string("a\nb"),
+        std::string("a\x7F"), std::string("a\xC2\x85"),  // U+0085
+        std::string("\xC0\xAF"),                         // overlong '/'
+        std::string("\xED\xA0\x80"),                     // surrogate
+        std::string("\xF4\x90\x80\x80"),                 // beyond U+10FFFF
+        std::string("\xE2\x82"),                         // truncated
         std::string(1025, 'k')}) {
     INFO("key: " << bad);
     why.clear();
@@ -131,7 +131,7 @@ TEST_CASE("local blobs: put, get, overwrite, exists, del", "[blobs]") {
     REQUIRE(store.put("posts/7/a/b/c", "deep").ok());
     CHECK(store.del("posts/42/cover.jpg").value);
     CHECK_FALSE(store.del("posts/42/cover.jpg").value);  // already gone
-    CHECK(fs::is_directory(box.root() / "posts/42"));     // thumb is still there
+    CHECK(fs::is_directory(box.root() / "posts/42"));    // thumb is still there
     CHECK(store.del("posts/42/thumb.jpg").value);
     CHECK_FALSE(fs::exists(box.root() / "posts/42"));
     CHECK(store.del("posts/7/a/b/c").value);
@@ -186,11 +186,10 @@ TEST_CASE("local blobs: list by prefix, in key order, with paging", "[blobs]") {
   }
 
   SECTION("prefix is a plain byte prefix, as in S3") {
-    CHECK(all_keys(store, "m/11") == std::vector<std::string>{
-                                         "m/110", "m/111", "m/112", "m/113", "m/114",
-                                         "m/115", "m/116", "m/117", "m/118", "m/119"});
-    CHECK(all_keys(store, "a") ==
-          std::vector<std::string>{"a-c", "a/b/c-no", "a0"});
+    CHECK(all_keys(store, "m/11") == std::vector<std::string>{"m/110", "m/111", "m/112", "m/113",
+                                                              "m/114", "m/115", "m/116", "m/117",
+                                                              "m/118", "m/119"});
+    CHECK(all_keys(store, "a") == std::vector<std::string>{"a-c", "a/b/c-no", "a0"});
     CHECK(all_keys(store, "a/") == std::vector<std::string>{"a/b/c-no"});
     CHECK(all_keys(store, "z/y/x") == std::vector<std::string>{"z/y/x"});
     CHECK(all_keys(store, "nope").empty());
@@ -222,10 +221,10 @@ TEST_CASE("local blobs: keys that would escape or break the rules are refused", 
   const std::string abs = "/tmp/gv-blob-escape-" + std::to_string(::getpid());
 
   for (const std::string& key :
-       {std::string("../x"), std::string("a/../../x"), std::string(".."), abs,
-        std::string("a//b"), std::string("a/./b"), std::string("a\\b"),
-        std::string("..\\x"), std::string("a\0b", 3), std::string(""), std::string("a/"),
-        std::string(1025, 'k'), std::string(256, 's'),  // segment over NAME_MAX
+       {std::string("../x"), std::string("a/../../x"), std::string(".."), abs, std::string("a//b"),
+        std::string("a/./b"), std::string("a\\b"), std::string("..\\x"), std::string("a\0b", 3),
+        std::string(""), std::string("a/"), std::string(1025, 'k'),
+        std::string(256, 's'),  // segment over NAME_MAX
         std::string(LocalBlobStore::kTempPrefix) + "x",
         "a/" + std::string(LocalBlobStore::kTempPrefix) + "x"}) {
     INFO("key: " << key);
@@ -344,8 +343,8 @@ TEST_CASE("local blobs: concurrent writers of one key leave one whole value", "[
   for (int w = 0; w < kWriters; ++w)
     CHECK(store.get("own/" + std::to_string(w)).value == std::optional<std::string>(value_of(w)));
   // No temp file is left behind by a finished put.
-  CHECK(tree(box.root()) == std::set<std::string>{"own", "own/0", "own/1", "own/2", "own/3",
-                                                  "shared", "shared/key"});
+  CHECK(tree(box.root()) ==
+        std::set<std::string>{"own", "own/0", "own/1", "own/2", "own/3", "shared", "shared/key"});
 }
 
 TEST_CASE("local blobs: concurrent put and del in one folder never fail a put", "[blobs]") {

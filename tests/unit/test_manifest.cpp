@@ -29,8 +29,7 @@ namespace {
 // This test executable carries a manifest, so the reader is also tested on
 // what a real compiler and linker write.
 [[gnu::section(GV_MANIFEST_SECTION), gnu::used]] const char self_manifest[] =
-    GV_MANIFEST("selftest", "1.2.3", "a, b",
-                "{\"type\":\"object\",\"properties\":{}}");
+    GV_MANIFEST("selftest", "1.2.3", "a, b", "{\"type\":\"object\",\"properties\":{}}");
 
 const std::string kNotElf64Dyn = "not a 64-bit little-endian ELF shared library";
 const std::string kNotPlugin =
@@ -43,9 +42,8 @@ class TempFile {
  public:
   explicit TempFile(const std::string& bytes = "") {
     static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("gv_test_manifest_" + std::to_string(::getpid()) + "_" +
-             std::to_string(counter++) + ".so");
+    path_ = fs::temp_directory_path() / ("gv_test_manifest_" + std::to_string(::getpid()) + "_" +
+                                         std::to_string(counter++) + ".so");
     write(bytes);
   }
   ~TempFile() {
@@ -130,8 +128,7 @@ struct FakeElf {
 
 FakeElf make_elf(const std::string& manifest,
                  const std::string& section_name = GV_MANIFEST_SECTION) {
-  const std::string names = std::string("\0.shstrtab\0", 11) + section_name +
-                            std::string("\0", 1);
+  const std::string names = std::string("\0.shstrtab\0", 11) + section_name + std::string("\0", 1);
   FakeElf elf;
   std::string& b = elf.bytes;
   b.assign(sizeof(Elf64_Ehdr), '\0');
@@ -195,8 +192,7 @@ std::string error_of(const std::string& entries) {
 // the toolchain builds non-PIE executables).
 std::string self_exe_bytes() {
   std::ifstream in("/proc/self/exe", std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(in)),
-                    std::istreambuf_iterator<char>());
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   REQUIRE(bytes.size() > sizeof(Elf64_Ehdr));
   patch<Elf64_Half>(bytes, offsetof(Elf64_Ehdr, e_type), ET_DYN);
   return bytes;
@@ -216,8 +212,7 @@ uint64_t section_index(const std::string& bytes, const std::string& name) {
   return 0;
 }
 
-Manifest plugin(const std::string& name,
-                std::vector<std::string> depends = {},
+Manifest plugin(const std::string& name, std::vector<std::string> depends = {},
                 const std::string& dir = "/p") {
   Manifest m;
   m.name = name;
@@ -244,8 +239,7 @@ using Names = std::vector<std::string>;
 
 // ------------------------------------------------------------ read_manifest
 
-TEST_CASE("read_manifest reads the manifest a real linker wrote",
-          "[manifest]") {
+TEST_CASE("read_manifest reads the manifest a real linker wrote", "[manifest]") {
   TempFile file(self_exe_bytes());
   ReadResult r = read_path(file.path());
   REQUIRE(r.error == "");
@@ -256,8 +250,7 @@ TEST_CASE("read_manifest reads the manifest a real linker wrote",
   CHECK(r.manifest.abi_major == GV_ABI_MAJOR);
   CHECK(r.manifest.abi_minor == GV_ABI_MINOR);
   CHECK(r.manifest.depends == Names{"a", "b"});
-  CHECK(r.manifest.config_schema ==
-        nlohmann::json::parse(R"({"type":"object","properties":{}})"));
+  CHECK(r.manifest.config_schema == nlohmann::json::parse(R"({"type":"object","properties":{}})"));
 }
 
 TEST_CASE("read_manifest reads every key, in any order", "[manifest]") {
@@ -273,18 +266,15 @@ TEST_CASE("read_manifest reads every key, in any order", "[manifest]") {
   CHECK(r.manifest.config_schema == nlohmann::json{{"type", "object"}});
 }
 
-TEST_CASE("read_manifest ignores unknown keys and NUL padding",
-          "[manifest]") {
-  std::string padded = manifest_of(
-      "abi=1.0|future_key=whatever=it is|name=hello|version=1.0.0|");
+TEST_CASE("read_manifest ignores unknown keys and NUL padding", "[manifest]") {
+  std::string padded = manifest_of("abi=1.0|future_key=whatever=it is|name=hello|version=1.0.0|");
   padded += std::string(13, '\0');
   ReadResult r = read_bytes(make_elf(padded).bytes);
   REQUIRE(r.error == "");
   CHECK(r.manifest.name == "hello");
 }
 
-TEST_CASE("read_manifest defaults and normalizes optional entries",
-          "[manifest]") {
+TEST_CASE("read_manifest defaults and normalizes optional entries", "[manifest]") {
   const nlohmann::json any_object{{"type", "object"}};
   SECTION("no config_schema or depends") {
     ReadResult r = read_manifest_of("abi=1.0|name=hello|version=1");
@@ -293,15 +283,13 @@ TEST_CASE("read_manifest defaults and normalizes optional entries",
     CHECK(r.manifest.config_schema == any_object);
   }
   SECTION("empty config_schema and depends") {
-    ReadResult r = read_manifest_of(
-        "abi=1.0|name=hello|version=1|depends=|config_schema=");
+    ReadResult r = read_manifest_of("abi=1.0|name=hello|version=1|depends=|config_schema=");
     REQUIRE(r.ok);
     CHECK(r.manifest.depends.empty());
     CHECK(r.manifest.config_schema == any_object);
   }
   SECTION("spaces around dependencies, a repeated dependency") {
-    ReadResult r = read_manifest_of(
-        "abi=1.0|name=hello|version=1|depends= users , auth,users");
+    ReadResult r = read_manifest_of("abi=1.0|name=hello|version=1|depends= users , auth,users");
     REQUIRE(r.ok);
     CHECK(r.manifest.depends == Names{"users", "auth"});
   }
@@ -326,24 +314,21 @@ TEST_CASE("read_manifest checks dependencies", "[manifest]") {
   const std::string base = "abi=1.0|version=1|name=hello|depends=";
   for (std::string bad : {"a,,b", "a,", ",a", "Users", "a;b", " , "}) {
     INFO(bad);
-    CHECK(error_of(base + bad).starts_with(
-        "manifest has an invalid dependency "));
+    CHECK(error_of(base + bad).starts_with("manifest has an invalid dependency "));
   }
 }
 
 TEST_CASE("read_manifest checks version and abi", "[manifest]") {
   CHECK(error_of("abi=1.0|name=hello") == "manifest has no version");
-  CHECK(error_of("abi=1.0|name=hello|version=1 0").starts_with(
-      "manifest has an invalid version '1 0'"));
-  CHECK(error_of("name=hello|version=1") ==
-        "manifest is corrupt: it has no abi entry");
-  for (std::string bad :
-       {"", "1", "1.", ".0", "1.x", "-1.0", "+1.0", "1.-0", "1.0.0", " 1.0",
-        "1.0 ", "65536.0", "99999999999999999999.0"}) {
+  CHECK(error_of("abi=1.0|name=hello|version=1 0")
+            .starts_with("manifest has an invalid version '1 0'"));
+  CHECK(error_of("name=hello|version=1") == "manifest is corrupt: it has no abi entry");
+  for (std::string bad : {"", "1", "1.", ".0", "1.x", "-1.0", "+1.0", "1.-0", "1.0.0", " 1.0",
+                          "1.0 ", "65536.0", "99999999999999999999.0"}) {
     INFO(bad);
     CHECK(error_of("name=hello|version=1|abi=" + bad) ==
-          "manifest is corrupt: abi '" + bad.substr(0, 40) +
-              (bad.size() > 40 ? "..." : "") + "' is not MAJOR.MINOR");
+          "manifest is corrupt: abi '" + bad.substr(0, 40) + (bad.size() > 40 ? "..." : "") +
+              "' is not MAJOR.MINOR");
   }
   ReadResult r = read_manifest_of("name=hello|version=1|abi=1.65535");
   REQUIRE(r.ok);
@@ -352,8 +337,8 @@ TEST_CASE("read_manifest checks version and abi", "[manifest]") {
 
 TEST_CASE("read_manifest checks config_schema", "[manifest]") {
   const std::string base = "abi=1.0|version=1|name=hello|config_schema=";
-  CHECK(error_of(base + "{\"type\":").starts_with(
-      "config_schema is not valid JSON: parse error at line 1, column 9"));
+  CHECK(error_of(base + "{\"type\":")
+            .starts_with("config_schema is not valid JSON: parse error at line 1, column 9"));
   CHECK(error_of(base + "[1]") == "config_schema is not a JSON object");
   CHECK(error_of(base + std::string(20000, '[') + std::string(20000, ']')) ==
         "config_schema is not valid JSON: it nests deeper than 64 levels");
@@ -376,27 +361,23 @@ TEST_CASE("read_manifest refuses a malformed manifest", "[manifest]") {
   CHECK(error_of("abi=1.0|name=a|version=1||grapevine-plugin|abi=1.0") ==
         "manifest is corrupt: the file holds more than one manifest");
   // Unknown keys are ignored whatever their value.
-  CHECK(read_manifest_of("abi=1.0|name=hello|version=1|x=\x01\x7f" +
-                         std::string(100, 'y'))
-            .ok);
+  CHECK(read_manifest_of("abi=1.0|name=hello|version=1|x=\x01\x7f" + std::string(100, 'y')).ok);
   CHECK(error_of("abi=1.0|name=hello|version=1|\x01\xff") ==
-        "manifest is corrupt: entry '?" "?' is not key=value");
+        "manifest is corrupt: entry '?"
+        "?' is not key=value");
 }
 
 TEST_CASE("read_manifest caps the manifest size", "[manifest]") {
   std::string huge = manifest_of("abi=1.0|name=hello|version=1|pad=");
   huge.resize((1 << 20) + 1, 'x');
-  CHECK(read_bytes(make_elf(huge).bytes).error ==
-        "manifest is corrupt: it is larger than 1 MiB");
+  CHECK(read_bytes(make_elf(huge).bytes).error == "manifest is corrupt: it is larger than 1 MiB");
 }
 
-TEST_CASE("read_manifest reads another ABI major's manifest for check_abi",
-          "[manifest]") {
+TEST_CASE("read_manifest reads another ABI major's manifest for check_abi", "[manifest]") {
   // A future ABI may change the other entries; the user must still learn
   // that the ABI is the problem.
-  ReadResult r = read_manifest_of(
-      "abi=" + std::to_string(GV_ABI_MAJOR + 1) +
-      ".0|name=hello|version=a new scheme|depends=!!|config_schema=[");
+  ReadResult r = read_manifest_of("abi=" + std::to_string(GV_ABI_MAJOR + 1) +
+                                  ".0|name=hello|version=a new scheme|depends=!!|config_schema=[");
   REQUIRE(r.ok);
   CHECK(r.manifest.name == "hello");
   std::string error;
@@ -410,8 +391,7 @@ TEST_CASE("read_manifest refuses what is not a plugin file", "[manifest]") {
           "cannot open: No such file or directory");
   }
   SECTION("directory") {
-    CHECK(read_path(fs::temp_directory_path()).error ==
-          "cannot open: Is a directory");
+    CHECK(read_path(fs::temp_directory_path()).error == "cannot open: Is a directory");
   }
   SECTION("FIFO: refused without blocking") {
     TempFile file;
@@ -421,9 +401,10 @@ TEST_CASE("read_manifest refuses what is not a plugin file", "[manifest]") {
   }
   SECTION("empty, short and text files") {
     CHECK(read_bytes("").error == "not an ELF file");
-    CHECK(read_bytes("\x7f" "ELF").error == "not an ELF file");
-    CHECK(read_bytes("name: hello\nversion: 1.0\n").error ==
-          "not an ELF file");
+    CHECK(read_bytes("\x7f"
+                     "ELF")
+              .error == "not an ELF file");
+    CHECK(read_bytes("name: hello\nversion: 1.0\n").error == "not an ELF file");
     CHECK(read_bytes(std::string(4096, 'x')).error == "not an ELF file");
   }
   SECTION("ELF32, big-endian, executable, truncated header") {
@@ -445,18 +426,15 @@ TEST_CASE("read_manifest refuses what is not a plugin file", "[manifest]") {
   SECTION("an ELF file without a manifest") {
     CHECK(read_bytes(make_elf("x", ".data").bytes).error == kNotPlugin);
     // Names are compared whole, not as prefixes.
-    CHECK(read_bytes(make_elf("x", ".grapevine_pluginx").bytes).error ==
-          kNotPlugin);
-    CHECK(read_bytes(make_elf("x", ".grapevine_plugi").bytes).error ==
-          kNotPlugin);
+    CHECK(read_bytes(make_elf("x", ".grapevine_pluginx").bytes).error == kNotPlugin);
+    CHECK(read_bytes(make_elf("x", ".grapevine_plugi").bytes).error == kNotPlugin);
     std::string bytes = make_elf("x").bytes;
     patch<Elf64_Off>(bytes, offsetof(Elf64_Ehdr, e_shoff), 0);
     CHECK(read_bytes(bytes).error == kNotPlugin);
   }
 }
 
-TEST_CASE("read_manifest checks every offset and size against the file",
-          "[manifest]") {
+TEST_CASE("read_manifest checks every offset and size against the file", "[manifest]") {
   const FakeElf elf = make_elf(manifest_of("abi=1.0|name=a|version=1"));
   REQUIRE(read_bytes(elf.bytes).ok);
   const uint64_t shoff = elf.shoff;
@@ -468,8 +446,7 @@ TEST_CASE("read_manifest checks every offset and size against the file",
   auto error = [&] { return read_bytes(b).error; };
   const std::string outside = " lies outside the file";
 
-  for (uint64_t bad : {size, size - 1, uint64_t{1} << 63, UINT64_MAX,
-                       UINT64_MAX - 63}) {
+  for (uint64_t bad : {size, size - 1, uint64_t{1} << 63, UINT64_MAX, UINT64_MAX - 63}) {
     INFO(bad);
     reset();
     patch<Elf64_Off>(b, offsetof(Elf64_Ehdr, e_shoff), bad);
@@ -489,8 +466,7 @@ TEST_CASE("read_manifest checks every offset and size against the file",
   CHECK(error() == "corrupt ELF file: it has no section name table");
   reset();
   patch<Elf64_Half>(b, offsetof(Elf64_Ehdr, e_shstrndx), FakeElf::kManifestIndex);
-  CHECK(error() ==
-        "corrupt ELF file: the section name table is not a string table");
+  CHECK(error() == "corrupt ELF file: the section name table is not a string table");
 
   for (uint64_t bad : {size, UINT64_MAX, UINT64_MAX - 4}) {
     INFO(bad);
@@ -503,8 +479,7 @@ TEST_CASE("read_manifest checks every offset and size against the file",
   }
   reset();
   patch<Elf64_Xword>(b, SHDR_AT(shoff, names, sh_size), UINT64_MAX);
-  CHECK(error() ==
-        "corrupt ELF file: the section name table is larger than 1 MiB");
+  CHECK(error() == "corrupt ELF file: the section name table is larger than 1 MiB");
   reset();
   patch<Elf64_Xword>(b, SHDR_AT(shoff, names, sh_size), size);
   CHECK(error() == "corrupt ELF file: the section name table" + outside);
@@ -522,13 +497,11 @@ TEST_CASE("read_manifest checks every offset and size against the file",
   CHECK(error() == kNotPlugin);
   // A name running to the end of the table without its NUL.
   reset();
-  patch<Elf64_Xword>(b, SHDR_AT(shoff, names, sh_size),
-                     11 + sizeof(GV_MANIFEST_SECTION) - 1);
+  patch<Elf64_Xword>(b, SHDR_AT(shoff, names, sh_size), 11 + sizeof(GV_MANIFEST_SECTION) - 1);
   CHECK(error() == kNotPlugin);
 }
 
-TEST_CASE("read_manifest follows ELF extended section numbering",
-          "[manifest]") {
+TEST_CASE("read_manifest follows ELF extended section numbering", "[manifest]") {
   FakeElf elf = make_elf(manifest_of("abi=1.0|name=a|version=1"));
   std::string b = elf.bytes;
   patch<Elf64_Half>(b, offsetof(Elf64_Ehdr, e_shnum), 0);
@@ -537,20 +510,16 @@ TEST_CASE("read_manifest follows ELF extended section numbering",
   patch<Elf64_Word>(b, SHDR_AT(elf.shoff, 0, sh_link), FakeElf::kNamesIndex);
   CHECK(read_bytes(b).ok);
   patch<Elf64_Xword>(b, SHDR_AT(elf.shoff, 0, sh_size), UINT64_MAX);
-  CHECK(read_bytes(b).error ==
-        "corrupt ELF file: the section header table lies outside the file");
+  CHECK(read_bytes(b).error == "corrupt ELF file: the section header table lies outside the file");
   patch<Elf64_Xword>(b, SHDR_AT(elf.shoff, 0, sh_size), 3);
   patch<Elf64_Word>(b, SHDR_AT(elf.shoff, 0, sh_link), 0xffffffff);
-  CHECK(read_bytes(b).error ==
-        "corrupt ELF file: it has no section name table");
+  CHECK(read_bytes(b).error == "corrupt ELF file: it has no section name table");
 }
 
-TEST_CASE("read_manifest survives every truncation and byte corruption",
-          "[manifest]") {
-  const std::string good =
-      make_elf(manifest_of("abi=1.0|name=a|version=1|depends=b|"
-                           "config_schema={\"type\":\"object\"}"))
-          .bytes;
+TEST_CASE("read_manifest survives every truncation and byte corruption", "[manifest]") {
+  const std::string good = make_elf(manifest_of("abi=1.0|name=a|version=1|depends=b|"
+                                                "config_schema={\"type\":\"object\"}"))
+                               .bytes;
   TempFile file;
   for (size_t length = 0; length < good.size(); ++length)
     CHECK_FALSE(survives(file, good.substr(0, length)));
@@ -565,20 +534,17 @@ TEST_CASE("read_manifest survives every truncation and byte corruption",
   for (int round = 0; round < 3000; ++round) {
     std::string bytes = good;
     int flips = 1 + static_cast<int>(random() % 8);
-    for (int k = 0; k < flips; ++k)
-      bytes[random() % bytes.size()] = static_cast<char>(random());
+    for (int k = 0; k < flips; ++k) bytes[random() % bytes.size()] = static_cast<char>(random());
     survives(file, bytes);
   }
 }
 
-TEST_CASE("read_manifest survives a truncated or corrupted real plugin",
-          "[manifest]") {
+TEST_CASE("read_manifest survives a truncated or corrupted real plugin", "[manifest]") {
   const std::string good = self_exe_bytes();
   const uint64_t size = good.size();
   const auto shoff = peek<Elf64_Off>(good, offsetof(Elf64_Ehdr, e_shoff));
   const uint64_t index = section_index(good, GV_MANIFEST_SECTION);
-  const auto manifest_at =
-      peek<Elf64_Off>(good, SHDR_AT(shoff, index, sh_offset));
+  const auto manifest_at = peek<Elf64_Off>(good, SHDR_AT(shoff, index, sh_offset));
   TempFile file;
   REQUIRE(survives(file, good));
 
@@ -601,8 +567,7 @@ TEST_CASE("read_manifest survives a truncated or corrupted real plugin",
   std::set<uint64_t> lengths;
   for (uint64_t n = 0; n < 256; ++n) lengths.insert(n);
   for (uint64_t n = 0; n < 64; ++n) lengths.insert(size * n / 64);
-  for (uint64_t n = manifest_at - 8; n < manifest_at + 64; ++n)
-    lengths.insert(n);
+  for (uint64_t n = manifest_at - 8; n < manifest_at + 64; ++n) lengths.insert(n);
   for (uint64_t n = shoff - 8; n < size; n += 7) lengths.insert(n);
   for (auto it = lengths.rbegin(); it != lengths.rend(); ++it) {
     INFO(*it);
@@ -625,37 +590,32 @@ TEST_CASE("check_abi accepts this ABI and older minors", "[manifest]") {
 }
 
 TEST_CASE("check_abi refuses another major or a newer minor", "[manifest]") {
-  const std::string host_range = "this host supports " +
-                                 std::to_string(GV_ABI_MAJOR) + ".0 to " +
-                                 std::to_string(GV_ABI_MAJOR) + "." +
-                                 std::to_string(GV_ABI_MINOR);
-  const std::string sdk =
-      "Grapevine " + std::to_string(GV_ABI_MAJOR) + ".x SDK";
+  const std::string host_range = "this host supports " + std::to_string(GV_ABI_MAJOR) + ".0 to " +
+                                 std::to_string(GV_ABI_MAJOR) + "." + std::to_string(GV_ABI_MINOR);
+  const std::string sdk = "Grapevine " + std::to_string(GV_ABI_MAJOR) + ".x SDK";
   Manifest m = plugin("hello");
   std::string error;
 
   m.abi_major = GV_ABI_MAJOR + 1;
   m.abi_minor = 0;
   CHECK_FALSE(gv::plugins::check_abi(m, &error));
-  CHECK(error == "/p/libhello.so: built for plugin ABI " +
-                     std::to_string(GV_ABI_MAJOR + 1) + ".0, " + host_range +
-                     "; rebuild the plugin against the " + sdk);
+  CHECK(error == "/p/libhello.so: built for plugin ABI " + std::to_string(GV_ABI_MAJOR + 1) +
+                     ".0, " + host_range + "; rebuild the plugin against the " + sdk);
 
   m.abi_major = GV_ABI_MAJOR - 1;
   m.abi_minor = 7;
   CHECK_FALSE(gv::plugins::check_abi(m, &error));
-  CHECK(error == "/p/libhello.so: built for plugin ABI " +
-                     std::to_string(GV_ABI_MAJOR - 1) + ".7, " + host_range +
-                     "; rebuild the plugin against the " + sdk);
+  CHECK(error == "/p/libhello.so: built for plugin ABI " + std::to_string(GV_ABI_MAJOR - 1) +
+                     ".7, " + host_range + "; rebuild the plugin against the " + sdk);
 
   m.abi_major = GV_ABI_MAJOR;
   m.abi_minor = GV_ABI_MINOR + 1;
   CHECK_FALSE(gv::plugins::check_abi(m, &error));
-  CHECK(error == "/p/libhello.so: built for plugin ABI " +
-                     std::to_string(GV_ABI_MAJOR) + "." +
+  CHECK(error == "/p/libhello.so: built for plugin ABI " + std::to_string(GV_ABI_MAJOR) + "." +
                      std::to_string(GV_ABI_MINOR + 1) + ", " + host_range +
                      "; the plugin needs a newer host: upgrade grapevine or "
-                     "rebuild the plugin against this host's " + sdk);
+                     "rebuild the plugin against this host's " +
+                     sdk);
   CHECK(error.find('\n') == std::string::npos);
   CHECK_FALSE(gv::plugins::check_abi(m, nullptr));
 }
@@ -665,15 +625,14 @@ TEST_CASE("check_abi refuses another major or a newer minor", "[manifest]") {
 TEST_CASE("order_by_dependencies puts dependencies first", "[manifest]") {
   std::string error;
   SECTION("chain") {
-    std::vector<Manifest> p = {plugin("c", {"b"}), plugin("b", {"a"}),
-                               plugin("a")};
+    std::vector<Manifest> p = {plugin("c", {"b"}), plugin("b", {"a"}), plugin("a")};
     REQUIRE(gv::plugins::order_by_dependencies(p, &error));
     CHECK(names_of(p) == Names{"a", "b", "c"});
     CHECK(p[0].file == "/p/liba.so");  // whole manifests move
   }
   SECTION("diamond") {
-    std::vector<Manifest> p = {plugin("d", {"b", "c"}), plugin("b", {"a"}),
-                               plugin("c", {"a"}), plugin("a")};
+    std::vector<Manifest> p = {plugin("d", {"b", "c"}), plugin("b", {"a"}), plugin("c", {"a"}),
+                               plugin("a")};
     REQUIRE(gv::plugins::order_by_dependencies(p, &error));
     CHECK(names_of(p) == Names{"a", "b", "c", "d"});
   }
@@ -695,25 +654,19 @@ TEST_CASE("order_by_dependencies names what is wrong", "[manifest]") {
   CHECK(order_error({plugin("posts", {"users"}), plugin("auth")}) ==
         "plugin 'posts' depends on 'users', which is not enabled or not "
         "installed");
-  CHECK(order_error({plugin("a", {"b"}), plugin("b", {"c"}),
-                     plugin("c", {"a"})}) ==
+  CHECK(order_error({plugin("a", {"b"}), plugin("b", {"c"}), plugin("c", {"a"})}) ==
         "plugins depend on each other in a cycle: a -> b -> c -> a");
   // Only the cycle is named, starting from its member listed first.
-  CHECK(order_error({plugin("x", {"c"}), plugin("c", {"a"}),
-                     plugin("a", {"b"}), plugin("b", {"c"}),
+  CHECK(order_error({plugin("x", {"c"}), plugin("c", {"a"}), plugin("a", {"b"}), plugin("b", {"c"}),
                      plugin("free")}) ==
         "plugins depend on each other in a cycle: c -> a -> b -> c");
-  CHECK(order_error({plugin("a"), plugin("b", {"b"})}) ==
-        "plugin 'b' depends on itself");
-  CHECK(order_error({plugin("a", {}, "/one"), plugin("b"),
-                     plugin("a", {}, "/two")}) ==
+  CHECK(order_error({plugin("a"), plugin("b", {"b"})}) == "plugin 'b' depends on itself");
+  CHECK(order_error({plugin("a", {}, "/one"), plugin("b"), plugin("a", {}, "/two")}) ==
         "two plugins are named 'a': /one/liba.so and /two/liba.so");
 }
 
-TEST_CASE("order_by_dependencies leaves the list alone on error",
-          "[manifest]") {
-  std::vector<Manifest> p = {plugin("b", {"a"}), plugin("a", {"b"}),
-                             plugin("c")};
+TEST_CASE("order_by_dependencies leaves the list alone on error", "[manifest]") {
+  std::vector<Manifest> p = {plugin("b", {"a"}), plugin("a", {"b"}), plugin("c")};
   CHECK_FALSE(gv::plugins::order_by_dependencies(p, nullptr));
   CHECK(names_of(p) == Names{"b", "a", "c"});
 }

@@ -126,12 +126,10 @@ TEST_CASE("set_if_absent stores only over nothing", "[cache]") {
   CHECK(cache.get("lock") == "you");
   cache.zadd("z", "m", 1);
   CHECK_FALSE(cache.set_if_absent("z", "v", 0ms).value);  // either kind counts
-  CHECK(cache.set_if_absent("x", "v", -1ms).status ==
-        CacheStatus::invalid_argument);
+  CHECK(cache.set_if_absent("x", "v", -1ms).status == CacheStatus::invalid_argument);
 }
 
-TEST_CASE("incr creates, adds, and refuses what is not an integer",
-          "[cache][incr]") {
+TEST_CASE("incr creates, adds, and refuses what is not an integer", "[cache][incr]") {
   FakeClock clock;
   MemoryCache cache(kBig, clock.fn());
 
@@ -162,8 +160,7 @@ TEST_CASE("incr creates, adds, and refuses what is not an integer",
   SECTION("overflow fails and leaves the value") {
     cache.set("n", std::to_string(std::numeric_limits<int64_t>::max()), 0ms);
     CHECK(cache.incr("n", 1, 0ms).status == CacheStatus::overflow);
-    CHECK(cache.incr("n", -1, 0ms).value ==
-          std::numeric_limits<int64_t>::max() - 1);
+    CHECK(cache.incr("n", -1, 0ms).value == std::numeric_limits<int64_t>::max() - 1);
   }
   SECTION("a sorted set is the wrong type") {
     cache.zadd("z", "m", 1);
@@ -186,10 +183,8 @@ TEST_CASE("sorted sets order by score, ties by member", "[cache][zset]") {
         std::vector<ScoredMember>{{"d", 0.5}, {"b", 1}, {"a", 2}, {"c", 2}});
   cache.zadd("bytes", "\xff", 1);  // members compare as unsigned bytes
   cache.zadd("bytes", "a", 1);
-  CHECK(members(cache.zrange_by_rank("bytes", 0, -1, false)) ==
-        Names{"a", "\xff"});
-  CHECK(cache.zadd("z", "x", std::nan("")).status ==
-        CacheStatus::invalid_argument);
+  CHECK(members(cache.zrange_by_rank("bytes", 0, -1, false)) == Names{"a", "\xff"});
+  CHECK(cache.zadd("z", "x", std::nan("")).status == CacheStatus::invalid_argument);
   cache.set("s", "v", 0ms);
   CHECK(cache.zadd("s", "m", 1).status == CacheStatus::wrong_type);
   CHECK(cache.zrem("s", "m").status == CacheStatus::wrong_type);
@@ -217,8 +212,7 @@ TEST_CASE("zrange_by_rank follows Redis index rules", "[cache][zset]") {
   CHECK(cache.zrange_by_rank("absent", 0, -1, false).empty());
 }
 
-TEST_CASE("zrange_by_score is inclusive, reversible and limited",
-          "[cache][zset]") {
+TEST_CASE("zrange_by_score is inclusive, reversible and limited", "[cache][zset]") {
   MemoryCache cache(kBig);
   for (int i = 1; i <= 6; ++i) cache.zadd("z", "m" + std::to_string(i), i);
   cache.zadd("z", "m3b", 3);
@@ -236,16 +230,14 @@ TEST_CASE("zrange_by_score is inclusive, reversible and limited",
   CHECK(range(NAN, 9, false, 0).empty());
 }
 
-TEST_CASE("trim keeps the newest N; the last removal drops the key",
-          "[cache][zset]") {
+TEST_CASE("trim keeps the newest N; the last removal drops the key", "[cache][zset]") {
   MemoryCache cache(kBig);
   for (int i = 1; i <= 10; ++i) cache.zadd("tl", "p" + std::to_string(i), i);
   const size_t keep = 3;
   auto r = cache.zremrange_by_rank("tl", 0, -static_cast<int64_t>(keep) - 1);
   REQUIRE(r.ok());
   CHECK(r.value == 7);
-  CHECK(members(cache.zrange_by_rank("tl", 0, -1, true)) ==
-        Names{"p10", "p9", "p8"});
+  CHECK(members(cache.zrange_by_rank("tl", 0, -1, true)) == Names{"p10", "p9", "p8"});
   CHECK(cache.zremrange_by_rank("tl", 0, -4).value == 0);  // already short
   CHECK(cache.zremrange_by_rank("tl", 1, 1).value == 1);
   CHECK(cache.zrem("tl", "p8").value);
@@ -256,8 +248,7 @@ TEST_CASE("trim keeps the newest N; the last removal drops the key",
   CHECK(cache.zremrange_by_rank("tl", 0, -1).value == 0);
 }
 
-TEST_CASE("sorted-set members are charged against the bound",
-          "[cache][zset][memory]") {
+TEST_CASE("sorted-set members are charged against the bound", "[cache][zset][memory]") {
   MemoryCache cache(kBig);
   cache.zadd("z", "abc", 1);
   const size_t one = MemoryCache::kEntryOverhead + 1 + MemoryCache::kMemberOverhead + 3;
@@ -325,22 +316,22 @@ TEST_CASE("stats count hits, misses and evictions", "[cache][stats]") {
   MemoryCache cache(kBig);
   cache.set("a", "1", 0ms);
   cache.zadd("z", "m", 1);
-  cache.get("a");                         // hit
-  cache.get("b");                         // miss
-  cache.get("z");                         // miss: wrong kind
-  cache.zscore("z", "m");                 // hit
-  cache.zscore("z", "other");             // hit: the set exists
+  cache.get("a");                           // hit
+  cache.get("b");                           // miss
+  cache.get("z");                           // miss: wrong kind
+  cache.zscore("z", "m");                   // hit
+  cache.zscore("z", "other");               // hit: the set exists
   cache.zrange_by_rank("q", 0, -1, false);  // miss
-  cache.zcard("z");                       // hit
-  cache.ttl("a");                         // not counted
+  cache.zcard("z");                         // hit
+  cache.ttl("a");                           // not counted
   auto s = cache.stats();
   CHECK(s.hits == 4);
   CHECK(s.misses == 3);
   CHECK(s.evictions == 0);
   CHECK(s.keys == 2);
   CHECK(s.bytes_limit == kBig);
-  CHECK(s.bytes_used == cost("a", "1") + MemoryCache::kEntryOverhead + 1 +
-                            MemoryCache::kMemberOverhead + 1);
+  CHECK(s.bytes_used ==
+        cost("a", "1") + MemoryCache::kEntryOverhead + 1 + MemoryCache::kMemberOverhead + 1);
 }
 
 TEST_CASE("concurrent mixed operations stay consistent", "[cache][threads]") {
@@ -352,14 +343,30 @@ TEST_CASE("concurrent mixed operations stay consistent", "[cache][threads]") {
       for (int i = 0; i < kOps; ++i) {
         const std::string key = "k" + std::to_string(i % 97);
         switch ((i + t) % 8) {
-          case 0: cache.set(key, std::string(i % 300, 'v'), 5ms); break;
-          case 1: cache.get(key); break;
-          case 2: cache.incr("n" + key, 1, 0ms); break;
-          case 3: cache.zadd("z" + std::to_string(i % 5), key, i); break;
-          case 4: cache.zrange_by_rank("z" + std::to_string(i % 5), 0, 9, true); break;
-          case 5: cache.zremrange_by_rank("z" + std::to_string(i % 5), 0, -21); break;
-          case 6: cache.del(key); break;
-          case 7: cache.purge_expired(10); break;
+          case 0:
+            cache.set(key, std::string(i % 300, 'v'), 5ms);
+            break;
+          case 1:
+            cache.get(key);
+            break;
+          case 2:
+            cache.incr("n" + key, 1, 0ms);
+            break;
+          case 3:
+            cache.zadd("z" + std::to_string(i % 5), key, i);
+            break;
+          case 4:
+            cache.zrange_by_rank("z" + std::to_string(i % 5), 0, 9, true);
+            break;
+          case 5:
+            cache.zremrange_by_rank("z" + std::to_string(i % 5), 0, -21);
+            break;
+          case 6:
+            cache.del(key);
+            break;
+          case 7:
+            cache.purge_expired(10);
+            break;
         }
       }
     });

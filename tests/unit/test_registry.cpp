@@ -30,10 +30,12 @@ TEST_CASE("routes match literals before parameters and report allowed methods", 
   const gv::Operation* found = nullptr;
   gv::PathParams params;
   std::string allowed;
-  REQUIRE(r.route("GET", "/api/v1/users/me", &found, &params, &allowed) == gv::Registry::Match::found);
+  REQUIRE(r.route("GET", "/api/v1/users/me", &found, &params, &allowed) ==
+          gv::Registry::Match::found);
   CHECK(found->name == "users.me");
   CHECK(params.empty());
-  REQUIRE(r.route("GET", "/api/v1/users/u7", &found, &params, &allowed) == gv::Registry::Match::found);
+  REQUIRE(r.route("GET", "/api/v1/users/u7", &found, &params, &allowed) ==
+          gv::Registry::Match::found);
   CHECK(found->name == "users.get");
   REQUIRE(params.size() == 1);
   CHECK(params[0] == std::make_pair(std::string("userId"), std::string("u7")));
@@ -41,7 +43,8 @@ TEST_CASE("routes match literals before parameters and report allowed methods", 
         gv::Registry::Match::no_method);
   CHECK(allowed == "GET, PUT");
   CHECK(r.route("GET", "/api/v1/users", &found, &params, &allowed) == gv::Registry::Match::no_path);
-  CHECK(r.route("GET", "/api/v1/users/", &found, &params, &allowed) == gv::Registry::Match::no_path);
+  CHECK(r.route("GET", "/api/v1/users/", &found, &params, &allowed) ==
+        gv::Registry::Match::no_path);
 }
 
 TEST_CASE("the registry refuses bad and clashing operations", "[registry]") {
@@ -56,7 +59,8 @@ TEST_CASE("the registry refuses bad and clashing operations", "[registry]") {
   CHECK_FALSE(r.add("b", op("b.three", "GET", "/not-api"), &error));
   CHECK_FALSE(r.add("b", op("b.four", "FETCH", "/api/v1/b"), &error));
   CHECK_FALSE(r.add("b", op("b.five", nullptr, nullptr, "[1]"), &error));
-  CHECK_FALSE(r.add("b", op("b.six", nullptr, nullptr, R"({"type":"object","minProperties":"x"})"), &error));
+  CHECK_FALSE(r.add("b", op("b.six", nullptr, nullptr, R"({"type":"object","minProperties":"x"})"),
+                    &error));
   auto no_handler = op("b.seven");
   no_handler.handler = nullptr;
   CHECK_FALSE(r.add("b", no_handler, &error));
@@ -69,9 +73,11 @@ TEST_CASE("the registry refuses bad and clashing operations", "[registry]") {
 TEST_CASE("input schemas become strict and appear in OpenAPI", "[registry]") {
   gv::Registry r;
   std::string error;
-  REQUIRE(r.add("p", op("p.create", "POST", "/api/v1/p/{pid}",
-                        R"({"type":"object","properties":{"pid":{"type":"integer"},"text":{"type":"string"}}})"),
-                &error));
+  REQUIRE(r.add(
+      "p",
+      op("p.create", "POST", "/api/v1/p/{pid}",
+         R"({"type":"object","properties":{"pid":{"type":"integer"},"text":{"type":"string"}}})"),
+      &error));
   const gv::Operation* o = r.find("p.create");
   REQUIRE(o);
   CHECK(o->input_schema["additionalProperties"] == false);

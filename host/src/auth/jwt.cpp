@@ -69,15 +69,13 @@ struct Key {
 
 // ------------------------------------------------------------------- signing
 
-bool hmac_sha256(const std::string& secret, std::string_view data,
-                 std::string* mac) {
+bool hmac_sha256(const std::string& secret, std::string_view data, std::string* mac) {
   std::array<unsigned char, EVP_MAX_MD_SIZE> out{};
   unsigned int len = 0;
   // HMAC() is one-shot with its own context, so it is safe to call from
   // many threads at once.
   if (!HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
-            reinterpret_cast<const unsigned char*>(data.data()), data.size(),
-            out.data(), &len))
+            reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(), &len))
     return false;
   mac->assign(reinterpret_cast<const char*>(out.data()), len);
   OPENSSL_cleanse(out.data(), out.size());
@@ -89,28 +87,21 @@ bool ed25519_sign(EVP_PKEY* key, std::string_view data, std::string* sig) {
   std::array<unsigned char, kEd25519SigBytes> out{};
   size_t len = out.size();
   // Ed25519 hashes internally: no digest, and only the one-shot call works.
-  bool ok =
-      ctx &&
-      EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key) == 1 &&
-      EVP_DigestSign(ctx.get(), out.data(), &len,
-                     reinterpret_cast<const unsigned char*>(data.data()),
-                     data.size()) == 1;
+  bool ok = ctx && EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key) == 1 &&
+            EVP_DigestSign(ctx.get(), out.data(), &len,
+                           reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
   if (ok) sig->assign(reinterpret_cast<const char*>(out.data()), len);
   ERR_clear_error();
   return ok;
 }
 
-bool ed25519_verify(EVP_PKEY* key, std::string_view data,
-                    const std::string& sig) {
+bool ed25519_verify(EVP_PKEY* key, std::string_view data, const std::string& sig) {
   if (sig.size() != kEd25519SigBytes) return false;
   MdCtxPtr ctx(EVP_MD_CTX_new());
   bool ok =
-      ctx &&
-      EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key) == 1 &&
-      EVP_DigestVerify(
-          ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()),
-          sig.size(), reinterpret_cast<const unsigned char*>(data.data()),
-          data.size()) == 1;
+      ctx && EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key) == 1 &&
+      EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                       reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
   ERR_clear_error();  // a failed verify leaves errors; keep the queue clean
   return ok;
 }
@@ -120,15 +111,12 @@ bool sign_with(const Key& key, std::string_view data, std::string* sig) {
   return ed25519_sign(key.private_key.get(), data, sig);
 }
 
-bool signature_matches(const Key& key, std::string_view data,
-                       const std::string& sig) {
-  if (key.alg == Alg::eddsa)
-    return ed25519_verify(key.public_key.get(), data, sig);
+bool signature_matches(const Key& key, std::string_view data, const std::string& sig) {
+  if (key.alg == Alg::eddsa) return ed25519_verify(key.public_key.get(), data, sig);
   std::string expected;
   if (!hmac_sha256(key.secret.bytes, data, &expected)) return false;
   // Constant time, so the comparison leaks nothing about the right MAC.
-  return sig.size() == kHs256Bytes &&
-         CRYPTO_memcmp(sig.data(), expected.data(), kHs256Bytes) == 0;
+  return sig.size() == kHs256Bytes && CRYPTO_memcmp(sig.data(), expected.data(), kHs256Bytes) == 0;
 }
 
 // ------------------------------------------------------------- token parsing
@@ -144,16 +132,13 @@ bool split_token(std::string_view token, Parts* parts) {
   size_t dot1 = token.find('.');
   if (dot1 == std::string_view::npos) return false;
   size_t dot2 = token.find('.', dot1 + 1);
-  if (dot2 == std::string_view::npos ||
-      token.find('.', dot2 + 1) != std::string_view::npos)
+  if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos)
     return false;
   parts->header_b64 = token.substr(0, dot1);
   parts->payload_b64 = token.substr(dot1 + 1, dot2 - dot1 - 1);
   std::string_view sig_b64 = token.substr(dot2 + 1);
   parts->signing_input = token.substr(0, dot2);
-  if (parts->header_b64.empty() || parts->payload_b64.empty() ||
-      sig_b64.empty())
-    return false;
+  if (parts->header_b64.empty() || parts->payload_b64.empty() || sig_b64.empty()) return false;
   return base64url_decode(parts->header_b64, &parts->header) &&
          base64url_decode(parts->payload_b64, &parts->payload) &&
          base64url_decode(sig_b64, &parts->signature);
@@ -230,8 +215,7 @@ std::string key_error(const std::string& kid, const std::string& what) {
 
 std::string errno_text(int err) { return std::generic_category().message(err); }
 
-std::filesystem::path resolve(const std::string& file,
-                              const std::filesystem::path& data_dir) {
+std::filesystem::path resolve(const std::string& file, const std::filesystem::path& data_dir) {
   std::filesystem::path p(file);
   return p.is_relative() ? data_dir / p : p;
 }
@@ -287,8 +271,7 @@ std::string random_hex_secret() {
 // no reader ever sees a partial file. Returns an error text or "".
 std::string generate_secret_file(const std::filesystem::path& path) {
   std::error_code ec;
-  if (path.has_parent_path())
-    std::filesystem::create_directories(path.parent_path(), ec);
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
   if (ec) return path.parent_path().string() + ": " + ec.message();
   SecretString secret{random_hex_secret()};
   if (secret.bytes.empty()) return "no random bytes available";
@@ -307,22 +290,18 @@ std::string generate_secret_file(const std::filesystem::path& path) {
   return path.string() + ": " + errno_text(err);
 }
 
-std::string load_secret_file(const config::AuthKey& cfg,
-                             const std::filesystem::path& data_dir,
+std::string load_secret_file(const config::AuthKey& cfg, const std::filesystem::path& data_dir,
                              std::string* secret) {
   std::filesystem::path path = resolve(cfg.secret_file, data_dir);
   int err = read_file(path, secret);
   if (err == ENOENT && cfg.generate) {
     std::string gen_error = generate_secret_file(path);
-    if (!gen_error.empty())
-      return key_error(cfg.kid, "cannot generate secret_file " + gen_error);
+    if (!gen_error.empty()) return key_error(cfg.kid, "cannot generate secret_file " + gen_error);
     // Read back what is on disk: if another process generated the file at
     // the same moment, both then use the same (last renamed) secret.
     err = read_file(path, secret);
   }
-  if (err != 0)
-    return key_error(cfg.kid,
-                     "secret_file " + path.string() + ": " + errno_text(err));
+  if (err != 0) return key_error(cfg.kid, "secret_file " + path.string() + ": " + errno_text(err));
   if (!secret->empty() && secret->back() == '\n') {
     secret->pop_back();
     if (!secret->empty() && secret->back() == '\r') secret->pop_back();
@@ -330,8 +309,8 @@ std::string load_secret_file(const config::AuthKey& cfg,
   return {};
 }
 
-std::string load_hs256(const config::AuthKey& cfg,
-                       const std::filesystem::path& data_dir, Key* key) {
+std::string load_hs256(const config::AuthKey& cfg, const std::filesystem::path& data_dir,
+                       Key* key) {
   if (!cfg.secret.empty() && !cfg.secret_file.empty())
     return key_error(cfg.kid, "set either secret or secret_file, not both");
   if (cfg.generate && cfg.secret_file.empty())
@@ -341,15 +320,13 @@ std::string load_hs256(const config::AuthKey& cfg,
   std::string& secret = key->secret.bytes;
   if (!cfg.secret.empty()) {
     secret = cfg.secret;
-  } else if (std::string e = load_secret_file(cfg, data_dir, &secret);
-             !e.empty()) {
+  } else if (std::string e = load_secret_file(cfg, data_dir, &secret); !e.empty()) {
     return e;
   }
   if (secret.size() < kMinHmacSecretBytes)
-    return key_error(
-        cfg.kid, "the HS256 secret is " + std::to_string(secret.size()) +
-                     " bytes; at least " + std::to_string(kMinHmacSecretBytes) +
-                     " are required");
+    return key_error(cfg.kid, "the HS256 secret is " + std::to_string(secret.size()) +
+                                  " bytes; at least " + std::to_string(kMinHmacSecretBytes) +
+                                  " are required");
   return {};
 }
 
@@ -357,64 +334,52 @@ std::string load_hs256(const config::AuthKey& cfg,
 int no_passphrase(char*, int, int, void*) { return 0; }
 
 // Loads a PEM key file (public or private) and checks it is Ed25519.
-std::string load_pem(const std::string& kid, const char* field,
-                     const std::string& file,
-                     const std::filesystem::path& data_dir, bool is_private,
-                     PkeyPtr* out) {
+std::string load_pem(const std::string& kid, const char* field, const std::string& file,
+                     const std::filesystem::path& data_dir, bool is_private, PkeyPtr* out) {
   std::filesystem::path path = resolve(file, data_dir);
   SecretString pem;
   if (int err = read_file(path, &pem.bytes); err != 0)
-    return key_error(
-        kid, std::string(field) + " " + path.string() + ": " + errno_text(err));
-  BioPtr bio(
-      BIO_new_mem_buf(pem.bytes.data(), static_cast<int>(pem.bytes.size())));
+    return key_error(kid, std::string(field) + " " + path.string() + ": " + errno_text(err));
+  BioPtr bio(BIO_new_mem_buf(pem.bytes.data(), static_cast<int>(pem.bytes.size())));
   if (bio)
-    out->reset(is_private ? PEM_read_bio_PrivateKey(bio.get(), nullptr,
-                                                    no_passphrase, nullptr)
-                          : PEM_read_bio_PUBKEY(bio.get(), nullptr,
-                                                no_passphrase, nullptr));
+    out->reset(is_private ? PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr)
+                          : PEM_read_bio_PUBKEY(bio.get(), nullptr, no_passphrase, nullptr));
   ERR_clear_error();
   std::string where = std::string(field) + " " + path.string();
   if (!*out)
     return key_error(kid, where + ": not a PEM " +
-                              (is_private ? "private key (or it is encrypted)"
-                                          : "public key"));
+                              (is_private ? "private key (or it is encrypted)" : "public key"));
   if (!EVP_PKEY_is_a(out->get(), "ED25519"))
     return key_error(kid, where + ": the key is not Ed25519");
   return {};
 }
 
-std::string load_eddsa(const config::AuthKey& cfg,
-                       const std::filesystem::path& data_dir, bool signing,
-                       Key* key) {
+std::string load_eddsa(const config::AuthKey& cfg, const std::filesystem::path& data_dir,
+                       bool signing, Key* key) {
   if (cfg.public_key_file.empty())
     return key_error(cfg.kid, "an EdDSA key needs a public_key_file");
-  if (std::string e = load_pem(cfg.kid, "public_key_file", cfg.public_key_file,
-                               data_dir, false, &key->public_key);
+  if (std::string e = load_pem(cfg.kid, "public_key_file", cfg.public_key_file, data_dir, false,
+                               &key->public_key);
       !e.empty())
     return e;
   // The private key is read only on the host that signs with it, so other
   // hosts never hold it in memory.
   if (!signing) return {};
   if (cfg.private_key_file.empty())
-    return key_error(cfg.kid,
-                     "it is the signing key but has no private_key_file");
-  if (std::string e =
-          load_pem(cfg.kid, "private_key_file", cfg.private_key_file, data_dir,
-                   true, &key->private_key);
+    return key_error(cfg.kid, "it is the signing key but has no private_key_file");
+  if (std::string e = load_pem(cfg.kid, "private_key_file", cfg.private_key_file, data_dir, true,
+                               &key->private_key);
       !e.empty())
     return e;
   if (EVP_PKEY_eq(key->public_key.get(), key->private_key.get()) != 1) {
     ERR_clear_error();
-    return key_error(cfg.kid,
-                     "private_key_file does not match public_key_file");
+    return key_error(cfg.kid, "private_key_file does not match public_key_file");
   }
   return {};
 }
 
-std::string load_key(const config::AuthKey& cfg,
-                     const std::filesystem::path& data_dir, bool signing,
-                     Key* key) {
+std::string load_key(const config::AuthKey& cfg, const std::filesystem::path& data_dir,
+                     bool signing, Key* key) {
   key->kid = cfg.kid;
   if (cfg.alg == "HS256") {
     key->alg = Alg::hs256;
@@ -424,8 +389,7 @@ std::string load_key(const config::AuthKey& cfg,
     key->alg = Alg::eddsa;
     return load_eddsa(cfg, data_dir, signing, key);
   }
-  return key_error(
-      cfg.kid, "alg '" + cfg.alg + "' is not supported (use HS256 or EdDSA)");
+  return key_error(cfg.kid, "alg '" + cfg.alg + "' is not supported (use HS256 or EdDSA)");
 }
 
 }  // namespace
@@ -491,8 +455,7 @@ KeySet::KeySet(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 KeySet::~KeySet() = default;
 
 std::unique_ptr<KeySet> KeySet::load(const config::AuthConfig& auth,
-                                     const std::filesystem::path& data_dir,
-                                     std::string* error) {
+                                     const std::filesystem::path& data_dir, std::string* error) {
   try {
     auto impl = std::make_unique<Impl>();
     impl->issuer = auth.issuer;
@@ -506,8 +469,7 @@ std::unique_ptr<KeySet> KeySet::load(const config::AuthConfig& auth,
       else if (impl->keys.count(cfg.kid))
         e = key_error(cfg.kid, "the kid is used twice");
       else
-        e = load_key(cfg, data_dir, cfg.kid == auth.signing_kid,
-                     &impl->keys[cfg.kid]);
+        e = load_key(cfg, data_dir, cfg.kid == auth.signing_kid, &impl->keys[cfg.kid]);
       if (!e.empty()) {
         if (error) *error = e;
         return nullptr;
@@ -516,8 +478,7 @@ std::unique_ptr<KeySet> KeySet::load(const config::AuthConfig& auth,
     if (!auth.signing_kid.empty()) {
       auto it = impl->keys.find(auth.signing_kid);
       if (it == impl->keys.end()) {
-        if (error)
-          *error = "auth signing_kid '" + auth.signing_kid + "' names no key";
+        if (error) *error = "auth signing_kid '" + auth.signing_kid + "' names no key";
         return nullptr;
       }
       impl->signing = &it->second;
@@ -538,8 +499,7 @@ VerifyError KeySet::verify(std::string_view token, Identity* out,
   }
 }
 
-VerifyError KeySet::Impl::verify(std::string_view token, Identity* out,
-                                 int64_t now) const {
+VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t now) const {
   Parts parts;
   json header;
   if (!split_token(token, &parts) || !parse_object(parts.header, &header))
@@ -552,8 +512,7 @@ VerifyError KeySet::Impl::verify(std::string_view token, Identity* out,
   auto key = keys.find(*kid);
   if (key == keys.end()) return VerifyError::unknown_key;
   const std::string* alg = string_member(header, "alg");
-  if (!alg || *alg != alg_name(key->second.alg))
-    return VerifyError::bad_algorithm;
+  if (!alg || *alg != alg_name(key->second.alg)) return VerifyError::bad_algorithm;
   if (!signature_matches(key->second, parts.signing_input, parts.signature))
     return VerifyError::bad_signature;
 
@@ -561,8 +520,7 @@ VerifyError KeySet::Impl::verify(std::string_view token, Identity* out,
   if (!type_ok(header)) return VerifyError::bad_type;
   json claims;
   if (!parse_object(parts.payload, &claims)) return VerifyError::malformed;
-  if (VerifyError e = check_claims(claims, now); e != VerifyError::none)
-    return e;
+  if (VerifyError e = check_claims(claims, now); e != VerifyError::none) return e;
   Identity id;
   if (!read_roles(claims, &id.roles)) return VerifyError::malformed;
   id.user_id = *string_member(claims, "sub");
@@ -575,8 +533,7 @@ VerifyError KeySet::Impl::verify(std::string_view token, Identity* out,
 VerifyError KeySet::Impl::check_claims(const json& claims, int64_t now) const {
   const int64_t slack = leeway.count();
   int64_t exp = 0;
-  if (!numeric_date(claims, "exp", &exp) || now - slack > exp)
-    return VerifyError::expired;
+  if (!numeric_date(claims, "exp", &exp) || now - slack > exp) return VerifyError::expired;
   for (const char* name : {"nbf", "iat"}) {
     if (!claims.contains(name)) continue;
     int64_t t = 0;
@@ -591,8 +548,7 @@ VerifyError KeySet::Impl::check_claims(const json& claims, int64_t now) const {
   return VerifyError::none;
 }
 
-bool KeySet::sign(nlohmann::json claims, std::string* token,
-                  std::chrono::seconds ttl) const {
+bool KeySet::sign(nlohmann::json claims, std::string* token, std::chrono::seconds ttl) const {
   const Key* key = impl_->signing;
   if (!key || !token) return false;
   try {
@@ -605,11 +561,9 @@ bool KeySet::sign(nlohmann::json claims, std::string* token,
     claims.emplace("iat", now);
     claims.emplace("nbf", claims["iat"]);
     claims.emplace("exp", now + ttl.count());
-    json header = {
-        {"alg", alg_name(key->alg)}, {"typ", kTokenType}, {"kid", key->kid}};
+    json header = {{"alg", alg_name(key->alg)}, {"typ", kTokenType}, {"kid", key->kid}};
     // dump() throws on invalid UTF-8 in a claim; caught below.
-    std::string input =
-        base64url_encode(header.dump()) + "." + base64url_encode(claims.dump());
+    std::string input = base64url_encode(header.dump()) + "." + base64url_encode(claims.dump());
     std::string sig;
     if (!sign_with(*key, input, &sig)) return false;
     *token = input + "." + base64url_encode(sig);
@@ -624,8 +578,7 @@ bool KeySet::can_sign() const { return impl_->signing != nullptr; }
 // ---------------------------------------------------------------- base64url
 
 namespace {
-constexpr char kAlphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 int sextet(char c) {
   if (c >= 'A' && c <= 'Z') return c - 'A';

@@ -37,8 +37,8 @@ enum class VerifyError {
   expired,        // exp in the past (beyond leeway) or missing
   not_yet_valid,  // nbf or iat in the future (beyond leeway)
   bad_issuer,
-  bad_audience,   // aud (string or array) lacks the configured audience
-  bad_subject     // no "sub" string
+  bad_audience,  // aud (string or array) lacks the configured audience
+  bad_subject    // no "sub" string
 };
 
 // A short reason for logs and the 401 body, e.g. "token expired".
@@ -50,14 +50,13 @@ class KeySet {
   // against data_dir), generates an HS256 secret_file when asked. On
   // failure returns nullptr and sets *error to a sentence naming the kid.
   static std::unique_ptr<KeySet> load(const config::AuthConfig& auth,
-                                      const std::filesystem::path& data_dir,
-                                      std::string* error);
+                                      const std::filesystem::path& data_dir, std::string* error);
   ~KeySet();
 
   // Checks signature, kid, alg, typ, exp, nbf, iat, iss, aud and sub.
-  VerifyError verify(std::string_view token, Identity* out,
-                     std::chrono::system_clock::time_point now =
-                         std::chrono::system_clock::now()) const;
+  VerifyError verify(
+      std::string_view token, Identity* out,
+      std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) const;
 
   // Signs claims (iss, aud, iat, nbf, exp are added unless present) with the
   // signing key. Returns false when this host has no signing key.

@@ -19,8 +19,7 @@ struct Diagnostic {
 
   std::string to_string() const {
     std::string s = file;
-    if (mark.line > 0)
-      s += ":" + std::to_string(mark.line) + ":" + std::to_string(mark.column);
+    if (mark.line > 0) s += ":" + std::to_string(mark.line) + ":" + std::to_string(mark.column);
     s += ": ";
     if (!path.empty()) s += path + ": ";
     return s + message;

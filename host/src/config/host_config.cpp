@@ -24,20 +24,15 @@ json integer(int64_t min, int64_t max) {
   return {{"type", "integer"}, {"minimum", min}, {"maximum", max}};
 }
 
-json text(int min_length = 1) {
-  return {{"type", "string"}, {"minLength", min_length}};
-}
+json text(int min_length = 1) { return {{"type", "string"}, {"minLength", min_length}}; }
 
 json boolean() { return {{"type", "boolean"}}; }
 
-json list_of(json item) {
-  return {{"type", "array"}, {"items", std::move(item)}};
-}
+json list_of(json item) { return {{"type", "array"}, {"items", std::move(item)}}; }
 
 json section(json properties) {
-  return {{"type", "object"},
-          {"additionalProperties", false},
-          {"properties", std::move(properties)}};
+  return {
+      {"type", "object"}, {"additionalProperties", false}, {"properties", std::move(properties)}};
 }
 
 constexpr int64_t kHour_ms = 3600LL * 1000;
@@ -56,12 +51,10 @@ json make_schema() {
       {"private_key_file", text()},
   });
   key["required"] = {"kid", "alg"};
-  json plugin = section({{"enabled", boolean()},
-                         {"optional", boolean()},
-                         {"config", {{"type", "object"}}}});
+  json plugin =
+      section({{"enabled", boolean()}, {"optional", boolean()}, {"config", {{"type", "object"}}}});
   return section({
-      {"server",
-       section({{"listen", text()}, {"io_threads", integer(0, 1024)}})},
+      {"server", section({{"listen", text()}, {"io_threads", integer(0, 1024)}})},
       {"limits", section({{"header_bytes", integer(512, 1 << 20)},
                           {"body_bytes", integer(1, 1LL << 32)},
                           {"request_timeout_ms", integer(1, kDay_ms)},
@@ -74,19 +67,17 @@ json make_schema() {
                              {"ping_interval_ms", integer(100, kDay_ms)},
                              {"handshake_timeout_ms", integer(1, kDay_ms)},
                              {"allowed_origins", list_of(text())}})},
-      {"workers", section({{"threads", integer(0, 1024)},
-                           {"queue_limit", integer(1, 1000000)}})},
+      {"workers", section({{"threads", integer(0, 1024)}, {"queue_limit", integer(1, 1000000)}})},
       {"auth", section({{"issuer", text()},
                         {"audience", text()},
                         {"signing_kid", text(0)},
                         {"access_token_ttl_s", integer(1, kWeek_s)},
                         {"leeway_s", integer(0, 3600)},
                         {"keys", list_of(key)}})},
-      {"log", section({{"level",
-                        {{"type", "string"},
-                         {"enum", {"debug", "info", "warn", "error"}}}},
-                       {"access", boolean()},
-                       {"flush_ms", integer(0, 10000)}})},
+      {"log",
+       section({{"level", {{"type", "string"}, {"enum", {"debug", "info", "warn", "error"}}}},
+                {"access", boolean()},
+                {"flush_ms", integer(0, 10000)}})},
       {"shutdown", section({{"grace_ms", integer(0, kHour_ms)}})},
       {"data_dir", text()},
       {"plugin_dirs", list_of(text())},
@@ -107,30 +98,24 @@ const JsonSchema& compiled_schema() {
 // ------------------------------------------------------------------ listen
 
 // "HOST:PORT" or "[IPV6]:PORT" into host and port; "" or what is wrong.
-std::string parse_listen(const std::string& s, std::string* host,
-                         uint16_t* port) {
+std::string parse_listen(const std::string& s, std::string* host, uint16_t* port) {
   std::string h, p;
   if (!s.empty() && s[0] == '[') {
     size_t close = s.find(']');
     if (close == std::string::npos) return "missing ']' after the IPv6 address";
     h = s.substr(1, close - 1);
-    if (s.compare(close + 1, 1, ":") != 0)
-      return "expected [IPV6]:PORT, e.g. [::1]:8080";
+    if (s.compare(close + 1, 1, ":") != 0) return "expected [IPV6]:PORT, e.g. [::1]:8080";
     p = s.substr(close + 2);
   } else {
     size_t colon = s.rfind(':');
-    if (colon == std::string::npos)
-      return "expected HOST:PORT, e.g. 127.0.0.1:8080";
+    if (colon == std::string::npos) return "expected HOST:PORT, e.g. 127.0.0.1:8080";
     h = s.substr(0, colon);
-    if (h.find(':') != std::string::npos)
-      return "an IPv6 address needs brackets, e.g. [::1]:8080";
+    if (h.find(':') != std::string::npos) return "an IPv6 address needs brackets, e.g. [::1]:8080";
     p = s.substr(colon + 1);
   }
-  if (h.empty())
-    return "missing host before the port (0.0.0.0 is every interface)";
+  if (h.empty()) return "missing host before the port (0.0.0.0 is every interface)";
   if (h.find_first_of(" \t[]/") != std::string::npos) return "invalid host";
-  if (p.empty() || p.size() > 5 ||
-      p.find_first_not_of("0123456789") != std::string::npos ||
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos ||
       std::stoul(p) > 65535)
     return "port must be a number from 0 to 65535";
   *host = h;
@@ -144,8 +129,7 @@ std::string parse_listen(const std::string& s, std::string* host,
 // range: a wrong one has already been reported by the schema.
 class Reader {
  public:
-  Reader(const YamlDocument& doc, std::vector<Diagnostic>* errors)
-      : doc_(doc), errors_(errors) {}
+  Reader(const YamlDocument& doc, std::vector<Diagnostic>* errors) : doc_(doc), errors_(errors) {}
 
   const json* at(const std::string& pointer) const {
     const json::json_pointer p(pointer);
@@ -158,8 +142,7 @@ class Reader {
     if (!v || !v->is_number_integer()) return;
     if (!v->is_number_unsigned() && v->get<int64_t>() < 0) return;
     const uint64_t u = v->get<uint64_t>();
-    if (u <= static_cast<uint64_t>(std::numeric_limits<T>::max()))
-      *out = static_cast<T>(u);
+    if (u <= static_cast<uint64_t>(std::numeric_limits<T>::max())) *out = static_cast<T>(u);
   }
 
   template <class Duration>
@@ -170,17 +153,14 @@ class Reader {
   }
 
   void text(const std::string& pointer, std::string* out) const {
-    if (const json* v = at(pointer); v && v->is_string())
-      *out = v->get<std::string>();
+    if (const json* v = at(pointer); v && v->is_string()) *out = v->get<std::string>();
   }
 
   void flag(const std::string& pointer, bool* out) const {
-    if (const json* v = at(pointer); v && v->is_boolean())
-      *out = v->get<bool>();
+    if (const json* v = at(pointer); v && v->is_boolean()) *out = v->get<bool>();
   }
 
-  void strings(const std::string& pointer,
-               std::vector<std::string>* out) const {
+  void strings(const std::string& pointer, std::vector<std::string>* out) const {
     const json* v = at(pointer);
     if (!v || !v->is_array()) return;
     out->clear();
@@ -189,8 +169,8 @@ class Reader {
   }
 
   void error(const std::string& pointer, std::string message) const {
-    errors_->push_back({doc_.file, doc_.mark_of(pointer),
-                        YamlDocument::dotted(pointer), std::move(message)});
+    errors_->push_back(
+        {doc_.file, doc_.mark_of(pointer), YamlDocument::dotted(pointer), std::move(message)});
   }
 
  private:
@@ -202,8 +182,7 @@ void read_server(const Reader& r, ServerConfig* s) {
   std::string listen;
   r.text("/server/listen", &listen);
   if (!listen.empty()) {
-    std::string problem =
-        parse_listen(listen, &s->listen_host, &s->listen_port);
+    std::string problem = parse_listen(listen, &s->listen_host, &s->listen_port);
     if (!problem.empty()) r.error("/server/listen", problem);
   }
   r.number("/server/io_threads", &s->io_threads);
@@ -233,19 +212,13 @@ void check_key(const Reader& r, const std::string& p, const AuthKey& k) {
   const bool secret = has("/secret"), file = has("/secret_file");
   const bool any_pem = has("/public_key_file") || has("/private_key_file");
   if (k.alg == "HS256") {
-    if (secret == file)
-      r.error(p, "an HS256 key needs exactly one of secret or secret_file");
-    if (k.generate && !file)
-      r.error(p + "/generate", "generate needs secret_file");
-    if (any_pem)
-      r.error(p, "an HS256 key takes secret or secret_file, not PEM files");
+    if (secret == file) r.error(p, "an HS256 key needs exactly one of secret or secret_file");
+    if (k.generate && !file) r.error(p + "/generate", "generate needs secret_file");
+    if (any_pem) r.error(p, "an HS256 key takes secret or secret_file, not PEM files");
   } else if (k.alg == "EdDSA") {
-    if (!has("/public_key_file"))
-      r.error(p, "an EdDSA key needs public_key_file");
+    if (!has("/public_key_file")) r.error(p, "an EdDSA key needs public_key_file");
     if (secret || file || has("/generate"))
-      r.error(
-          p,
-          "an EdDSA key takes PEM files, not secret, secret_file or generate");
+      r.error(p, "an EdDSA key takes PEM files, not secret, secret_file or generate");
   }
 }
 
@@ -278,17 +251,15 @@ void read_auth(const Reader& r, AuthConfig* a) {
     a->keys.push_back(std::move(k));
   }
   if (a->signing_kid.empty()) return;
-  auto signer =
-      std::find_if(a->keys.begin(), a->keys.end(),
-                   [&](const AuthKey& k) { return k.kid == a->signing_kid; });
+  auto signer = std::find_if(a->keys.begin(), a->keys.end(),
+                             [&](const AuthKey& k) { return k.kid == a->signing_kid; });
   if (signer == a->keys.end())
     r.error("/auth/signing_kid", "names no key in auth.keys");
   else if (signer->alg == "EdDSA" && signer->private_key_file.empty())
     r.error("/auth/signing_kid", "the signing key needs private_key_file");
 }
 
-void read_plugins(const Reader& r, const YamlDocument& doc,
-                  std::vector<PluginEntry>* out) {
+void read_plugins(const Reader& r, const YamlDocument& doc, std::vector<PluginEntry>* out) {
   const json* plugins = r.at("/plugins");
   if (!plugins || !plugins->is_object()) return;
   for (const auto& [name, v] : plugins->items()) {
@@ -304,13 +275,11 @@ void read_plugins(const Reader& r, const YamlDocument& doc,
   }
   // JSON objects are sorted by key; the file's order is kept instead.
   std::stable_sort(out->begin(), out->end(), [](const auto& a, const auto& b) {
-    return std::tie(a.mark.line, a.mark.column) <
-           std::tie(b.mark.line, b.mark.column);
+    return std::tie(a.mark.line, a.mark.column) < std::tie(b.mark.line, b.mark.column);
   });
 }
 
-void read_config(const YamlDocument& doc, HostConfig* c,
-                 std::vector<Diagnostic>* errors) {
+void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>* errors) {
   Reader r(doc, errors);
   read_server(r, &c->server);
   read_limits(r, &c->limits);
@@ -331,24 +300,19 @@ void read_config(const YamlDocument& doc, HostConfig* c,
 
 // Schema diagnostics at a place the YAML layer already complained about
 // (an unset !env leaves a null there) would only repeat it.
-void validate_new(const YamlDocument& doc, size_t from,
-                  std::vector<Diagnostic>* errors) {
+void validate_new(const YamlDocument& doc, size_t from, std::vector<Diagnostic>* errors) {
   std::set<std::string> known;
-  for (size_t i = from; i < errors->size(); ++i)
-    known.insert((*errors)[i].path);
+  for (size_t i = from; i < errors->size(); ++i) known.insert((*errors)[i].path);
   std::vector<Diagnostic> found;
   validate_at(doc, "", compiled_schema(), &found);
   for (auto& d : found)
     if (!known.count(d.path)) errors->push_back(std::move(d));
 }
 
-void apply_overrides(const Overrides& o, HostConfig* c,
-                     std::vector<Diagnostic>* errors) {
+void apply_overrides(const Overrides& o, HostConfig* c, std::vector<Diagnostic>* errors) {
   if (!o.listen.empty()) {
-    std::string problem =
-        parse_listen(o.listen, &c->server.listen_host, &c->server.listen_port);
-    if (!problem.empty())
-      errors->push_back({"command line", {}, "--listen", problem});
+    std::string problem = parse_listen(o.listen, &c->server.listen_host, &c->server.listen_port);
+    if (!problem.empty()) errors->push_back({"command line", {}, "--listen", problem});
   }
   if (!o.data_dir.empty()) c->data_dir = o.data_dir;
 }
@@ -360,9 +324,8 @@ const json& host_config_schema() {
   return schema;
 }
 
-bool load_host_config(const std::filesystem::path& file,
-                      const Overrides& overrides, HostConfig* out,
-                      std::vector<Diagnostic>* errors) {
+bool load_host_config(const std::filesystem::path& file, const Overrides& overrides,
+                      HostConfig* out, std::vector<Diagnostic>* errors) {
   const size_t before = errors->size();
   *out = HostConfig{};
   out->file = file;
@@ -374,8 +337,7 @@ bool load_host_config(const std::filesystem::path& file,
     if (doc.value.is_null()) doc.value = json::object();  // empty file
     validate_new(doc, before, errors);
     read_config(doc, out, errors);
-    std::stable_sort(errors->begin() + static_cast<std::ptrdiff_t>(before),
-                     errors->end(),
+    std::stable_sort(errors->begin() + static_cast<std::ptrdiff_t>(before), errors->end(),
                      [](const Diagnostic& a, const Diagnostic& b) {
                        return std::tie(a.mark.line, a.mark.column) <
                               std::tie(b.mark.line, b.mark.column);

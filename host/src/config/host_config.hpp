@@ -35,7 +35,7 @@ struct LimitsConfig {
 struct WebSocketConfig {
   size_t max_message_bytes = 64 * 1024;
   size_t send_queue_messages = 256;
-  size_t max_in_flight = 32;  // operations one socket may have running
+  size_t max_in_flight = 32;                       // operations one socket may have running
   std::chrono::milliseconds ping_interval{30000};  // dead peer after 2x
   std::chrono::milliseconds handshake_timeout{10000};
   std::vector<std::string> allowed_origins;  // "*" allows any
@@ -48,7 +48,7 @@ struct WorkersConfig {
 
 struct AuthKey {
   std::string kid;
-  std::string alg;  // "HS256" or "EdDSA"
+  std::string alg;               // "HS256" or "EdDSA"
   std::string secret;            // HS256: the shared secret
   std::string secret_file;       // HS256: file holding it (made if absent and generate)
   bool generate = false;         // HS256: create secret_file with a random key
@@ -100,16 +100,15 @@ struct HostConfig {
 
 // Command-line values that win over the file.
 struct Overrides {
-  std::string listen;    // "HOST:PORT", port 0 allowed
+  std::string listen;  // "HOST:PORT", port 0 allowed
   std::string data_dir;
 };
 
 // Reads, validates and applies overrides. Every problem found goes into
 // errors (file, line, key path, message); returns false when there is any.
 // Plugin sections are checked later, against each plugin's own schema.
-bool load_host_config(const std::filesystem::path& file,
-                      const Overrides& overrides, HostConfig* out,
-                      std::vector<Diagnostic>* errors);
+bool load_host_config(const std::filesystem::path& file, const Overrides& overrides,
+                      HostConfig* out, std::vector<Diagnostic>* errors);
 
 // The JSON Schema of the host's own keys (plugin sections excluded).
 const nlohmann::json& host_config_schema();

@@ -27,10 +27,8 @@ Mark to_mark(const YAML::Mark& m) {
 }
 
 std::string unescape_token(std::string t) {
-  for (size_t i = 0; (i = t.find("~1", i)) != std::string::npos; ++i)
-    t.replace(i, 2, "/");
-  for (size_t i = 0; (i = t.find("~0", i)) != std::string::npos; ++i)
-    t.replace(i, 2, "~");
+  for (size_t i = 0; (i = t.find("~1", i)) != std::string::npos; ++i) t.replace(i, 2, "/");
+  for (size_t i = 0; (i = t.find("~0", i)) != std::string::npos; ++i) t.replace(i, 2, "~");
   return t;
 }
 
@@ -54,12 +52,10 @@ json parse_integer(const std::string& s) {
 // YAML 1.2 core schema for untagged plain scalars.
 json plain_scalar(const std::string& s) {
   static const std::regex integer("[-+]?[0-9]+");
-  static const std::regex number(
-      "[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
+  static const std::regex number("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
   if (s == "true" || s == "True" || s == "TRUE") return true;
   if (s == "false" || s == "False" || s == "FALSE") return false;
-  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL")
-    return nullptr;
+  if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
   if (std::regex_match(s, integer)) return parse_integer(s);
   if (std::regex_match(s, number)) {
     double d = 0;
@@ -72,15 +68,12 @@ json plain_scalar(const std::string& s) {
 
 class Converter {
  public:
-  Converter(YamlDocument* doc, std::vector<Diagnostic>* errors)
-      : doc_(doc), errors_(errors) {}
+  Converter(YamlDocument* doc, std::vector<Diagnostic>* errors) : doc_(doc), errors_(errors) {}
 
   // Converts n, found at pointer; returns false once a limit is hit.
-  bool convert(const YAML::Node& n, const std::string& pointer, int depth,
-               json* out) {
+  bool convert(const YAML::Node& n, const std::string& pointer, int depth, json* out) {
     if (++nodes_ > kMaxNodes || depth > kMaxDepth) {
-      error(pointer, to_mark(n.Mark()),
-            "document too large or too deeply nested");
+      error(pointer, to_mark(n.Mark()), "document too large or too deeply nested");
       return false;
     }
     switch (n.Type()) {
@@ -100,8 +93,7 @@ class Converter {
   bool ok() const { return failed_ == 0; }
 
  private:
-  bool map(const YAML::Node& n, const std::string& pointer, int depth,
-           json* out) {
+  bool map(const YAML::Node& n, const std::string& pointer, int depth, json* out) {
     *out = json::object();
     for (auto it = n.begin(); it != n.end(); ++it) {
       const YAML::Node& key = it->first;
@@ -124,8 +116,7 @@ class Converter {
     return true;
   }
 
-  bool sequence(const YAML::Node& n, const std::string& pointer, int depth,
-                json* out) {
+  bool sequence(const YAML::Node& n, const std::string& pointer, int depth, json* out) {
     *out = json::array();
     size_t index = 0;
     for (auto it = n.begin(); it != n.end(); ++it, ++index) {
@@ -143,8 +134,7 @@ class Converter {
     if (tag == "?" || tag.empty()) return plain_scalar(n.Scalar());
     if (tag == "!" || tag == "tag:yaml.org,2002:str") return n.Scalar();
     if (tag == "!env") return env(n, pointer);
-    if (tag.rfind("tag:yaml.org,2002:", 0) == 0)
-      return plain_scalar(n.Scalar());
+    if (tag.rfind("tag:yaml.org,2002:", 0) == 0) return plain_scalar(n.Scalar());
     error(pointer, to_mark(n.Mark()), "unknown tag '" + tag + "'");
     return nullptr;
   }
@@ -157,8 +147,7 @@ class Converter {
     }
     const char* value = std::getenv(name.c_str());
     if (value == nullptr) {
-      error(pointer, to_mark(n.Mark()),
-            "environment variable " + name + " is not set");
+      error(pointer, to_mark(n.Mark()), "environment variable " + name + " is not set");
       return nullptr;
     }
     return std::string(value);
@@ -166,8 +155,7 @@ class Converter {
 
   void error(const std::string& pointer, Mark mark, std::string message) {
     ++failed_;
-    errors_->push_back(
-        {doc_->file, mark, YamlDocument::dotted(pointer), std::move(message)});
+    errors_->push_back({doc_->file, mark, YamlDocument::dotted(pointer), std::move(message)});
   }
 
   YamlDocument* doc_;
@@ -207,8 +195,7 @@ bool parse_file(const std::filesystem::path& file, YAML::Node* root,
 Mark YamlDocument::mark_of(const std::string& pointer) const {
   std::string p = pointer;
   while (true) {
-    if (auto it = marks.find(p); it != marks.end() && it->second.line > 0)
-      return it->second;
+    if (auto it = marks.find(p); it != marks.end() && it->second.line > 0) return it->second;
     if (p.empty()) return {};
     p.erase(p.rfind('/'));
   }
@@ -243,15 +230,14 @@ bool load_yaml(const std::filesystem::path& file, YamlDocument* out,
   try {
     converter.convert(root, "", 0, &out->value);
   } catch (const std::exception& e) {
-    errors->push_back(
-        {out->file, {}, "", std::string("invalid YAML: ") + e.what()});
+    errors->push_back({out->file, {}, "", std::string("invalid YAML: ") + e.what()});
     return false;
   }
   return converter.ok();
 }
 
-void validate_at(const YamlDocument& doc, const std::string& pointer,
-                 const JsonSchema& schema, std::vector<Diagnostic>* errors) {
+void validate_at(const YamlDocument& doc, const std::string& pointer, const JsonSchema& schema,
+                 std::vector<Diagnostic>* errors) {
   // An absent section is validated as an empty object, which is what the
   // loader uses in its place.
   static const json empty = json::object();
@@ -264,8 +250,7 @@ void validate_at(const YamlDocument& doc, const std::string& pointer,
   }
   for (const auto& v : schema.validate(*value, 1000)) {
     const std::string full = pointer + v.pointer;
-    errors->push_back(
-        {doc.file, doc.mark_of(full), YamlDocument::dotted(full), v.message});
+    errors->push_back({doc.file, doc.mark_of(full), YamlDocument::dotted(full), v.message});
   }
 }
 

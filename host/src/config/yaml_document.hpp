@@ -33,7 +33,7 @@ bool load_yaml(const std::filesystem::path& file, YamlDocument* out,
 
 // Validates the value at pointer (the whole document for "") against
 // schema, appending one Diagnostic per violation with its file position.
-void validate_at(const YamlDocument& doc, const std::string& pointer,
-                 const JsonSchema& schema, std::vector<Diagnostic>* errors);
+void validate_at(const YamlDocument& doc, const std::string& pointer, const JsonSchema& schema,
+                 std::vector<Diagnostic>* errors);
 
 }  // namespace gv::config

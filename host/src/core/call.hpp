@@ -21,13 +21,13 @@ struct Call {
   const Operation* op = nullptr;
   std::string request_id;
   std::optional<auth::Identity> identity;  // nullopt: anonymous
-  bool system = false;  // an in-process call made as the system: every right
-  std::string body;     // raw JSON body over HTTP; may be empty
+  bool system = false;                     // an in-process call made as the system: every right
+  std::string body;                        // raw JSON body over HTTP; may be empty
   nlohmann::json input = nlohmann::json::object();  // WebSocket data, or {}
-  PathParams params;    // path and query parameters, strings until coerced
+  PathParams params;  // path and query parameters, strings until coerced
   uint64_t connection_id = 0;
   std::vector<std::pair<std::string, std::string>> headers;
-  int depth = 0;        // nesting of in-process calls
+  int depth = 0;  // nesting of in-process calls
 };
 
 struct Reply {
@@ -36,8 +36,7 @@ struct Reply {
 };
 
 // {"error":{"code":...,"message":...,"request_id":...}} and its Reply.
-std::string error_body(std::string_view code, std::string_view message,
-                       std::string_view request_id,
+std::string error_body(std::string_view code, std::string_view message, std::string_view request_id,
                        const nlohmann::json& details = nullptr);
 Reply error_reply(int status, std::string_view code, std::string_view message,
                   std::string_view request_id);

@@ -53,8 +53,7 @@ int header_lookup(const gv_request_v1* req, const char* name, gv_str* value) {
 
 }  // namespace
 
-bool Dispatcher::submit(std::shared_ptr<Call> call,
-                        std::function<void(Reply)> done) {
+bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> done) {
   ++in_flight_;
   bool queued = pool_.try_submit([this, call, done = std::move(done)] {
     Reply reply;
@@ -81,8 +80,8 @@ Reply Dispatcher::run(Call& call) const {
       details.push_back({{"field", v.pointer}, {"message", v.message}});
     const auto& first = violations.front();
     std::string where = first.pointer.empty() ? "input" : first.pointer.substr(1);
-    return Reply{400, error_body("invalid_input", where + ": " + first.message,
-                                 call.request_id, details)};
+    return Reply{
+        400, error_body("invalid_input", where + ": " + first.message, call.request_id, details)};
   }
   return invoke(call);
 }
@@ -91,12 +90,10 @@ std::optional<Reply> Dispatcher::check_access(const Call& call) const {
   const Operation& op = *call.op;
   if (call.system || op.access == GV_ACCESS_ANYONE) return std::nullopt;
   if (!call.identity)
-    return error_reply(401, "unauthorized",
-                       "this operation needs a valid access token",
+    return error_reply(401, "unauthorized", "this operation needs a valid access token",
                        call.request_id);
   if (op.access == GV_ACCESS_ROLE && !call.identity->has_role(op.role))
-    return error_reply(403, "forbidden",
-                       "this operation needs the role '" + op.role + "'",
+    return error_reply(403, "forbidden", "this operation needs the role '" + op.role + "'",
                        call.request_id);
   return std::nullopt;
 }
@@ -105,24 +102,19 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
   if (!call.body.empty()) {
     if (!json_depth_within(call.body, json_depth_))
       return error_reply(400, "invalid_json",
-                         "the body nests deeper than " +
-                             std::to_string(json_depth_) + " levels",
+                         "the body nests deeper than " + std::to_string(json_depth_) + " levels",
                          call.request_id);
     auto parsed = nlohmann::json::parse(call.body, nullptr, false);
     if (parsed.is_discarded())
-      return error_reply(400, "invalid_json", "the body is not valid JSON",
-                         call.request_id);
+      return error_reply(400, "invalid_json", "the body is not valid JSON", call.request_id);
     if (!parsed.is_object())
-      return error_reply(400, "invalid_json", "the body must be a JSON object",
-                         call.request_id);
+      return error_reply(400, "invalid_json", "the body must be a JSON object", call.request_id);
     call.input = std::move(parsed);
   }
-  const auto& props =
-      call.op->input_schema.value("properties", nlohmann::json::object());
+  const auto& props = call.op->input_schema.value("properties", nlohmann::json::object());
   for (const auto& [key, text] : call.params) {
     if (call.input.contains(key))
-      return error_reply(400, "invalid_input",
-                         key + ": given more than once (path, query or body)",
+      return error_reply(400, "invalid_input", key + ": given more than once (path, query or body)",
                          call.request_id);
     call.input[key] = coerce(text, props.value(key, nlohmann::json()));
   }
@@ -132,8 +124,7 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
 
 Reply Dispatcher::invoke(Call& call) const {
   const Operation& op = *call.op;
-  std::string input = call.input.dump(-1, ' ', false,
-                                      nlohmann::json::error_handler_t::replace);
+  std::string input = call.input.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string user_id, roles;
   if (call.identity) {
     user_id = call.identity->user_id;
@@ -160,13 +151,13 @@ Reply Dispatcher::invoke(Call& call) const {
   if (rc == GV_OK && response.answered &&
       (response.body.empty() || nlohmann::json::accept(response.body)))
     return Reply{response.status, std::move(response.body)};
-  log::error("operation failed",
-             {{"op", op.name}, {"plugin", op.plugin},
-              {"request_id", call.request_id}, {"code", static_cast<int>(rc)},
-              {"answered", response.answered}});
+  log::error("operation failed", {{"op", op.name},
+                                  {"plugin", op.plugin},
+                                  {"request_id", call.request_id},
+                                  {"code", static_cast<int>(rc)},
+                                  {"answered", response.answered}});
   if (rc == GV_ERR_UNAVAILABLE)
-    return error_reply(503, "unavailable", "the operation is unavailable",
-                       call.request_id);
+    return error_reply(503, "unavailable", "the operation is unavailable", call.request_id);
   return error_reply(500, "internal",
                      "the operation failed; quote the request id when reporting it",
                      call.request_id);

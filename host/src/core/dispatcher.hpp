@@ -15,8 +15,7 @@ namespace gv {
 
 class Dispatcher {
  public:
-  Dispatcher(WorkerPool& pool, unsigned json_depth)
-      : pool_(pool), json_depth_(json_depth) {}
+  Dispatcher(WorkerPool& pool, unsigned json_depth) : pool_(pool), json_depth_(json_depth) {}
 
   // Queues call on the worker pool; done runs there with the reply. False
   // when the queue is full: nothing was queued and done is never called.

@@ -64,8 +64,7 @@ bool Hub::leave(uint64_t id, const std::string& channel) {
   return true;
 }
 
-std::shared_ptr<const std::string> Hub::frame(std::string_view event,
-                                              std::string_view data_json) {
+std::shared_ptr<const std::string> Hub::frame(std::string_view event, std::string_view data_json) {
   std::string text = "{\"event\":";
   text += nlohmann::json(std::string(event)).dump();
   text += ",\"data\":";
@@ -74,8 +73,7 @@ std::shared_ptr<const std::string> Hub::frame(std::string_view event,
   return std::make_shared<const std::string>(std::move(text));
 }
 
-size_t Hub::send_to(const std::set<uint64_t>& ids,
-                    const std::shared_ptr<const std::string>& text) {
+size_t Hub::send_to(const std::set<uint64_t>& ids, const std::shared_ptr<const std::string>& text) {
   // Collect under the lock, send outside it: send may close a socket,
   // which calls remove().
   std::vector<std::shared_ptr<PushTarget>> targets;

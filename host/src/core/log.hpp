@@ -29,17 +29,25 @@ bool enabled(Level level);
 void write(Level level, std::string_view msg,
            const nlohmann::json& fields = nlohmann::json::object());
 
-inline void debug(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { write(Level::debug, m, f); }
-inline void info(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { write(Level::info, m, f); }
-inline void warn(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { write(Level::warn, m, f); }
-inline void error(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { write(Level::error, m, f); }
+inline void debug(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) {
+  write(Level::debug, m, f);
+}
+inline void info(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) {
+  write(Level::info, m, f);
+}
+inline void warn(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) {
+  write(Level::warn, m, f);
+}
+inline void error(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) {
+  write(Level::error, m, f);
+}
 
 // The access line of one request, built without a JSON tree (hot path).
 struct AccessRecord {
   std::string_view request_id;
   std::string_view transport;  // "http" or "ws"
   std::string_view method;
-  std::string_view path;       // or the operation name over WebSocket
+  std::string_view path;  // or the operation name over WebSocket
   std::string_view op;
   int status = 0;
   double duration_ms = 0;

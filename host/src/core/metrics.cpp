@@ -10,7 +10,10 @@ std::string label(std::string_view v) {
   std::string out;
   for (char c : v) {
     if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') { out += "\\n"; continue; }
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
     out += c;
   }
   return out;
@@ -60,27 +63,23 @@ std::string Metrics::render() const {
     out += name + "_sum{op=\"" + label(op) + "\"} " + number(s.sum) + "\n";
     out += name + "_count{op=\"" + label(op) + "\"} " + std::to_string(s.count) + "\n";
   }
-  auto gauge = [&out](const char* name, const char* help, const char* type,
-                      int64_t v) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name +
-           " " + type + "\n" + name + " " + std::to_string(v) + "\n";
+  auto gauge = [&out](const char* name, const char* help, const char* type, int64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" +
+           name + " " + std::to_string(v) + "\n";
   };
   gauge("grapevine_open_connections_http", "Open HTTP connections.", "gauge",
         http_connections.load());
-  gauge("grapevine_open_connections_websocket", "Open WebSocket connections.",
-        "gauge", websocket_connections.load());
-  gauge("grapevine_worker_queue_depth", "Calls waiting for a worker thread.",
-        "gauge",
+  gauge("grapevine_open_connections_websocket", "Open WebSocket connections.", "gauge",
+        websocket_connections.load());
+  gauge("grapevine_worker_queue_depth", "Calls waiting for a worker thread.", "gauge",
         worker_queue_depth ? static_cast<int64_t>(worker_queue_depth()) : 0);
-  gauge("grapevine_plugin_load_failures_total",
-        "Plugins that failed to load or start.", "counter",
+  gauge("grapevine_plugin_load_failures_total", "Plugins that failed to load or start.", "counter",
         plugin_load_failures.load());
   gauge("grapevine_websocket_slow_closes_total",
         "WebSockets closed because their send queue was full.", "counter",
         websocket_slow_closes.load());
   gauge("grapevine_overload_rejections_total",
-        "Requests refused with 503 because a queue was full.", "counter",
-        rejected_overload.load());
+        "Requests refused with 503 because a queue was full.", "counter", rejected_overload.load());
   return out;
 }
 

@@ -5,16 +5,13 @@ namespace gv {
 namespace {
 
 nlohmann::json error_response(const char* description) {
-  return {{"description", description},
-          {"content",
-           {{"application/json",
-             {{"schema", {{"$ref", "#/components/schemas/Error"}}}}}}}};
+  return {
+      {"description", description},
+      {"content", {{"application/json", {{"schema", {{"$ref", "#/components/schemas/Error"}}}}}}}};
 }
 
 nlohmann::json operation_object(const Operation& op) {
-  nlohmann::json o = {{"operationId", op.name},
-                      {"summary", op.summary},
-                      {"tags", {op.plugin}}};
+  nlohmann::json o = {{"operationId", op.name}, {"summary", op.summary}, {"tags", {op.plugin}}};
   nlohmann::json parameters = nlohmann::json::array();
   const auto& props = op.input_schema.value("properties", nlohmann::json::object());
   for (const auto& seg : op.segments) {
@@ -50,8 +47,7 @@ nlohmann::json operation_object(const Operation& op) {
 
 }  // namespace
 
-nlohmann::json Registry::openapi(std::string_view title,
-                                 std::string_view version) const {
+nlohmann::json Registry::openapi(std::string_view title, std::string_view version) const {
   nlohmann::json paths = nlohmann::json::object();
   for (const auto& op : ops_) {
     if (op->http_method.empty()) continue;
@@ -59,24 +55,23 @@ nlohmann::json Registry::openapi(std::string_view title,
     for (auto& c : method) c = static_cast<char>(std::tolower(c));
     paths[op->http_path][method] = operation_object(*op);
   }
-  return {
-      {"openapi", "3.1.0"},
-      {"info", {{"title", title}, {"version", version}}},
-      {"paths", paths},
-      {"components",
-       {{"securitySchemes",
-         {{"bearer", {{"type", "http"}, {"scheme", "bearer"}, {"bearerFormat", "JWT"}}}}},
-        {"schemas",
-         {{"Error",
-           {{"type", "object"},
-            {"required", {"error"}},
-            {"properties",
-             {{"error",
+  return {{"openapi", "3.1.0"},
+          {"info", {{"title", title}, {"version", version}}},
+          {"paths", paths},
+          {"components",
+           {{"securitySchemes",
+             {{"bearer", {{"type", "http"}, {"scheme", "bearer"}, {"bearerFormat", "JWT"}}}}},
+            {"schemas",
+             {{"Error",
                {{"type", "object"},
+                {"required", {"error"}},
                 {"properties",
-                 {{"code", {{"type", "string"}}},
-                  {"message", {{"type", "string"}}},
-                  {"request_id", {{"type", "string"}}}}}}}}}}}}}}}};
+                 {{"error",
+                   {{"type", "object"},
+                    {"properties",
+                     {{"code", {{"type", "string"}}},
+                      {"message", {{"type", "string"}}},
+                      {"request_id", {{"type", "string"}}}}}}}}}}}}}}}};
 }
 
 }  // namespace gv

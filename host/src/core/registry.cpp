@@ -28,8 +28,7 @@ std::vector<std::string_view> split_path(std::string_view path) {
 }
 
 bool same_route(const Operation& a, const Operation& b) {
-  if (a.http_method != b.http_method || a.segments.size() != b.segments.size())
-    return false;
+  if (a.http_method != b.http_method || a.segments.size() != b.segments.size()) return false;
   for (size_t i = 0; i < a.segments.size(); ++i) {
     const auto& x = a.segments[i];
     const auto& y = b.segments[i];
@@ -40,8 +39,7 @@ bool same_route(const Operation& a, const Operation& b) {
 
 }  // namespace
 
-bool parse_path_template(std::string_view path,
-                         std::vector<Operation::Segment>* out) {
+bool parse_path_template(std::string_view path, std::vector<Operation::Segment>* out) {
   static const std::regex literal("[A-Za-z0-9._~-]+");
   static const std::regex param("\\{[A-Za-z_][A-Za-z0-9_]*\\}");
   if (path.empty() || path.front() != '/') return false;
@@ -58,19 +56,17 @@ bool parse_path_template(std::string_view path,
   return true;
 }
 
-bool Registry::add(const std::string& plugin, const gv_operation_v1& raw,
-                   std::string* error) {
+bool Registry::add(const std::string& plugin, const gv_operation_v1& raw, std::string* error) {
   auto op = std::make_unique<Operation>();
   op->name = raw.name ? raw.name : "";
   op->plugin = plugin;
   if (!valid_operation_name(op->name)) {
-    *error = "operation name '" + op->name +
-             "' must look like plugin.verb (lower case, digits, _)";
+    *error = "operation name '" + op->name + "' must look like plugin.verb (lower case, digits, _)";
     return false;
   }
   if (by_name_.count(op->name)) {
-    *error = "operation " + op->name + " is already registered by plugin " +
-             by_name_[op->name]->plugin;
+    *error =
+        "operation " + op->name + " is already registered by plugin " + by_name_[op->name]->plugin;
     return false;
   }
   op->summary = raw.summary ? raw.summary : "";
@@ -89,18 +85,16 @@ bool Registry::add(const std::string& plugin, const gv_operation_v1& raw,
   if (raw.http_method || raw.http_path) {
     op->http_method = raw.http_method ? raw.http_method : "";
     op->http_path = raw.http_path ? raw.http_path : "";
-    if (!valid_method(op->http_method) ||
-        !parse_path_template(op->http_path, &op->segments) ||
+    if (!valid_method(op->http_method) || !parse_path_template(op->http_path, &op->segments) ||
         op->http_path.rfind("/api/", 0) != 0) {
-      *error = "operation " + op->name + " has a bad HTTP binding '" +
-               op->http_method + " " + op->http_path +
-               "' (method GET/POST/PUT/PATCH/DELETE, path under /api/)";
+      *error = "operation " + op->name + " has a bad HTTP binding '" + op->http_method + " " +
+               op->http_path + "' (method GET/POST/PUT/PATCH/DELETE, path under /api/)";
       return false;
     }
     for (const auto& other : ops_)
       if (same_route(*op, *other)) {
-        *error = "operation " + op->name + " has the same route as " +
-                 other->name + ": " + op->http_method + " " + op->http_path;
+        *error = "operation " + op->name + " has the same route as " + other->name + ": " +
+                 op->http_method + " " + op->http_path;
         return false;
       }
   }

@@ -16,20 +16,20 @@
 namespace gv {
 
 struct Operation {
-  std::string name;    // "posts.create"
-  std::string plugin;  // who registered it
-  std::string http_method;    // empty: not bound to HTTP
-  std::string http_path;      // "/api/v1/posts/{postId}"
+  std::string name;         // "posts.create"
+  std::string plugin;       // who registered it
+  std::string http_method;  // empty: not bound to HTTP
+  std::string http_path;    // "/api/v1/posts/{postId}"
   std::string summary;
   gv_access access = GV_ACCESS_ANYONE;
   std::string role;
-  nlohmann::json input_schema;          // as registered, made strict
-  std::unique_ptr<JsonSchema> schema;   // compiled input_schema
+  nlohmann::json input_schema;         // as registered, made strict
+  std::unique_ptr<JsonSchema> schema;  // compiled input_schema
   gv_handler_fn handler = nullptr;
   void* handler_ctx = nullptr;
 
   struct Segment {
-    std::string text;   // literal text, or the parameter name
+    std::string text;  // literal text, or the parameter name
     bool param = false;
   };
   std::vector<Segment> segments;  // the parsed http_path
@@ -42,8 +42,7 @@ class Registry {
   // Adds an operation from a plugin. Refuses (false, *error set) a bad or
   // duplicate name, a route that another operation already has, a path
   // that is not under /api/, or an input schema that does not compile.
-  bool add(const std::string& plugin, const gv_operation_v1& raw,
-           std::string* error);
+  bool add(const std::string& plugin, const gv_operation_v1& raw, std::string* error);
 
   const Operation* find(std::string_view name) const;
 
@@ -53,9 +52,8 @@ class Registry {
   enum class Match { found, no_path, no_method };
   // Matches a decoded path; literal segments win over parameters. On
   // no_method, *allowed lists the methods the path has ("GET, PUT").
-  Match route(std::string_view method, std::string_view path,
-              const Operation** op, PathParams* params,
-              std::string* allowed) const;
+  Match route(std::string_view method, std::string_view path, const Operation** op,
+              PathParams* params, std::string* allowed) const;
 
   // The OpenAPI 3.1 document of every HTTP-bound operation.
   nlohmann::json openapi(std::string_view title, std::string_view version) const;
@@ -72,7 +70,6 @@ class Registry {
 };
 
 // Splits "/api/v1/a/{b}" into segments; false for a malformed template.
-bool parse_path_template(std::string_view path,
-                         std::vector<Operation::Segment>* out);
+bool parse_path_template(std::string_view path, std::vector<Operation::Segment>* out);
 
 }  // namespace gv

@@ -16,9 +16,8 @@ std::string new_request_id() {
 std::string request_id_from(std::string_view incoming) {
   if (incoming.empty() || incoming.size() > 128) return new_request_id();
   for (char c : incoming) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' ||
-              c == '-';
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-';
     if (!ok) return new_request_id();
   }
   return std::string(incoming);

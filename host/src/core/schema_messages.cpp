@@ -29,9 +29,7 @@ std::string clip(const std::string& s, size_t max) {
   return s.size() <= max ? s : s.substr(0, max) + "...";
 }
 
-bool starts_with(const std::string& s, const char* prefix) {
-  return s.rfind(prefix, 0) == 0;
-}
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
 // ---------------------------------------------------- schema at a location
 
@@ -74,8 +72,7 @@ class SchemaFinder {
     if (!s.is_object() || depth > 16 || out.size() > 64) return;
     out.push_back(&s);
     if (auto ref = s.find("$ref"); ref != s.end() && ref->is_string())
-      if (const json* target = resolve(ref->get<std::string>()))
-        expand(*target, out, depth + 1);
+      if (const json* target = resolve(ref->get<std::string>())) expand(*target, out, depth + 1);
     for (const char* k : {"allOf", "anyOf", "oneOf"})
       if (auto it = s.find(k); it != s.end() && it->is_array())
         for (const auto& sub : *it) expand(sub, out, depth + 1);
@@ -111,12 +108,10 @@ class SchemaFinder {
           next.push_back(&sub);
           matched = true;
         }
-    if (auto ap = s.find("additionalProperties"); !matched && ap != s.end())
-      next.push_back(&*ap);
+    if (auto ap = s.find("additionalProperties"); !matched && ap != s.end()) next.push_back(&*ap);
   }
 
-  static void step_item(const json& s, const std::string& token,
-                        std::vector<const json*>& next) {
+  static void step_item(const json& s, const std::string& token, std::vector<const json*>& next) {
     auto items = s.find("items");
     if (items == s.end()) return;
     if (items->is_object()) {
@@ -196,12 +191,11 @@ std::string quoted_name(const std::string& desc) {
   return desc.substr(open + 1, close - open - 1);
 }
 
-
 std::string to_pointer(const Tokens& tokens) {
   std::string p;
   for (const auto& t : tokens) {
     p += '/';  // appended apart: GCC 12 -O3 warns falsely on "/" + string
-    p += pointer_token(t);
+    p += pointer_token(clip(t, kMaxToken));  // long keys shortened in messages
   }
   return p;
 }
@@ -238,8 +232,7 @@ class Translator {
                starts_with(d, "Missing dependency")) {
       Tokens field = tokens;
       field.push_back(quoted_name(d));
-      push(field,
-           "missing required field '" + clip(field.back(), kMaxName) + "'");
+      push(field, "missing required field '" + clip(field.back(), kMaxName) + "'");
     } else {
       push(tokens, message(tokens, d));
     }
@@ -273,9 +266,7 @@ class Translator {
       return;
     }
     for (const auto& v : out_)
-      if (v.pointer == pointer ||
-          starts_with(v.pointer, (pointer + "/").c_str()))
-        return;
+      if (v.pointer == pointer || starts_with(v.pointer, (pointer + "/").c_str())) return;
     push(tokens, "does not match any of the allowed forms");
   }
 
@@ -286,9 +277,7 @@ class Translator {
     const json* value = value_at(tokens);
     for (const json* s : finder_.at(tokens, doc_)) {
       auto ap = s->find("additionalProperties");
-      if (ap == s->end() || *ap != false || value == nullptr ||
-          !value->is_object())
-        continue;
+      if (ap == s->end() || *ap != false || value == nullptr || !value->is_object()) continue;
       for (const auto& [key, _] : value->items())
         if (!declared(*s, key)) names.push_back(key);
     }
@@ -301,8 +290,7 @@ class Translator {
   }
 
   static bool declared(const json& s, const std::string& key) {
-    if (auto p = s.find("properties"); p != s.end() && p->contains(key))
-      return true;
+    if (auto p = s.find("properties"); p != s.end() && p->contains(key)) return true;
     if (auto pp = s.find("patternProperties"); pp != s.end() && pp->is_object())
       for (const auto& [pattern, _] : pp->items())
         if (std::regex_search(key, std::regex(pattern))) return true;
@@ -317,8 +305,7 @@ class Translator {
 
   std::string message(const Tokens& tokens, const std::string& d) const {
     if (starts_with(d, "Value type not permitted")) return type_message(tokens);
-    if (starts_with(d, "Failed to match against any enum"))
-      return enum_message(tokens);
+    if (starts_with(d, "Failed to match against any enum")) return enum_message(tokens);
     if (starts_with(d, "Failed to match regex")) return pattern_message(tokens);
     if (starts_with(d, "Failed to match expected value") ||
         starts_with(d, "Target value and comparison"))
@@ -334,33 +321,22 @@ class Translator {
       const char* after;
     };
     static const Rule rules[] = {
-        {"Expected number less than or equal", "equal to ", "must be at most ",
-         ""},
+        {"Expected number less than or equal", "equal to ", "must be at most ", ""},
         {"Expected number less than", "than ", "must be less than ", ""},
-        {"Expected number greater than or equal", "equal to ",
-         "must be at least ", ""},
+        {"Expected number greater than or equal", "equal to ", "must be at least ", ""},
         {"Expected number greater than", "than ", "must be greater than ", ""},
-        {"String should be no more than", "than ", "must be at most ",
-         " characters long"},
-        {"String should be no fewer than", "than ", "must be at least ",
-         " characters long"},
-        {"Array should contain no more than", "than ", "must have at most ",
-         " items"},
-        {"Array should contain no fewer than", "than ", "must have at least ",
-         " items"},
-        {"Object should have no more than", "than ", "must have at most ",
-         " fields"},
-        {"Object should have no fewer than", "than ", "must have at least ",
-         " fields"},
+        {"String should be no more than", "than ", "must be at most ", " characters long"},
+        {"String should be no fewer than", "than ", "must be at least ", " characters long"},
+        {"Array should contain no more than", "than ", "must have at most ", " items"},
+        {"Array should contain no fewer than", "than ", "must have at least ", " items"},
+        {"Object should have no more than", "than ", "must have at most ", " fields"},
+        {"Object should have no fewer than", "than ", "must have at least ", " fields"},
         {"Value should be a multiple of", "of ", "must be a multiple of ", ""},
     };
     for (const Rule& r : rules)
-      if (starts_with(d, r.prefix))
-        return counted(r.before, number_after(d, r.phrase), r.after);
-    if (starts_with(d, "String should be a valid "))
-      return "must be a valid " + d.substr(25);
-    if (d.find("uniqueness") != std::string::npos)
-      return "items must be unique";
+      if (starts_with(d, r.prefix)) return counted(r.before, number_after(d, r.phrase), r.after);
+    if (starts_with(d, "String should be a valid ")) return "must be a valid " + d.substr(25);
+    if (d.find("uniqueness") != std::string::npos) return "items must be unique";
     if (d.find("more items than allowed") != std::string::npos ||
         starts_with(d, "Cannot validate item #"))
       return "has more items than allowed";
@@ -372,11 +348,9 @@ class Translator {
   }
 
   // "must be at least 1 characters long" -> "must not be empty"
-  static std::string counted(const std::string& before, const std::string& n,
-                             std::string unit) {
+  static std::string counted(const std::string& before, const std::string& n, std::string unit) {
     if (n == "1" && !unit.empty()) {
-      if (before.find("at least") != std::string::npos)
-        return "must not be empty";
+      if (before.find("at least") != std::string::npos) return "must not be empty";
       size_t end = unit.find(' ', 1);  // " characters long": drop the plural s
       if (end == std::string::npos) end = unit.size();
       if (unit[end - 1] == 's') unit.erase(end - 1, 1);
@@ -400,8 +374,7 @@ class Translator {
       if (t->is_array()) {
         bool any = false;
         for (const auto& e : *t)
-          any = any ||
-                (e.is_string() && type_accepts(e.get<std::string>(), *value));
+          any = any || (e.is_string() && type_accepts(e.get<std::string>(), *value));
         if (!any)
           for (const auto& e : *t) add(e);
       } else {
@@ -418,8 +391,7 @@ class Translator {
       auto e = s->find("enum");
       if (e == s->end() || !e->is_array()) continue;
       std::vector<std::string> words;
-      for (const auto& v : *e)
-        words.push_back(v.is_string() ? v.get<std::string>() : v.dump());
+      for (const auto& v : *e) words.push_back(v.is_string() ? v.get<std::string>() : v.dump());
       std::string list = join_or(words);
       if (list.size() > kMaxListed) break;
       return (words.size() == 1 ? "must be " : "must be one of ") + list;
@@ -430,8 +402,7 @@ class Translator {
   std::string pattern_message(const Tokens& tokens) const {
     for (const json* s : finder_.at(tokens, doc_)) {
       auto p = s->find("pattern");
-      if (p != s->end() && p->is_string() &&
-          p->get<std::string>().size() <= kMaxName)
+      if (p != s->end() && p->is_string() && p->get<std::string>().size() <= kMaxName)
         return "does not match the pattern " + p->get<std::string>();
     }
     return "does not match the required pattern";
@@ -447,8 +418,7 @@ class Translator {
 }  // namespace
 
 std::vector<SchemaViolation> translate(const json& schema, const json& value,
-                                       const std::vector<RawError>& errors,
-                                       size_t max) {
+                                       const std::vector<RawError>& errors, size_t max) {
   Translator translator(schema, value, max);
   for (const auto& e : errors) translator.add(e);
   return translator.take();

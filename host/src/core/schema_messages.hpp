@@ -22,9 +22,7 @@ struct RawError {
 // Turns errors, in valijson's order, into at most max violations, dropping
 // those that only say a child failed. schema and value are what was
 // validated; they are read where a description does not say enough.
-std::vector<SchemaViolation> translate(const nlohmann::json& schema,
-                                       const nlohmann::json& value,
-                                       const std::vector<RawError>& errors,
-                                       size_t max);
+std::vector<SchemaViolation> translate(const nlohmann::json& schema, const nlohmann::json& value,
+                                       const std::vector<RawError>& errors, size_t max);
 
 }  // namespace gv::schema_messages

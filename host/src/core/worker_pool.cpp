@@ -2,8 +2,7 @@
 
 namespace gv {
 
-WorkerPool::WorkerPool(unsigned threads, size_t queue_limit)
-    : queue_limit_(queue_limit) {
+WorkerPool::WorkerPool(unsigned threads, size_t queue_limit) : queue_limit_(queue_limit) {
   if (threads == 0) threads = 1;
   threads_.reserve(threads);
   for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });

@@ -23,8 +23,8 @@ class WorkerPool {
   // is stopping. Jobs must not throw.
   bool try_submit(std::function<void()> job);
 
-  size_t depth() const;       // jobs waiting
-  size_t running() const;     // jobs being run now
+  size_t depth() const;    // jobs waiting
+  size_t running() const;  // jobs being run now
   unsigned threads() const { return static_cast<unsigned>(threads_.size()); }
 
   // Runs every queued job, then joins the threads. Idempotent.

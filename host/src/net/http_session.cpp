@@ -23,8 +23,8 @@ struct Answer {
   http::status status = http::status::ok;
   std::string body;
   std::string content_type = "application/json";
-  std::string allow;        // for 405
-  bool retry_after = false; // for 503
+  std::string allow;         // for 405
+  bool retry_after = false;  // for 503
   bool www_authenticate = false;
 };
 
@@ -36,12 +36,13 @@ Answer error_answer(int status, std::string_view code, std::string_view msg,
   return a;
 }
 
-class HttpSession : public Drainable,
-                    public std::enable_shared_from_this<HttpSession> {
+class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(Socket socket, std::shared_ptr<ServerState> state)
-      : stream_(std::move(socket)), executor_(stream_.get_executor()),
-        state_(std::move(state)), limits_(state_->deps.config->limits) {}
+      : stream_(std::move(socket)),
+        executor_(stream_.get_executor()),
+        state_(std::move(state)),
+        limits_(state_->deps.config->limits) {}
 
   ~HttpSession() override {
     if (tracked_) state_->untrack(track_id_);
@@ -58,13 +59,11 @@ class HttpSession : public Drainable,
     ++state_->deps.metrics->http_connections;
     ++state_->connections;
     if (state_->draining) return close();  // accepted behind the drain
-    if (state_->connections >
-        static_cast<int64_t>(limits_.max_connections)) {
+    if (state_->connections > static_cast<int64_t>(limits_.max_connections)) {
       begin_request();
       method_ = "-";
       keep_alive_ = false;
-      send(error_answer(503, "overloaded", "too many open connections",
-                        request_id_), true);
+      send(error_answer(503, "overloaded", "too many open connections", request_id_), true);
       return;
     }
     read_header();
@@ -84,9 +83,7 @@ class HttpSession : public Drainable,
     stream_.expires_after(first_ ? limits_.request_timeout : limits_.idle_timeout);
     http::async_read_header(
         stream_, buffer_, *parser_,
-        [self = shared_from_this()](beast::error_code ec, size_t) {
-          self->on_header(ec);
-        });
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
   }
 
   void on_header(beast::error_code ec) {
@@ -119,17 +116,17 @@ class HttpSession : public Drainable,
   }
 
   void on_read_error(beast::error_code ec) {
-    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-        ec == beast::error::timeout || ec == asio::error::operation_aborted ||
-        ec == asio::error::connection_reset)
+    if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == beast::error::timeout ||
+        ec == asio::error::operation_aborted || ec == asio::error::connection_reset)
       return close();
     begin_request();
     keep_alive_ = false;
     if (ec == http::error::header_limit)
-      return send(error_answer(431, "headers_too_large",
-                               "request headers exceed " +
-                                   std::to_string(limits_.header_bytes) + " bytes",
-                               request_id_), true);
+      return send(
+          error_answer(431, "headers_too_large",
+                       "request headers exceed " + std::to_string(limits_.header_bytes) + " bytes",
+                       request_id_),
+          true);
     if (ec == http::error::body_limit) return refuse_body();
     send(error_answer(400, "bad_request", "malformed HTTP request", request_id_), true);
   }
@@ -138,9 +135,9 @@ class HttpSession : public Drainable,
     begin_request();
     keep_alive_ = false;
     send(error_answer(413, "body_too_large",
-                      "request body exceeds " +
-                          std::to_string(limits_.body_bytes) + " bytes",
-                      request_id_), true);
+                      "request body exceeds " + std::to_string(limits_.body_bytes) + " bytes",
+                      request_id_),
+         true);
   }
 
   // Marks a request as started: counted until its answer is written.
@@ -172,8 +169,7 @@ class HttpSession : public Drainable,
     }
     if (!url) {
       op_ = "bad_target";
-      return send(error_answer(400, "bad_request", "malformed request target",
-                               request_id_), false);
+      return send(error_answer(400, "bad_request", "malformed request target", request_id_), false);
     }
     std::string path = url->path();
     if (auto a = host_endpoint(req.method(), path)) return send(*a, false);
@@ -202,22 +198,21 @@ class HttpSession : public Drainable,
       a.body = state_->openapi_json;
     } else if (path == "/ws") {
       op_ = "ws";
-      return error_answer(426, "upgrade_required",
-                          "/ws takes WebSocket upgrade requests only", request_id_);
+      return error_answer(426, "upgrade_required", "/ws takes WebSocket upgrade requests only",
+                          request_id_);
     } else {
       return std::nullopt;
     }
     if (!get) {
-      Answer e = error_answer(405, "method_not_allowed",
-                              "use GET for " + path, request_id_);
+      Answer e = error_answer(405, "method_not_allowed", "use GET for " + path, request_id_);
       e.allow = "GET, HEAD";
       return e;
     }
     return a;
   }
 
-  void operation(http::request<http::string_body>& req,
-                 const boost::urls::url_view& url, const std::string& path) {
+  void operation(http::request<http::string_body>& req, const boost::urls::url_view& url,
+                 const std::string& path) {
     const Operation* op = nullptr;
     PathParams params;
     std::string allowed;
@@ -225,21 +220,22 @@ class HttpSession : public Drainable,
     std::string_view method = req.method() == http::verb::head
                                   ? std::string_view("GET")
                                   : std::string_view(req.method_string());
-    switch (state_->deps.registry->route(method, path, &op,
-                                         &params, &allowed)) {
+    switch (state_->deps.registry->route(method, path, &op, &params, &allowed)) {
       case Registry::Match::no_path:
         op_ = "not_found";
-        return send(error_answer(404, "not_found", "no such path: " + path.substr(0, 200),
-                                 request_id_), false);
+        return send(
+            error_answer(404, "not_found", "no such path: " + path.substr(0, 200), request_id_),
+            false);
       case Registry::Match::no_method: {
         op_ = "method_not_allowed";
-        Answer a = error_answer(405, "method_not_allowed",
-                                std::string(req.method_string()) + " is not allowed here",
-                                request_id_);
+        Answer a =
+            error_answer(405, "method_not_allowed",
+                         std::string(req.method_string()) + " is not allowed here", request_id_);
         a.allow = allowed;
         return send(a, false);
       }
-      case Registry::Match::found: break;
+      case Registry::Match::found:
+        break;
     }
     op_ = op->name;
     auto call = std::make_shared<Call>();
@@ -249,16 +245,16 @@ class HttpSession : public Drainable,
     for (auto p : url.params()) {
       for (const auto& [k, v] : call->params)
         if (k == p.key)
-          return send(error_answer(400, "invalid_input",
-                                   p.key + ": given more than once", request_id_), false);
+          return send(
+              error_answer(400, "invalid_input", p.key + ": given more than once", request_id_),
+              false);
       call->params.emplace_back(p.key, p.has_value ? p.value : std::string());
     }
     auto auth = req[http::field::authorization];
     if (!auth.empty()) {
       constexpr std::string_view bearer = "Bearer ";
       TokenCheck check;
-      if (auth.size() <= bearer.size() ||
-          !beast::iequals(auth.substr(0, bearer.size()), bearer))
+      if (auth.size() <= bearer.size() || !beast::iequals(auth.substr(0, bearer.size()), bearer))
         check.problem = "the Authorization header must be 'Bearer <token>'";
       else
         check = check_token(*state_, auth.substr(bearer.size()));
@@ -270,8 +266,7 @@ class HttpSession : public Drainable,
       call->identity = std::move(check.identity);
     }
     for (const auto& field : req)
-      call->headers.emplace_back(std::string(field.name_string()),
-                                 std::string(field.value()));
+      call->headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     call->body = std::move(req.body());
     auto self = shared_from_this();
     bool queued = state_->deps.dispatcher->submit(call, [self](Reply reply) {
@@ -284,8 +279,7 @@ class HttpSession : public Drainable,
     });
     if (!queued) {
       ++state_->deps.metrics->rejected_overload;
-      Answer a = error_answer(503, "overloaded",
-                              "the server is busy; retry shortly", request_id_);
+      Answer a = error_answer(503, "overloaded", "the server is busy; retry shortly", request_id_);
       a.retry_after = true;
       send(a, false);
     }
@@ -296,8 +290,7 @@ class HttpSession : public Drainable,
   // reused buffer costs far less per request (see bench/http).
   void send(const Answer& a, bool close_after) {
     if (close_after || state_->draining) keep_alive_ = false;
-    bool head = parser_ && parser_->is_header_done() &&
-                parser_->get().method() == http::verb::head;
+    bool head = parser_ && parser_->is_header_done() && parser_->get().method() == http::verb::head;
     unsigned version = parser_ && parser_->is_header_done() ? parser_->get().version() : 11;
     int status = static_cast<int>(a.status);
     // These statuses never carry a body (RFC 9110 6.4.1); 204 and 1xx not
@@ -355,18 +348,17 @@ class HttpSession : public Drainable,
     keep_alive_ = false;
     std::string target(req.target());
     if (target.substr(0, target.find('?')) != "/ws")
-      return send(error_answer(404, "not_found", "WebSocket upgrades go to /ws",
-                               request_id_), true);
+      return send(error_answer(404, "not_found", "WebSocket upgrades go to /ws", request_id_),
+                  true);
     if (state_->draining)
-      return send(error_answer(503, "shutting_down", "the server is shutting down",
-                               request_id_), true);
+      return send(error_answer(503, "shutting_down", "the server is shutting down", request_id_),
+                  true);
     const auto& origins = state_->deps.config->websocket.allowed_origins;
     auto origin = req[http::field::origin];
-    if (!origin.empty() &&
-        std::find(origins.begin(), origins.end(), "*") == origins.end() &&
+    if (!origin.empty() && std::find(origins.begin(), origins.end(), "*") == origins.end() &&
         std::find(origins.begin(), origins.end(), std::string(origin)) == origins.end())
-      return send(error_answer(403, "origin_not_allowed",
-                               "origin not in websocket.allowed_origins", request_id_),
+      return send(error_answer(403, "origin_not_allowed", "origin not in websocket.allowed_origins",
+                               request_id_),
                   true);
     std::string token;
     auto auth = req[http::field::authorization];
@@ -398,8 +390,7 @@ class HttpSession : public Drainable,
     --state_->deps.metrics->http_connections;
     stream_.expires_never();
     upgraded_ = true;
-    start_websocket_session(std::move(stream_), parser_->release(), state_,
-                            std::move(identity));
+    start_websocket_session(std::move(stream_), parser_->release(), state_, std::move(identity));
   }
 
   void close() {
@@ -410,7 +401,7 @@ class HttpSession : public Drainable,
 
   Stream stream_;
   const Executor executor_;  // stream_ may be moved away on upgrade
-  std::string wire_;  // the response being written; reused across requests
+  std::string wire_;         // the response being written; reused across requests
   beast::flat_buffer buffer_;
   std::shared_ptr<ServerState> state_;
   const config::LimitsConfig& limits_;

@@ -17,12 +17,10 @@ namespace gv::net {
 struct Server::Impl {
   explicit Impl(ServerDeps deps) : state(std::make_shared<ServerState>()) {
     state->deps = std::move(deps);
-    state->openapi_json =
-        state->deps.registry->openapi("Grapevine", GRAPEVINE_VERSION).dump();
+    state->openapi_json = state->deps.registry->openapi("Grapevine", GRAPEVINE_VERSION).dump();
     unsigned n = state->deps.config->server.io_threads;
     if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i)
-      contexts.push_back(std::make_unique<asio::io_context>(1));
+    for (unsigned i = 0; i < n; ++i) contexts.push_back(std::make_unique<asio::io_context>(1));
     acceptor.emplace(*contexts[0]);
     signals.emplace(*contexts[0], SIGINT, SIGTERM);
     drain_timer.emplace(*contexts[0]);
@@ -45,8 +43,7 @@ struct Server::Impl {
 
   void begin_drain(const char* why) {
     if (state->draining.exchange(true)) return;
-    log::info("shutting down", {{"reason", why},
-                                {"in_flight", state->active_requests.load()}});
+    log::info("shutting down", {{"reason", why}, {"in_flight", state->active_requests.load()}});
     beast::error_code ec;
     acceptor->close(ec);
     signals->cancel(ec);
@@ -62,13 +59,12 @@ struct Server::Impl {
   }
 
   void poll_drain() {
-    bool idle = state->active_requests == 0 &&
-                state->deps.dispatcher->in_flight() == 0 && state->tracked() == 0;
+    bool idle = state->active_requests == 0 && state->deps.dispatcher->in_flight() == 0 &&
+                state->tracked() == 0;
     if (idle || std::chrono::steady_clock::now() >= drain_deadline) {
       if (!idle)
-        log::warn("shutdown grace ran out",
-                  {{"in_flight", state->active_requests.load()},
-                   {"connections", state->tracked()}});
+        log::warn("shutdown grace ran out", {{"in_flight", state->active_requests.load()},
+                                             {"connections", state->tracked()}});
       for (auto& c : contexts) c->stop();
       return;
     }
@@ -122,8 +118,8 @@ bool Server::listen(std::string* error) {
   if (!ec) acc.bind(endpoint, ec);
   if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
-    *error = "cannot listen on " + sc.listen_host + ":" +
-             std::to_string(sc.listen_port) + ": " + ec.message();
+    *error = "cannot listen on " + sc.listen_host + ":" + std::to_string(sc.listen_port) + ": " +
+             ec.message();
     return false;
   }
   auto local = acc.local_endpoint();

@@ -68,8 +68,7 @@ struct ServerState {
 void start_http_session(Socket socket, std::shared_ptr<ServerState> state);
 
 // Takes over an upgraded connection; identity is the verified caller.
-void start_websocket_session(Stream stream,
-                             http::request<http::string_body> upgrade,
+void start_websocket_session(Stream stream, http::request<http::string_body> upgrade,
                              std::shared_ptr<ServerState> state,
                              std::optional<auth::Identity> identity);
 

@@ -3,9 +3,9 @@
 // queue is bounded: a client that cannot keep up is disconnected rather
 // than buffered without end.
 #include <boost/asio/post.hpp>
+#include <boost/asio/system_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
-#include <boost/asio/system_timer.hpp>
 #include <deque>
 
 #include "core/call.hpp"
@@ -24,8 +24,10 @@ class WebSocketSession : public PushTarget,
  public:
   WebSocketSession(Stream stream, std::shared_ptr<ServerState> state,
                    std::optional<auth::Identity> identity)
-      : ws_(std::move(stream)), state_(std::move(state)),
-        limits_(state_->deps.config->websocket), identity_(std::move(identity)),
+      : ws_(std::move(stream)),
+        state_(std::move(state)),
+        limits_(state_->deps.config->websocket),
+        identity_(std::move(identity)),
         expiry_(ws_.get_executor()) {}
 
   ~WebSocketSession() override {
@@ -60,9 +62,8 @@ class WebSocketSession : public PushTarget,
 
   // PushTarget: any thread.
   void send(std::shared_ptr<const std::string> text) override {
-    asio::post(ws_.get_executor(), [self = shared_from_this(), text = std::move(text)] {
-      self->enqueue(text);
-    });
+    asio::post(ws_.get_executor(),
+               [self = shared_from_this(), text = std::move(text)] { self->enqueue(text); });
   }
 
   // Shutdown: answer the operations in flight, then close with 1001.
@@ -74,9 +75,8 @@ class WebSocketSession : public PushTarget,
 
  private:
   void read() {
-    ws_.async_read(buffer_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      self->on_read(ec);
-    });
+    ws_.async_read(
+        buffer_, [self = shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
   }
 
   void on_read(beast::error_code ec) {
@@ -117,8 +117,7 @@ class WebSocketSession : public PushTarget,
     if (!data.is_object())
       return reply_error(&id, 400, "invalid_input", "data must be a JSON object");
     if (op_name == "auth") return authenticate(id, data);
-    if (draining_)
-      return reply_error(&id, 503, "shutting_down", "the server is shutting down");
+    if (draining_) return reply_error(&id, 503, "shutting_down", "the server is shutting down");
     refresh_identity();
     const Operation* op = state_->deps.registry->find(op_name);
     if (!op)
@@ -134,16 +133,14 @@ class WebSocketSession : public PushTarget,
     call->connection_id = connection_id_;
     ++in_flight_;
     auto self = shared_from_this();
-    bool queued = state_->deps.dispatcher->submit(
-        call, [self, call, id, started](Reply reply) {
-          asio::post(self->ws_.get_executor(), [self, call, id, started,
-                                                reply = std::move(reply)] {
-            --self->in_flight_;
-            self->reply(id, reply, call->op->name, call->request_id, started);
-            if (self->draining_ && self->in_flight_ == 0)
-              self->close(websocket::close_code::going_away, "server shutting down");
-          });
-        });
+    bool queued = state_->deps.dispatcher->submit(call, [self, call, id, started](Reply reply) {
+      asio::post(self->ws_.get_executor(), [self, call, id, started, reply = std::move(reply)] {
+        --self->in_flight_;
+        self->reply(id, reply, call->op->name, call->request_id, started);
+        if (self->draining_ && self->in_flight_ == 0)
+          self->close(websocket::close_code::going_away, "server shutting down");
+      });
+    });
     if (!queued) {
       --in_flight_;
       ++state_->deps.metrics->rejected_overload;
@@ -170,7 +167,9 @@ class WebSocketSession : public PushTarget,
     }
     state_->deps.hub->set_user(connection_id_, identity_ ? identity_->user_id : "");
     arm_expiry();
-    nlohmann::json out = {{"id", id}, {"ok", true}, {"status", 200},
+    nlohmann::json out = {{"id", id},
+                          {"ok", true},
+                          {"status", 200},
                           {"data", {{"user_id", identity_ ? identity_->user_id : ""}}}};
     enqueue(std::make_shared<const std::string>(out.dump()));
   }
@@ -193,7 +192,7 @@ class WebSocketSession : public PushTarget,
     expiry_.cancel();
     if (!identity_) return;
     expiry_.expires_at(std::chrono::system_clock::time_point(
-                           std::chrono::seconds(identity_->expires_at + leeway() + 1)));
+        std::chrono::seconds(identity_->expires_at + leeway() + 1)));
     // Weak: a timer minutes away must not keep a closed socket alive.
     expiry_.async_wait([weak = weak_from_this()](beast::error_code ec) {
       if (auto self = weak.lock(); self && !ec) self->refresh_identity();
@@ -219,9 +218,10 @@ class WebSocketSession : public PushTarget,
     } else {
       // The error body is {"error":{...}}; lift its inside.
       auto parsed = nlohmann::json::parse(r.body, nullptr, false);
-      text += ",\"error\":" + (parsed.is_object() && parsed.contains("error")
-                                   ? parsed["error"].dump()
-                                   : std::string("null")) + "}";
+      text += ",\"error\":" +
+              (parsed.is_object() && parsed.contains("error") ? parsed["error"].dump()
+                                                              : std::string("null")) +
+              "}";
     }
     double secs = seconds_since(started);
     state_->deps.metrics->observe_request(op, r.status, secs);
@@ -233,12 +233,12 @@ class WebSocketSession : public PushTarget,
   void reply_error(const nlohmann::json* id, int status, std::string_view code,
                    const std::string& message) {
     std::string request_id = new_request_id();
-    nlohmann::json out = {{"id", id ? *id : nlohmann::json(nullptr)},
-                          {"ok", false},
-                          {"status", status},
-                          {"request_id", request_id},
-                          {"error", {{"code", code}, {"message", message},
-                                     {"request_id", request_id}}}};
+    nlohmann::json out = {
+        {"id", id ? *id : nlohmann::json(nullptr)},
+        {"ok", false},
+        {"status", status},
+        {"request_id", request_id},
+        {"error", {{"code", code}, {"message", message}, {"request_id", request_id}}}};
     enqueue(std::make_shared<const std::string>(
         out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)));
   }
@@ -248,8 +248,7 @@ class WebSocketSession : public PushTarget,
     if (queue_.size() >= limits_.send_queue_messages) {
       // The client reads slower than we send: drop it, not our memory.
       ++state_->deps.metrics->websocket_slow_closes;
-      log::warn("websocket closed: send queue full",
-                {{"connection_id", connection_id_}});
+      log::warn("websocket closed: send queue full", {{"connection_id", connection_id_}});
       closing_ = true;
       beast::error_code ec;
       beast::get_lowest_layer(ws_).socket().close(ec);
@@ -267,8 +266,10 @@ class WebSocketSession : public PushTarget,
                       self->queue_.pop_front();
                       self->writing_ = false;
                       if (ec) return;
-                      if (!self->queue_.empty() && !self->closing_) self->write();
-                      else if (self->closing_ && self->pending_close_) self->send_close();
+                      if (!self->queue_.empty() && !self->closing_)
+                        self->write();
+                      else if (self->closing_ && self->pending_close_)
+                        self->send_close();
                     });
   }
 
@@ -284,8 +285,8 @@ class WebSocketSession : public PushTarget,
     pending_close_.reset();
     expiry_.cancel();
     // A peer that never answers the close frame must not hold shutdown.
-    ws_.set_option(websocket::stream_base::timeout{
-        std::chrono::seconds(1), std::chrono::seconds(1), false});
+    ws_.set_option(
+        websocket::stream_base::timeout{std::chrono::seconds(1), std::chrono::seconds(1), false});
     ws_.async_close(reason, [self = shared_from_this()](beast::error_code) {});
   }
 
@@ -297,8 +298,8 @@ class WebSocketSession : public PushTarget,
   uint64_t connection_id_ = 0, track_id_ = 0;
   std::deque<std::shared_ptr<const std::string>> queue_;
   bool writing_ = false, closing_ = false, draining_ = false;
-  asio::basic_waitable_timer<std::chrono::system_clock, asio::wait_traits<std::chrono::system_clock>,
-                             Executor>
+  asio::basic_waitable_timer<std::chrono::system_clock,
+                             asio::wait_traits<std::chrono::system_clock>, Executor>
       expiry_;
   std::optional<websocket::close_reason> pending_close_;
   size_t in_flight_ = 0;
@@ -306,12 +307,10 @@ class WebSocketSession : public PushTarget,
 
 }  // namespace
 
-void start_websocket_session(Stream stream,
-                             http::request<http::string_body> upgrade,
+void start_websocket_session(Stream stream, http::request<http::string_body> upgrade,
                              std::shared_ptr<ServerState> state,
                              std::optional<auth::Identity> identity) {
-  std::make_shared<WebSocketSession>(std::move(stream), std::move(state),
-                                     std::move(identity))
+  std::make_shared<WebSocketSession>(std::move(stream), std::move(state), std::move(identity))
       ->start(std::move(upgrade));
 }
 

@@ -34,11 +34,9 @@ constexpr size_t kMaxVersionLength = 64;
 
 constexpr std::string_view kMagic = GV_MANIFEST_MAGIC;
 constexpr std::string_view kNotElf = "not an ELF file";
-constexpr std::string_view kNotElf64Dyn =
-    "not a 64-bit little-endian ELF shared library";
+constexpr std::string_view kNotElf64Dyn = "not a 64-bit little-endian ELF shared library";
 constexpr std::string_view kNotPlugin =
-    "no Grapevine manifest (section " GV_MANIFEST_SECTION
-    "): not a Grapevine plugin";
+    "no Grapevine manifest (section " GV_MANIFEST_SECTION "): not a Grapevine plugin";
 
 bool fail(std::string* error, std::string message) {
   *error = std::move(message);
@@ -75,10 +73,8 @@ class File {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) return fail(error, "cannot open: " + errno_text(errno));
     struct stat st {};
-    if (::fstat(fd_, &st) != 0)
-      return fail(error, "cannot open: " + errno_text(errno));
-    if (S_ISDIR(st.st_mode))
-      return fail(error, "cannot open: " + errno_text(EISDIR));
+    if (::fstat(fd_, &st) != 0) return fail(error, "cannot open: " + errno_text(errno));
+    if (S_ISDIR(st.st_mode)) return fail(error, "cannot open: " + errno_text(EISDIR));
     if (!S_ISREG(st.st_mode)) return fail(error, "not a regular file");
     size_ = static_cast<uint64_t>(st.st_size);
     return true;
@@ -88,22 +84,20 @@ class File {
 
   // Reads `length` bytes at `offset`; `what` names them in the error when
   // they are not all inside the file.
-  bool read(uint64_t offset, uint64_t length, std::string_view what,
-            std::string* out, std::string* error) const {
+  bool read(uint64_t offset, uint64_t length, std::string_view what, std::string* out,
+            std::string* error) const {
     // Written so that no sum can overflow, whatever the file claims.
     if (offset > size_ || length > size_ - offset)
-      return fail(error, "corrupt ELF file: " + std::string(what) +
-                             " lies outside the file");
+      return fail(error, "corrupt ELF file: " + std::string(what) + " lies outside the file");
     out->resize(length);
     uint64_t done = 0;
     while (done < length) {
-      ssize_t n = ::pread(fd_, out->data() + done, length - done,
-                          static_cast<off_t>(offset + done));
+      ssize_t n =
+          ::pread(fd_, out->data() + done, length - done, static_cast<off_t>(offset + done));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return fail(error, "cannot read: " + errno_text(errno));
       if (n == 0)  // the file shrank since fstat
-        return fail(error, "corrupt ELF file: " + std::string(what) +
-                               " lies outside the file");
+        return fail(error, "corrupt ELF file: " + std::string(what) + " lies outside the file");
       done += static_cast<uint64_t>(n);
     }
     return true;
@@ -117,8 +111,8 @@ class File {
 };
 
 template <class T>
-bool read_struct(const File& file, uint64_t offset, std::string_view what,
-                 T* out, std::string* error) {
+bool read_struct(const File& file, uint64_t offset, std::string_view what, T* out,
+                 std::string* error) {
   std::string bytes;
   if (!file.read(offset, sizeof(T), what, &bytes, error)) return false;
   std::memcpy(out, bytes.data(), sizeof(T));
@@ -127,11 +121,9 @@ bool read_struct(const File& file, uint64_t offset, std::string_view what,
 
 // ----------------------------------------------------------------- the ELF
 
-bool read_elf_header(const File& file, Elf64_Ehdr* header,
-                     std::string* error) {
+bool read_elf_header(const File& file, Elf64_Ehdr* header, std::string* error) {
   std::string ident;
-  if (file.size() < EI_NIDENT ||
-      !file.read(0, EI_NIDENT, "ELF identification", &ident, error) ||
+  if (file.size() < EI_NIDENT || !file.read(0, EI_NIDENT, "ELF identification", &ident, error) ||
       std::memcmp(ident.data(), ELFMAG, SELFMAG) != 0)
     return fail(error, std::string(kNotElf));
   if (ident[EI_CLASS] != ELFCLASS64 || ident[EI_DATA] != ELFDATA2LSB)
@@ -145,36 +137,31 @@ bool read_elf_header(const File& file, Elf64_Ehdr* header,
 // (section count and name-table index kept in section 0 when they do not
 // fit the ELF header). *names_index receives the name table's index.
 bool read_section_headers(const File& file, const Elf64_Ehdr& header,
-                          std::vector<Elf64_Shdr>* sections,
-                          uint32_t* names_index, std::string* error) {
+                          std::vector<Elf64_Shdr>* sections, uint32_t* names_index,
+                          std::string* error) {
   if (header.e_shoff == 0) return fail(error, std::string(kNotPlugin));
   if (header.e_shentsize != sizeof(Elf64_Shdr))
     return fail(error, "corrupt ELF file: unexpected section header size");
   Elf64_Shdr first{};
-  if (!read_struct(file, header.e_shoff, "the section header table", &first,
-                   error))
-    return false;
+  if (!read_struct(file, header.e_shoff, "the section header table", &first, error)) return false;
   uint64_t count = header.e_shnum != 0 ? header.e_shnum : first.sh_size;
-  *names_index = header.e_shstrndx != SHN_XINDEX ? header.e_shstrndx
-                                                 : first.sh_link;
+  *names_index = header.e_shstrndx != SHN_XINDEX ? header.e_shstrndx : first.sh_link;
   // Checked before multiplying, so count * entry size cannot overflow.
   if (count == 0 || count > file.size() / sizeof(Elf64_Shdr))
     return fail(error,
                 "corrupt ELF file: the section header table lies outside the "
                 "file");
   std::string bytes;
-  if (!file.read(header.e_shoff, count * sizeof(Elf64_Shdr),
-                 "the section header table", &bytes, error))
+  if (!file.read(header.e_shoff, count * sizeof(Elf64_Shdr), "the section header table", &bytes,
+                 error))
     return false;
   sections->resize(count);
   std::memcpy(sections->data(), bytes.data(), bytes.size());
   return true;
 }
 
-bool read_section_names(const File& file,
-                        const std::vector<Elf64_Shdr>& sections,
-                        uint32_t names_index, std::string* names,
-                        std::string* error) {
+bool read_section_names(const File& file, const std::vector<Elf64_Shdr>& sections,
+                        uint32_t names_index, std::string* names, std::string* error) {
   if (names_index == SHN_UNDEF || names_index >= sections.size())
     return fail(error, "corrupt ELF file: it has no section name table");
   const Elf64_Shdr& table = sections[names_index];
@@ -186,26 +173,22 @@ bool read_section_names(const File& file,
     return fail(error,
                 "corrupt ELF file: the section name table is larger than "
                 "1 MiB");
-  return file.read(table.sh_offset, table.sh_size, "the section name table",
-                   names, error);
+  return file.read(table.sh_offset, table.sh_size, "the section name table", names, error);
 }
 
 // The manifest section's header, or nullptr when the file has none.
-const Elf64_Shdr* find_manifest_section(
-    const std::vector<Elf64_Shdr>& sections, std::string_view names) {
+const Elf64_Shdr* find_manifest_section(const std::vector<Elf64_Shdr>& sections,
+                                        std::string_view names) {
   // Compared with its terminating NUL, so ".grapevine_pluginX" differs.
-  constexpr std::string_view wanted(GV_MANIFEST_SECTION,
-                                    sizeof(GV_MANIFEST_SECTION));
+  constexpr std::string_view wanted(GV_MANIFEST_SECTION, sizeof(GV_MANIFEST_SECTION));
   for (const Elf64_Shdr& section : sections) {
-    if (section.sh_name < names.size() &&
-        names.substr(section.sh_name).starts_with(wanted))
+    if (section.sh_name < names.size() && names.substr(section.sh_name).starts_with(wanted))
       return &section;
   }
   return nullptr;
 }
 
-bool read_manifest_bytes(const File& file, std::string* content,
-                         std::string* error) {
+bool read_manifest_bytes(const File& file, std::string* content, std::string* error) {
   Elf64_Ehdr header{};
   std::vector<Elf64_Shdr> sections;
   uint32_t names_index = 0;
@@ -220,8 +203,7 @@ bool read_manifest_bytes(const File& file, std::string* content,
     return fail(error, "manifest is corrupt: its section has no content");
   if (section->sh_size > kMaxManifestSize)
     return fail(error, "manifest is corrupt: it is larger than 1 MiB");
-  return file.read(section->sh_offset, section->sh_size, "the manifest",
-                   content, error);
+  return file.read(section->sh_offset, section->sh_size, "the manifest", content, error);
 }
 
 // ------------------------------------------------------------ the manifest
@@ -230,12 +212,11 @@ using Fields = std::map<std::string, std::string, std::less<>>;
 
 // Splits "grapevine-plugin\0key=value\0..." into its fields. Empty entries
 // are padding (the linker may align the section) and are skipped.
-bool split_fields(std::string_view content, Fields* fields,
-                  std::string* error) {
+bool split_fields(std::string_view content, Fields* fields, std::string* error) {
   size_t end = content.find('\0');
   if (content.substr(0, end) != kMagic)
-    return fail(error, "manifest is corrupt: it does not start with \"" +
-                           std::string(kMagic) + "\"");
+    return fail(error,
+                "manifest is corrupt: it does not start with \"" + std::string(kMagic) + "\"");
   while (end != std::string_view::npos) {
     size_t start = end + 1;
     end = content.find('\0', start);
@@ -247,12 +228,10 @@ bool split_fields(std::string_view content, Fields* fields,
                   "manifest");
     size_t eq = entry.find('=');
     if (eq == 0 || eq == std::string_view::npos)
-      return fail(error, "manifest is corrupt: entry " + excerpt(entry) +
-                             " is not key=value");
+      return fail(error, "manifest is corrupt: entry " + excerpt(entry) + " is not key=value");
     std::string key(entry.substr(0, eq));
     if (fields->count(key) != 0)
-      return fail(error, "manifest is corrupt: " + excerpt(key) +
-                             " appears twice");
+      return fail(error, "manifest is corrupt: " + excerpt(key) + " appears twice");
     fields->emplace(std::move(key), std::string(entry.substr(eq + 1)));
   }
   return true;
@@ -288,33 +267,28 @@ bool parse_abi_number(std::string_view text, int* out) {
 
 bool parse_abi(const Fields& fields, Manifest* m, std::string* error) {
   const std::string* abi = field(fields, "abi");
-  if (abi == nullptr)
-    return fail(error, "manifest is corrupt: it has no abi entry");
+  if (abi == nullptr) return fail(error, "manifest is corrupt: it has no abi entry");
   size_t dot = abi->find('.');
   std::string_view text = *abi;
-  if (dot == std::string::npos ||
-      !parse_abi_number(text.substr(0, dot), &m->abi_major) ||
+  if (dot == std::string::npos || !parse_abi_number(text.substr(0, dot), &m->abi_major) ||
       !parse_abi_number(text.substr(dot + 1), &m->abi_minor))
-    return fail(error, "manifest is corrupt: abi " + excerpt(text) +
-                           " is not MAJOR.MINOR");
+    return fail(error, "manifest is corrupt: abi " + excerpt(text) + " is not MAJOR.MINOR");
   return true;
 }
 
 bool parse_name(const Fields& fields, Manifest* m, std::string* error) {
   const std::string* name = field(fields, "name");
-  if (name == nullptr || name->empty())
-    return fail(error, "manifest has no name");
+  if (name == nullptr || name->empty()) return fail(error, "manifest has no name");
   if (!is_valid_name(*name))
-    return fail(error, "manifest has an invalid name " + excerpt(*name) +
-                           ": " + std::string(kNameRule));
+    return fail(error,
+                "manifest has an invalid name " + excerpt(*name) + ": " + std::string(kNameRule));
   m->name = *name;
   return true;
 }
 
 bool parse_version(const Fields& fields, Manifest* m, std::string* error) {
   const std::string* version = field(fields, "version");
-  if (version == nullptr || version->empty())
-    return fail(error, "manifest has no version");
+  if (version == nullptr || version->empty()) return fail(error, "manifest has no version");
   bool printable = version->size() <= kMaxVersionLength;
   for (char c : *version) printable = printable && c > 0x20 && c < 0x7f;
   if (!printable)
@@ -341,9 +315,8 @@ bool parse_depends(const Fields& fields, Manifest* m, std::string* error) {
     size_t comma = rest.find(',');
     std::string_view name = trim_spaces(rest.substr(0, comma));
     if (!is_valid_name(name))
-      return fail(error, "manifest has an invalid dependency " +
-                             excerpt(name) + " in depends=" + excerpt(*list) +
-                             ": " + std::string(kNameRule));
+      return fail(error, "manifest has an invalid dependency " + excerpt(name) +
+                             " in depends=" + excerpt(*list) + ": " + std::string(kNameRule));
     bool seen = false;  // a repeated name is harmless: keep one
     for (const std::string& d : m->depends) seen = seen || d == name;
     if (!seen) m->depends.emplace_back(name);
@@ -363,8 +336,7 @@ std::string json_message(const std::exception& e) {
   return std::string(what);
 }
 
-bool parse_config_schema(const Fields& fields, Manifest* m,
-                         std::string* error) {
+bool parse_config_schema(const Fields& fields, Manifest* m, std::string* error) {
   const std::string* text = field(fields, "config_schema");
   // No schema: the plugin takes any config object.
   if (text == nullptr || trim_spaces(*text).empty()) {
@@ -374,8 +346,7 @@ bool parse_config_schema(const Fields& fields, Manifest* m,
   // A deeply nested document would overflow the stack of the recursive
   // code (dump, schema compilation) that later walks it.
   bool too_deep = false;
-  auto limit_depth = [&too_deep](int depth, nlohmann::json::parse_event_t,
-                                 nlohmann::json&) {
+  auto limit_depth = [&too_deep](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
     if (depth > kMaxSchemaDepth) too_deep = true;
     return !too_deep;
   };
@@ -386,19 +357,17 @@ bool parse_config_schema(const Fields& fields, Manifest* m,
     return fail(error, "config_schema is not valid JSON: " + json_message(e));
   }
   if (too_deep)
-    return fail(error, "config_schema is not valid JSON: it nests deeper "
-                       "than 64 levels");
-  if (!schema.is_object())
-    return fail(error, "config_schema is not a JSON object");
+    return fail(error,
+                "config_schema is not valid JSON: it nests deeper "
+                "than 64 levels");
+  if (!schema.is_object()) return fail(error, "config_schema is not a JSON object");
   m->config_schema = std::move(schema);
   return true;
 }
 
-bool parse_manifest(std::string_view content, Manifest* m,
-                    std::string* error) {
+bool parse_manifest(std::string_view content, Manifest* m, std::string* error) {
   Fields fields;
-  if (!split_fields(content, &fields, error) || !parse_abi(fields, m, error))
-    return false;
+  if (!split_fields(content, &fields, error) || !parse_abi(fields, m, error)) return false;
   // Another ABI major may have other rules for the other entries. Read no
   // more than the name then, so that check_abi, not a stray parse error,
   // tells the user what is wrong.
@@ -408,21 +377,18 @@ bool parse_manifest(std::string_view content, Manifest* m,
     return true;
   }
   return parse_name(fields, m, error) && parse_version(fields, m, error) &&
-         parse_depends(fields, m, error) &&
-         parse_config_schema(fields, m, error);
+         parse_depends(fields, m, error) && parse_config_schema(fields, m, error);
 }
 
 // -------------------------------------------------------------- ordering
 
-bool check_unique_names(const std::vector<Manifest>& plugins,
-                        std::string* error) {
+bool check_unique_names(const std::vector<Manifest>& plugins, std::string* error) {
   std::map<std::string_view, const Manifest*> by_name;
   for (const Manifest& p : plugins) {
     auto [it, added] = by_name.emplace(p.name, &p);
     if (!added)
-      return fail(error, "two plugins are named '" + p.name + "': " +
-                             it->second->file.string() + " and " +
-                             p.file.string());
+      return fail(error, "two plugins are named '" + p.name + "': " + it->second->file.string() +
+                             " and " + p.file.string());
   }
   return true;
 }
@@ -432,8 +398,7 @@ bool check_dependencies_present(const std::vector<Manifest>& plugins,
                                 std::string* error) {
   for (const Manifest& p : plugins) {
     for (const std::string& d : p.depends) {
-      if (d == p.name)
-        return fail(error, "plugin '" + p.name + "' depends on itself");
+      if (d == p.name) return fail(error, "plugin '" + p.name + "' depends on itself");
       if (index.count(d) == 0)
         return fail(error, "plugin '" + p.name + "' depends on '" + d +
                                "', which is not enabled or not installed");
@@ -472,8 +437,7 @@ std::string describe_cycle(const std::vector<Manifest>& plugins,
   return text + plugins[cycle.front()].name;
 }
 
-bool all_placed(const Manifest& p,
-                const std::map<std::string_view, size_t>& index,
+bool all_placed(const Manifest& p, const std::map<std::string_view, size_t>& index,
                 const std::vector<bool>& placed) {
   for (const std::string& d : p.depends)
     if (!placed[index.at(d)]) return false;
@@ -493,8 +457,7 @@ bool order_plugins(std::vector<Manifest>& plugins, std::string* error) {
   std::vector<size_t> order;
   while (order.size() < plugins.size()) {
     size_t next = 0;
-    while (next < plugins.size() &&
-           (placed[next] || !all_placed(plugins[next], index, placed)))
+    while (next < plugins.size() && (placed[next] || !all_placed(plugins[next], index, placed)))
       ++next;
     if (next == plugins.size())
       return fail(error, "plugins depend on each other in a cycle: " +
@@ -527,8 +490,7 @@ bool guarded(std::string* error, Body body) {
 
 }  // namespace
 
-bool read_manifest(const std::filesystem::path& file, Manifest* out,
-                   std::string* error) {
+bool read_manifest(const std::filesystem::path& file, Manifest* out, std::string* error) {
   return guarded(error, [&](std::string* why) {
     File f;
     std::string content;
@@ -544,29 +506,25 @@ bool read_manifest(const std::filesystem::path& file, Manifest* out,
 
 bool check_abi(const Manifest& m, std::string* error) {
   return guarded(error, [&](std::string* why) {
-    if (m.abi_major == GV_ABI_MAJOR && m.abi_minor <= GV_ABI_MINOR)
-      return true;
+    if (m.abi_major == GV_ABI_MAJOR && m.abi_minor <= GV_ABI_MINOR) return true;
     std::string host_major = std::to_string(GV_ABI_MAJOR);
-    std::string text =
-        (m.file.empty() ? "plugin '" + m.name + "'" : m.file.string()) +
-        ": built for plugin ABI " + std::to_string(m.abi_major) + "." +
-        std::to_string(m.abi_minor) + ", this host supports " + host_major +
-        ".0 to " + host_major + "." + std::to_string(GV_ABI_MINOR) + "; ";
+    std::string text = (m.file.empty() ? "plugin '" + m.name + "'" : m.file.string()) +
+                       ": built for plugin ABI " + std::to_string(m.abi_major) + "." +
+                       std::to_string(m.abi_minor) + ", this host supports " + host_major +
+                       ".0 to " + host_major + "." + std::to_string(GV_ABI_MINOR) + "; ";
     if (m.abi_major == GV_ABI_MAJOR)
-      text += "the plugin needs a newer host: upgrade grapevine or rebuild "
-              "the plugin against this host's Grapevine " + host_major +
-              ".x SDK";
+      text +=
+          "the plugin needs a newer host: upgrade grapevine or rebuild "
+          "the plugin against this host's Grapevine " +
+          host_major + ".x SDK";
     else
-      text += "rebuild the plugin against the Grapevine " + host_major +
-              ".x SDK";
+      text += "rebuild the plugin against the Grapevine " + host_major + ".x SDK";
     return fail(why, std::move(text));
   });
 }
 
-bool order_by_dependencies(std::vector<Manifest>& plugins,
-                           std::string* error) {
-  return guarded(error,
-                 [&](std::string* why) { return order_plugins(plugins, why); });
+bool order_by_dependencies(std::vector<Manifest>& plugins, std::string* error) {
+  return guarded(error, [&](std::string* why) { return order_plugins(plugins, why); });
 }
 
 }  // namespace gv::plugins

@@ -23,8 +23,7 @@ struct Manifest {
 // Reads the manifest of a plugin file. On failure returns false and sets
 // *error to one sentence saying what is wrong ("not an ELF file", "no
 // Grapevine manifest: not a plugin", "manifest has no name", ...).
-bool read_manifest(const std::filesystem::path& file, Manifest* out,
-                   std::string* error);
+bool read_manifest(const std::filesystem::path& file, Manifest* out, std::string* error);
 
 // Checks the manifest's ABI against this host's (GV_ABI_MAJOR/MINOR): the
 // major must be equal and the minor not newer. On failure sets *error to one

@@ -32,8 +32,7 @@ fs::path exe_dir() {
 
 std::string where(const config::HostConfig& cfg, const config::PluginEntry& e) {
   std::string s = cfg.file.string();
-  if (e.mark.line > 0)
-    s += ":" + std::to_string(e.mark.line) + ":" + std::to_string(e.mark.column);
+  if (e.mark.line > 0) s += ":" + std::to_string(e.mark.line) + ":" + std::to_string(e.mark.column);
   return s;
 }
 
@@ -44,8 +43,8 @@ const gv_plugin_v1* load_entry(const fs::path& file, const std::string& expected
                                std::string* error) {
   namespace dll = boost::dll;
   boost::dll::fs::error_code ec;
-  auto* lib = new dll::shared_library(
-      file, dll::load_mode::rtld_local | dll::load_mode::rtld_now, ec);
+  auto* lib =
+      new dll::shared_library(file, dll::load_mode::rtld_local | dll::load_mode::rtld_now, ec);
   if (ec || !lib->is_loaded()) {
     *error = "cannot load: " + ec.message();
     delete lib;
@@ -126,13 +125,11 @@ PluginHost::~PluginHost() {
     if ((*it)->state) (*it)->descriptor->destroy((*it)->state);
 }
 
-bool PluginHost::prepare(const config::PluginEntry& entry,
-                         const std::vector<fs::path>& dirs, Manifest* out,
-                         std::vector<config::Diagnostic>* problems) const {
+bool PluginHost::prepare(const config::PluginEntry& entry, const std::vector<fs::path>& dirs,
+                         Manifest* out, std::vector<config::Diagnostic>* problems) const {
   const config::HostConfig& cfg = *services_.config;
   auto problem = [&](std::string path, std::string message) {
-    problems->push_back({cfg.file.string(), entry.mark, std::move(path),
-                         std::move(message)});
+    problems->push_back({cfg.file.string(), entry.mark, std::move(path), std::move(message)});
     return false;
   };
   fs::path file;
@@ -147,23 +144,20 @@ bool PluginHost::prepare(const config::PluginEntry& entry,
   if (file.empty()) {
     std::string searched;
     for (const auto& d : dirs) searched += (searched.empty() ? "" : ", ") + d.string();
-    return problem(key, "no " + entry.name + ".so in the plugin directories (" +
-                            searched + ")");
+    return problem(key, "no " + entry.name + ".so in the plugin directories (" + searched + ")");
   }
   std::string error;
-  if (!read_manifest(file, out, &error))
-    return problem(key, file.string() + ": " + error);
+  if (!read_manifest(file, out, &error)) return problem(key, file.string() + ": " + error);
   if (!check_abi(*out, &error)) return problem(key, error);
   if (out->name != entry.name)
-    return problem(key, file.string() + " is the plugin '" + out->name +
-                            "', not '" + entry.name + "'");
+    return problem(key,
+                   file.string() + " is the plugin '" + out->name + "', not '" + entry.name + "'");
   auto schema = JsonSchema::compile(strict_schema(out->config_schema), &error);
   if (!schema)
     return problem(key, file.string() + ": the plugin's config schema is invalid: " + error);
   if (cfg.document) {
     size_t before = problems->size();
-    config::validate_at(*cfg.document, "/plugins/" + entry.name + "/config", *schema,
-                        problems);
+    config::validate_at(*cfg.document, "/plugins/" + entry.name + "/config", *schema, problems);
     return problems->size() == before;
   }
   bool ok = true;
@@ -222,8 +216,8 @@ bool PluginHost::load(std::vector<std::string>* errors) {
   for (const auto& m : manifests) {
     const config::PluginEntry& entry = *entries[m.name];
     if (!create(entry, m, &error))
-      fail(entry, where(cfg, entry) + ": plugin " + m.name + " (" +
-                      m.file.string() + "): " + error, errors);
+      fail(entry, where(cfg, entry) + ": plugin " + m.name + " (" + m.file.string() + "): " + error,
+           errors);
   }
   return errors->empty();
 }
@@ -246,17 +240,17 @@ bool PluginHost::create(const config::PluginEntry& entry, const Manifest& manife
   p->context.services = &services_;
   std::string config = entry.config.dump();
   p->context.creating = true;
-  gv_status rc = d->create(host_api(), &p->context,
-                           gv_str{config.data(), config.size()}, &p->state);
+  gv_status rc =
+      d->create(host_api(), &p->context, gv_str{config.data(), config.size()}, &p->state);
   p->context.creating = false;
   if (rc != GV_OK) {
     services_.registry->remove_plugin(manifest.name);
     *error = "create failed (status " + std::to_string(rc) + "); see the log above";
     return false;
   }
-  log::info("plugin loaded", {{"plugin", manifest.name},
-                              {"version", manifest.version},
-                              {"file", manifest.file.string()}});
+  log::info(
+      "plugin loaded",
+      {{"plugin", manifest.name}, {"version", manifest.version}, {"file", manifest.file.string()}});
   loaded_.push_back(std::move(p));
   return true;
 }

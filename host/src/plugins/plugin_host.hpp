@@ -33,8 +33,7 @@ struct HostServices {
 };
 
 // plugin_dirs with "$ORIGIN" replaced by the folder of the running binary.
-std::vector<std::filesystem::path> resolve_plugin_dirs(
-    const std::vector<std::string>& dirs);
+std::vector<std::filesystem::path> resolve_plugin_dirs(const std::vector<std::string>& dirs);
 
 // Every *.so in dirs, with its manifest or the reason it is not a plugin.
 struct InstalledPlugin {
@@ -42,8 +41,7 @@ struct InstalledPlugin {
   Manifest manifest;
   std::string problem;  // empty when it would load
 };
-std::vector<InstalledPlugin> list_installed(
-    const std::vector<std::filesystem::path>& dirs);
+std::vector<InstalledPlugin> list_installed(const std::vector<std::filesystem::path>& dirs);
 
 class PluginHost {
  public:
@@ -66,11 +64,9 @@ class PluginHost {
   struct Loaded;
 
  private:
-  bool prepare(const config::PluginEntry& entry,
-               const std::vector<std::filesystem::path>& dirs, Manifest* out,
-               std::vector<config::Diagnostic>* problems) const;
-  bool create(const config::PluginEntry& entry, const Manifest& manifest,
-              std::string* error);
+  bool prepare(const config::PluginEntry& entry, const std::vector<std::filesystem::path>& dirs,
+               Manifest* out, std::vector<config::Diagnostic>* problems) const;
+  bool create(const config::PluginEntry& entry, const Manifest& manifest, std::string* error);
   void fail(const config::PluginEntry& entry, const std::string& message,
             std::vector<std::string>* errors);
 

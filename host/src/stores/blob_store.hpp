@@ -89,8 +89,7 @@ class BlobStore {
   // "a/bc"; "" matches everything) and sort strictly after start_after
   // ("" = from the start), ascending, at most limit of them (0 means
   // max_list_limit; larger values are lowered to it).
-  virtual BlobResult<BlobPage> list(std::string_view prefix,
-                                    std::string_view start_after,
+  virtual BlobResult<BlobPage> list(std::string_view prefix, std::string_view start_after,
                                     size_t limit) = 0;
 };
 
@@ -160,16 +159,14 @@ inline bool blob_key_chars_ok(std::string_view key, std::string* why) {
 inline bool valid_blob_key(std::string_view key, std::string* why = nullptr) {
   using detail::blob_key_fail;
   if (key.empty()) return blob_key_fail(why, "key is empty");
-  if (key.size() > max_blob_key_bytes)
-    return blob_key_fail(why, "key is longer than 1024 bytes");
+  if (key.size() > max_blob_key_bytes) return blob_key_fail(why, "key is longer than 1024 bytes");
   if (!detail::blob_key_chars_ok(key, why)) return false;
   if (key.front() == '/') return blob_key_fail(why, "key starts with '/'");
   size_t start = 0;
   while (true) {
     const size_t slash = key.find('/', start);
-    const std::string_view segment = key.substr(
-        start, slash == std::string_view::npos ? std::string_view::npos
-                                               : slash - start);
+    const std::string_view segment =
+        key.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
     if (segment.empty()) return blob_key_fail(why, "key has an empty segment");
     if (segment == "." || segment == "..")
       return blob_key_fail(why, "key has a \".\" or \"..\" segment");

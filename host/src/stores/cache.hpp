@@ -40,13 +40,20 @@ enum class CacheStatus {
 
 constexpr std::string_view to_string(CacheStatus s) {
   switch (s) {
-    case CacheStatus::ok: return "ok";
-    case CacheStatus::invalid_argument: return "invalid argument";
-    case CacheStatus::wrong_type: return "wrong type";
-    case CacheStatus::not_integer: return "value is not an integer";
-    case CacheStatus::overflow: return "increment would overflow";
-    case CacheStatus::too_large: return "entry larger than the cache";
-    case CacheStatus::unavailable: return "cache unavailable";
+    case CacheStatus::ok:
+      return "ok";
+    case CacheStatus::invalid_argument:
+      return "invalid argument";
+    case CacheStatus::wrong_type:
+      return "wrong type";
+    case CacheStatus::not_integer:
+      return "value is not an integer";
+    case CacheStatus::overflow:
+      return "increment would overflow";
+    case CacheStatus::too_large:
+      return "entry larger than the cache";
+    case CacheStatus::unavailable:
+      return "cache unavailable";
   }
   return "unknown";
 }
@@ -89,14 +96,13 @@ class Cache {
 
   // Stores value under key, replacing any value of either kind, with the
   // given TTL (0: none). The old TTL is discarded.
-  virtual CacheStatus set(std::string_view key, std::string_view value,
-                          Ttl ttl) = 0;
+  virtual CacheStatus set(std::string_view key, std::string_view value, Ttl ttl) = 0;
 
   // Like set, but only if key holds nothing (of either kind). value is true
   // when it stored, false when the key already existed. Atomic: usable as a
   // lock or a de-duplication marker.
-  virtual CacheResult<bool> set_if_absent(std::string_view key,
-                                          std::string_view value, Ttl ttl) = 0;
+  virtual CacheResult<bool> set_if_absent(std::string_view key, std::string_view value,
+                                          Ttl ttl) = 0;
 
   // Removes key of either kind. value is true if it existed.
   virtual CacheResult<bool> del(std::string_view key) = 0;
@@ -116,8 +122,7 @@ class Cache {
   // An absent key starts at 0 and gets ttl_if_created (0: none); an existing
   // key keeps its TTL. The value stays a decimal string, readable by get.
   // Fails with not_integer, overflow or wrong_type without changing anything.
-  virtual CacheResult<int64_t> incr(std::string_view key, int64_t delta,
-                                    Ttl ttl_if_created) = 0;
+  virtual CacheResult<int64_t> incr(std::string_view key, int64_t delta, Ttl ttl_if_created) = 0;
 
   // --- sorted sets ---
   // Members are unique and ordered by score, ties by member bytes (unsigned,
@@ -127,17 +132,14 @@ class Cache {
 
   // Adds member with score, or moves an existing member to score. value is
   // true if the member is new.
-  virtual CacheResult<bool> zadd(std::string_view key, std::string_view member,
-                                 double score) = 0;
+  virtual CacheResult<bool> zadd(std::string_view key, std::string_view member, double score) = 0;
 
   // Removes member. value is true if it was there.
-  virtual CacheResult<bool> zrem(std::string_view key,
-                                 std::string_view member) = 0;
+  virtual CacheResult<bool> zrem(std::string_view key, std::string_view member) = 0;
 
   // The member's score, or nullopt. Counts a hit if the set exists (even
   // without the member), a miss otherwise.
-  virtual std::optional<double> zscore(std::string_view key,
-                                       std::string_view member) = 0;
+  virtual std::optional<double> zscore(std::string_view key, std::string_view member) = 0;
 
   // The number of members (0 if absent). Counts a hit or a miss.
   virtual size_t zcard(std::string_view key) = 0;
@@ -147,24 +149,20 @@ class Cache {
   // indexes are clamped, start > stop gives nothing. reverse ranks from the
   // highest score (rank 0 = highest) and returns highest first.
   // Counts a hit or a miss.
-  virtual std::vector<ScoredMember> zrange_by_rank(std::string_view key,
-                                                   int64_t start, int64_t stop,
-                                                   bool reverse) = 0;
+  virtual std::vector<ScoredMember> zrange_by_rank(std::string_view key, int64_t start,
+                                                   int64_t stop, bool reverse) = 0;
 
   // Members with min <= score <= max, lowest first (highest first if
   // reverse; min and max keep their meaning), at most limit of them
   // (0: no limit). For an exclusive bound pass std::nextafter(bound, ...).
   // Counts a hit or a miss.
-  virtual std::vector<ScoredMember> zrange_by_score(std::string_view key,
-                                                    double min, double max,
-                                                    bool reverse,
-                                                    size_t limit) = 0;
+  virtual std::vector<ScoredMember> zrange_by_score(std::string_view key, double min, double max,
+                                                    bool reverse, size_t limit) = 0;
 
   // Removes members with ranks start..stop (ascending, same index rules as
   // zrange_by_rank). value is how many went. To keep only the N highest
   // (newest, with time as the score): zremrange_by_rank(key, 0, -N - 1).
-  virtual CacheResult<size_t> zremrange_by_rank(std::string_view key,
-                                                int64_t start,
+  virtual CacheResult<size_t> zremrange_by_rank(std::string_view key, int64_t start,
                                                 int64_t stop) = 0;
 
   // --- upkeep ---

@@ -43,20 +43,17 @@ class Fd {
   int fd_ = -1;
 };
 
-std::string quoted(std::string_view key) {
-  return "\"" + std::string(key) + "\"";
-}
+std::string quoted(std::string_view key) { return "\"" + std::string(key) + "\""; }
 
 BlobStatus io_failure(std::string_view what, std::string_view key, int err) {
-  return BlobStatus::failure(
-      BlobError::io_error, "blob store: cannot " + std::string(what) + " " +
-                               quoted(key) + ": " +
-                               std::system_category().message(err));
+  return BlobStatus::failure(BlobError::io_error, "blob store: cannot " + std::string(what) + " " +
+                                                      quoted(key) + ": " +
+                                                      std::system_category().message(err));
 }
 
 BlobStatus conflict(std::string_view key, std::string_view reason) {
-  return BlobStatus::failure(BlobError::conflict, "blob store: " + quoted(key) +
-                                                      " " + std::string(reason));
+  return BlobStatus::failure(BlobError::conflict,
+                             "blob store: " + quoted(key) + " " + std::string(reason));
 }
 
 bool write_all(int fd, std::string_view bytes) {
@@ -97,9 +94,7 @@ std::vector<std::string> split_key(std::string_view key) {
   }
 }
 
-bool is_temp_name(std::string_view name) {
-  return name.starts_with(LocalBlobStore::kTempPrefix);
-}
+bool is_temp_name(std::string_view name) { return name.starts_with(LocalBlobStore::kTempPrefix); }
 
 // The shared key rules plus this store's own: a segment must fit a file
 // name, and the temp prefix is reserved. Returns true or sets *why.
@@ -150,13 +145,11 @@ enum class Walk {
 };
 
 int open_dir_nofollow(int parent, const std::string& name) {
-  return ::openat(parent, name.c_str(),
-                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  return ::openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
 // Opens (and with create, makes) one folder below parent.
-Walk open_folder(int parent, const std::string& name, bool create, Fd* out,
-                 int* err) {
+Walk open_folder(int parent, const std::string& name, bool create, Fd* out, int* err) {
   int fd = open_dir_nofollow(parent, name);
   if (fd < 0 && errno == ENOENT && create) {
     if (::mkdirat(parent, name.c_str(), 0777) == 0) {
@@ -184,14 +177,12 @@ Walk open_folder(int parent, const std::string& name, bool create, Fd* out,
 struct FolderChain {
   int root_fd;
   std::vector<Fd> dirs;
-  int parent_of(size_t level) const {
-    return level == 0 ? root_fd : dirs[level - 1].get();
-  }
+  int parent_of(size_t level) const { return level == 0 ? root_fd : dirs[level - 1].get(); }
   int leaf() const { return parent_of(dirs.size()); }
 };
 
-Walk open_chain(const std::vector<std::string>& segments, bool create,
-                FolderChain* chain, int* err) {
+Walk open_chain(const std::vector<std::string>& segments, bool create, FolderChain* chain,
+                int* err) {
   for (size_t i = 0; i + 1 < segments.size(); ++i) {
     Fd fd;
     const Walk w = open_folder(chain->leaf(), segments[i], create, &fd, err);
@@ -248,9 +239,7 @@ int read_entries(Fd dir, std::vector<Entry>* entries) {
 
 // A second handle on dir with its own read position, so that concurrent
 // listings of one folder do not share a readdir cursor.
-Fd reopen_dir(int dir_fd) {
-  return Fd(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-}
+Fd reopen_dir(int dir_fd) { return Fd(::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)); }
 
 // Removes crash leftovers below dir: temp files, then folders left empty.
 // Best effort: whatever remains is invisible to readers anyway.
@@ -283,8 +272,7 @@ class Lister {
   // Returns 0, or the errno that stopped the walk.
   int walk(int dir_fd, const std::string& base) {
     std::vector<Entry> entries;
-    if (const int err = read_entries(reopen_dir(dir_fd), &entries); err != 0)
-      return err;
+    if (const int err = read_entries(reopen_dir(dir_fd), &entries); err != 0) return err;
     for (const Entry& e : entries) {
       if (done_) return 0;
       const std::string key = base + e.sort_name;
@@ -327,12 +315,10 @@ class Lister {
 
   // folder_key ends with '/'; every key below it begins with folder_key.
   bool may_hold_wanted(const std::string& folder_key) const {
-    const bool prefix_fits = folder_key.starts_with(prefix_) ||
-                             prefix_.starts_with(folder_key);
+    const bool prefix_fits = folder_key.starts_with(prefix_) || prefix_.starts_with(folder_key);
     // Keys below sort after folder_key; if folder_key < start_after without
     // being its prefix, they all sort before start_after too.
-    const bool after_start = folder_key > start_after_ ||
-                             start_after_.starts_with(folder_key);
+    const bool after_start = folder_key > start_after_ || start_after_.starts_with(folder_key);
     return prefix_fits && after_start;
   }
 
@@ -372,8 +358,7 @@ BlobStatus LocalBlobStore::check_key(std::string_view key) const {
   if (!open_status_.ok()) return open_status_;
   const auto refuse = [&](std::string_view why) {
     return BlobStatus::failure(BlobError::invalid_key,
-                               "blob store: key " + quoted(key) + " refused: " +
-                                   std::string(why));
+                               "blob store: key " + quoted(key) + " refused: " + std::string(why));
   };
   std::string why;
   if (!valid_local_key(key, &why)) return refuse(why);
@@ -386,21 +371,20 @@ namespace {
 enum class PutStep { done, retry };
 
 // Writes bytes to a new temp file in dir; on success *name holds its name.
-BlobStatus write_temp(int dir, std::string_view key, std::string_view bytes,
-                      std::string* name, PutStep* step) {
+BlobStatus write_temp(int dir, std::string_view key, std::string_view bytes, std::string* name,
+                      PutStep* step) {
   Fd file;
   for (int attempt = 0;; ++attempt) {
     *name = temp_name();
-    file = Fd(::openat(dir, name->c_str(),
-                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
+    file = Fd(
+        ::openat(dir, name->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666));
     if (file) break;
     if (errno == ENOENT) return *step = PutStep::retry, BlobStatus::success();
     if (errno != EEXIST || attempt == 8) return io_failure("create a temp file for", key, errno);
   }
   // fsync before rename: otherwise a crash could leave the new name
   // pointing at a file whose data never reached the disk.
-  if (!write_all(file.get(), bytes) || ::fsync(file.get()) != 0 ||
-      ::close(file.release()) != 0) {
+  if (!write_all(file.get(), bytes) || ::fsync(file.get()) != 0 || ::close(file.release()) != 0) {
     const int err = errno;
     ::unlinkat(dir, name->c_str(), 0);
     return io_failure("write", key, err);
@@ -422,19 +406,21 @@ BlobStatus publish_temp(int dir, const std::string& temp, const std::string& nam
   return BlobStatus::success();
 }
 
-BlobStatus put_once(int root_fd, std::string_view key, std::string_view bytes,
-                    PutStep* step) {
+BlobStatus put_once(int root_fd, std::string_view key, std::string_view bytes, PutStep* step) {
   *step = PutStep::done;
   const std::vector<std::string> segments = split_key(key);
   FolderChain chain{root_fd, {}};
   int err = 0;
   switch (open_chain(segments, /*create=*/true, &chain, &err)) {
-    case Walk::ok: break;
-    case Walk::vanished: return *step = PutStep::retry, BlobStatus::success();
+    case Walk::ok:
+      break;
+    case Walk::vanished:
+      return *step = PutStep::retry, BlobStatus::success();
     case Walk::blocked:
       return conflict(key, "cannot be stored: a file or symbolic link is in its path");
     case Walk::absent:  // not returned when creating
-    case Walk::error: return io_failure("make the folders of", key, err);
+    case Walk::error:
+      return io_failure("make the folders of", key, err);
   }
   std::string temp;
   BlobStatus status = write_temp(chain.leaf(), key, bytes, &temp, step);
@@ -504,8 +490,7 @@ namespace {
 void prune_empty(FolderChain& chain, const std::vector<std::string>& segments) {
   for (size_t level = chain.dirs.size(); level-- > 0;) {
     chain.dirs.pop_back();  // close our handle before removing the folder
-    if (::unlinkat(chain.parent_of(level), segments[level].c_str(), AT_REMOVEDIR) != 0)
-      return;
+    if (::unlinkat(chain.parent_of(level), segments[level].c_str(), AT_REMOVEDIR) != 0) return;
   }
 }
 
@@ -533,16 +518,14 @@ BlobResult<bool> LocalBlobStore::del(std::string_view key) {
   return {BlobStatus::success(), true};
 }
 
-BlobResult<BlobPage> LocalBlobStore::list(std::string_view prefix,
-                                          std::string_view start_after,
+BlobResult<BlobPage> LocalBlobStore::list(std::string_view prefix, std::string_view start_after,
                                           size_t limit) {
   if (!open_status_.ok()) return {open_status_};
   if (limit == 0 || limit > max_list_limit) limit = max_list_limit;
   // prefix and start_after are only compared with keys, never turned into
   // paths, so they need no validation to be safe.
   Lister lister(prefix, start_after, limit);
-  if (const int err = lister.walk(root_fd_, ""); err != 0)
-    return {io_failure("list", prefix, err)};
+  if (const int err = lister.walk(root_fd_, ""); err != 0) return {io_failure("list", prefix, err)};
   return {BlobStatus::success(), lister.take_page()};
 }
 

@@ -43,8 +43,7 @@ class LocalBlobStore final : public BlobStore {
   BlobResult<std::optional<std::string>> get(std::string_view key) override;
   BlobResult<bool> exists(std::string_view key) override;
   BlobResult<bool> del(std::string_view key) override;
-  BlobResult<BlobPage> list(std::string_view prefix,
-                            std::string_view start_after,
+  BlobResult<BlobPage> list(std::string_view prefix, std::string_view start_after,
                             size_t limit) override;
 
  private:

@@ -23,8 +23,7 @@ std::optional<int64_t> parse_int64(std::string_view s) {
 
 // Redis rank rules: inclusive, negative counts from the end, clamped.
 // Returns [first, last] as positions, or nullopt when nothing is selected.
-std::optional<std::pair<size_t, size_t>> rank_range(int64_t start,
-                                                    int64_t stop, size_t n) {
+std::optional<std::pair<size_t, size_t>> rank_range(int64_t start, int64_t stop, size_t n) {
   const auto size = static_cast<int64_t>(n);
   if (start < 0) start += size;
   if (stop < 0) stop += size;
@@ -58,8 +57,7 @@ std::optional<std::string> MemoryCache::get(std::string_view key) {
   return std::get<std::string>(e->value);
 }
 
-CacheStatus MemoryCache::set(std::string_view key, std::string_view value,
-                             Ttl ttl) {
+CacheStatus MemoryCache::set(std::string_view key, std::string_view value, Ttl ttl) {
   if (ttl.count() < 0) return CacheStatus::invalid_argument;
   if (string_cost(key, value) > max_bytes_) return CacheStatus::too_large;
   std::lock_guard lock(mutex_);
@@ -67,8 +65,7 @@ CacheStatus MemoryCache::set(std::string_view key, std::string_view value,
   return CacheStatus::ok;
 }
 
-CacheResult<bool> MemoryCache::set_if_absent(std::string_view key,
-                                             std::string_view value,
+CacheResult<bool> MemoryCache::set_if_absent(std::string_view key, std::string_view value,
                                              Ttl ttl) {
   if (ttl.count() < 0) return {CacheStatus::invalid_argument};
   if (string_cost(key, value) > max_bytes_) return {CacheStatus::too_large};
@@ -108,8 +105,7 @@ std::optional<Cache::Ttl> MemoryCache::ttl(std::string_view key) {
 
 // --- counters ---
 
-CacheResult<int64_t> MemoryCache::incr(std::string_view key, int64_t delta,
-                                       Ttl ttl_if_created) {
+CacheResult<int64_t> MemoryCache::incr(std::string_view key, int64_t delta, Ttl ttl_if_created) {
   if (ttl_if_created.count() < 0) return {CacheStatus::invalid_argument};
   std::lock_guard lock(mutex_);
   const TimePoint now = clock_();
@@ -139,8 +135,7 @@ CacheResult<int64_t> MemoryCache::incr(std::string_view key, int64_t delta,
 
 // --- sorted sets ---
 
-CacheResult<bool> MemoryCache::zadd(std::string_view key,
-                                    std::string_view member, double score) {
+CacheResult<bool> MemoryCache::zadd(std::string_view key, std::string_view member, double score) {
   if (std::isnan(score)) return {CacheStatus::invalid_argument};
   std::lock_guard lock(mutex_);
   const TimePoint now = clock_();
@@ -173,8 +168,7 @@ CacheResult<bool> MemoryCache::zadd(std::string_view key,
   return {CacheStatus::ok, true};
 }
 
-CacheResult<bool> MemoryCache::zrem(std::string_view key,
-                                    std::string_view member) {
+CacheResult<bool> MemoryCache::zrem(std::string_view key, std::string_view member) {
   std::lock_guard lock(mutex_);
   Entry* e = live(key, clock_());
   if (!e) return {CacheStatus::ok, false};
@@ -187,8 +181,7 @@ CacheResult<bool> MemoryCache::zrem(std::string_view key,
   return {CacheStatus::ok, true};
 }
 
-std::optional<double> MemoryCache::zscore(std::string_view key,
-                                          std::string_view member) {
+std::optional<double> MemoryCache::zscore(std::string_view key, std::string_view member) {
   std::lock_guard lock(mutex_);
   ZSet* z = as_zset(read(key, clock_(), true));
   if (!z) return std::nullopt;
@@ -203,10 +196,8 @@ size_t MemoryCache::zcard(std::string_view key) {
   return z ? z->scores.size() : 0;
 }
 
-std::vector<ScoredMember> MemoryCache::zrange_by_rank(std::string_view key,
-                                                      int64_t start,
-                                                      int64_t stop,
-                                                      bool reverse) {
+std::vector<ScoredMember> MemoryCache::zrange_by_rank(std::string_view key, int64_t start,
+                                                      int64_t stop, bool reverse) {
   std::lock_guard lock(mutex_);
   ZSet* z = as_zset(read(key, clock_(), true));
   if (!z) return {};
@@ -220,10 +211,8 @@ std::vector<ScoredMember> MemoryCache::zrange_by_rank(std::string_view key,
   return collect(std::next(z->order.begin(), skip), z->order.end(), count);
 }
 
-std::vector<ScoredMember> MemoryCache::zrange_by_score(std::string_view key,
-                                                       double min, double max,
-                                                       bool reverse,
-                                                       size_t limit) {
+std::vector<ScoredMember> MemoryCache::zrange_by_score(std::string_view key, double min, double max,
+                                                       bool reverse, size_t limit) {
   std::lock_guard lock(mutex_);
   ZSet* z = as_zset(read(key, clock_(), true));
   // !(min <= max) also rejects NaN bounds.
@@ -231,14 +220,12 @@ std::vector<ScoredMember> MemoryCache::zrange_by_score(std::string_view key,
   auto lo = z->order.lower_bound(min);  // first with score >= min
   auto hi = z->order.upper_bound(max);  // first with score > max
   if (reverse) {
-    return collect(std::make_reverse_iterator(hi), std::make_reverse_iterator(lo),
-                   limit);
+    return collect(std::make_reverse_iterator(hi), std::make_reverse_iterator(lo), limit);
   }
   return collect(lo, hi, limit);
 }
 
-CacheResult<size_t> MemoryCache::zremrange_by_rank(std::string_view key,
-                                                   int64_t start,
+CacheResult<size_t> MemoryCache::zremrange_by_rank(std::string_view key, int64_t start,
                                                    int64_t stop) {
   std::lock_guard lock(mutex_);
   Entry* e = live(key, clock_());
@@ -248,8 +235,7 @@ CacheResult<size_t> MemoryCache::zremrange_by_rank(std::string_view key,
   auto range = rank_range(start, stop, z->order.size());
   if (!range) return {CacheStatus::ok, 0};
   const size_t count = range->second - range->first + 1;
-  auto pos = std::next(z->order.begin(),
-                       static_cast<std::ptrdiff_t>(range->first));
+  auto pos = std::next(z->order.begin(), static_cast<std::ptrdiff_t>(range->first));
   size_t freed = 0;
   for (size_t i = 0; i < count; ++i) {
     auto member = z->scores.find(pos->second);
@@ -269,8 +255,7 @@ size_t MemoryCache::purge_expired(size_t max) {
 
 CacheStats MemoryCache::stats() {
   std::lock_guard lock(mutex_);
-  return {hits_,       misses_,    evictions_,     expired_,
-          bytes_used_, max_bytes_, entries_.size()};
+  return {hits_, misses_, evictions_, expired_, bytes_used_, max_bytes_, entries_.size()};
 }
 
 // --- helpers (mutex_ held) ---
@@ -297,8 +282,7 @@ MemoryCache::Entry* MemoryCache::live(std::string_view key, TimePoint now) {
 
 // live() for a read: counts a hit (and marks the entry used) only when the
 // key holds the kind the reader wants; the other kind reads as absent.
-MemoryCache::Entry* MemoryCache::read(std::string_view key, TimePoint now,
-                                      bool want_zset) {
+MemoryCache::Entry* MemoryCache::read(std::string_view key, TimePoint now, bool want_zset) {
   Entry* e = live(key, now);
   if (!e || std::holds_alternative<ZSet>(e->value) != want_zset) {
     ++misses_;
@@ -369,8 +353,8 @@ size_t MemoryCache::purge_locked(TimePoint now, size_t max) {
 }
 
 // Sets key to a string value with a fresh TTL; the caller checked the size.
-void MemoryCache::assign_string(std::string_view key, std::string_view value,
-                                Ttl ttl, TimePoint now) {
+void MemoryCache::assign_string(std::string_view key, std::string_view value, Ttl ttl,
+                                TimePoint now) {
   Entry* e = live(key, now);
   if (!e) e = &create(key);
   e->value.emplace<std::string>(value);

@@ -42,33 +42,24 @@ class MemoryCache final : public Cache {
   static constexpr size_t kEntryOverhead = 128;
   static constexpr size_t kMemberOverhead = 96;
 
-  explicit MemoryCache(size_t max_bytes,
-                       Clock clock = &std::chrono::steady_clock::now);
+  explicit MemoryCache(size_t max_bytes, Clock clock = &std::chrono::steady_clock::now);
 
   std::optional<std::string> get(std::string_view key) override;
-  CacheStatus set(std::string_view key, std::string_view value,
-                  Ttl ttl) override;
-  CacheResult<bool> set_if_absent(std::string_view key, std::string_view value,
-                                  Ttl ttl) override;
+  CacheStatus set(std::string_view key, std::string_view value, Ttl ttl) override;
+  CacheResult<bool> set_if_absent(std::string_view key, std::string_view value, Ttl ttl) override;
   CacheResult<bool> del(std::string_view key) override;
   CacheResult<bool> expire(std::string_view key, Ttl ttl) override;
   std::optional<Ttl> ttl(std::string_view key) override;
-  CacheResult<int64_t> incr(std::string_view key, int64_t delta,
-                            Ttl ttl_if_created) override;
-  CacheResult<bool> zadd(std::string_view key, std::string_view member,
-                         double score) override;
-  CacheResult<bool> zrem(std::string_view key,
-                         std::string_view member) override;
-  std::optional<double> zscore(std::string_view key,
-                               std::string_view member) override;
+  CacheResult<int64_t> incr(std::string_view key, int64_t delta, Ttl ttl_if_created) override;
+  CacheResult<bool> zadd(std::string_view key, std::string_view member, double score) override;
+  CacheResult<bool> zrem(std::string_view key, std::string_view member) override;
+  std::optional<double> zscore(std::string_view key, std::string_view member) override;
   size_t zcard(std::string_view key) override;
-  std::vector<ScoredMember> zrange_by_rank(std::string_view key, int64_t start,
-                                           int64_t stop, bool reverse) override;
-  std::vector<ScoredMember> zrange_by_score(std::string_view key, double min,
-                                            double max, bool reverse,
-                                            size_t limit) override;
-  CacheResult<size_t> zremrange_by_rank(std::string_view key, int64_t start,
-                                        int64_t stop) override;
+  std::vector<ScoredMember> zrange_by_rank(std::string_view key, int64_t start, int64_t stop,
+                                           bool reverse) override;
+  std::vector<ScoredMember> zrange_by_score(std::string_view key, double min, double max,
+                                            bool reverse, size_t limit) override;
+  CacheResult<size_t> zremrange_by_rank(std::string_view key, int64_t start, int64_t stop) override;
   size_t purge_expired(size_t max) override;
   CacheStats stats() override;
 
@@ -76,9 +67,7 @@ class MemoryCache final : public Cache {
   // Lets unordered_map find by string_view without building a std::string.
   struct Hash {
     using is_transparent = void;
-    size_t operator()(std::string_view s) const {
-      return std::hash<std::string_view>{}(s);
-    }
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   // Orders (score, member) pairs and also compares them with a bare score,
   // so lower_bound(min) / upper_bound(max) find score ranges.
@@ -93,9 +82,8 @@ class MemoryCache final : public Cache {
     ZSet() = default;
     ZSet(const ZSet&) = delete;  // order holds views into scores' keys
     ZSet& operator=(const ZSet&) = delete;
-    using Scores =
-        std::unordered_map<std::string, double, Hash, std::equal_to<>>;
-    Scores scores;                          // member -> score
+    using Scores = std::unordered_map<std::string, double, Hash, std::equal_to<>>;
+    Scores scores;                           // member -> score
     std::set<ByScore::Item, ByScore> order;  // (score, view of member)
   };
   using KeyList = std::list<const std::string*>;  // points at map keys
@@ -117,8 +105,7 @@ class MemoryCache final : public Cache {
   void recharge(Entry& e, size_t cost);
   void make_room(TimePoint now);
   size_t purge_locked(TimePoint now, size_t max);
-  void assign_string(std::string_view key, std::string_view value, Ttl ttl,
-                     TimePoint now);
+  void assign_string(std::string_view key, std::string_view value, Ttl ttl, TimePoint now);
   size_t remove_member(ZSet& z, ZSet::Scores::iterator it);
   void after_removal(std::string_view key, Entry& e, size_t freed);
   static size_t string_cost(std::string_view key, std::string_view value);

@@ -83,16 +83,15 @@ typedef enum gv_access {
  * plugins except through these members and the host functions. */
 typedef struct gv_request_v1 {
   uint32_t struct_size;
-  gv_str operation;  /* "posts.create" */
-  gv_str request_id; /* for logs and error bodies */
-  gv_str input_json; /* validated input: body, path and query parameters */
-  gv_str user_id;    /* empty when anonymous */
-  gv_str roles;      /* comma-separated, e.g. "user,moderator" */
+  gv_str operation;       /* "posts.create" */
+  gv_str request_id;      /* for logs and error bodies */
+  gv_str input_json;      /* validated input: body, path and query parameters */
+  gv_str user_id;         /* empty when anonymous */
+  gv_str roles;           /* comma-separated, e.g. "user,moderator" */
   uint64_t connection_id; /* WebSocket connection, 0 over HTTP */
   /* Looks a request header up, case-insensitively (HTTP only). Returns 1 and
    * sets *value when present, 0 otherwise. */
-  int (*header)(const struct gv_request_v1* req, const char* name,
-                gv_str* value);
+  int (*header)(const struct gv_request_v1* req, const char* name, gv_str* value);
   void* host_data; /* the host's; do not touch */
 } gv_request_v1;
 
@@ -103,8 +102,7 @@ typedef struct gv_response gv_response;
  * thread, so blocking is allowed. It must answer through respond_json or
  * respond_error before returning GV_OK; any other return (or no answer)
  * gives the client a 500 with the request id. */
-typedef gv_status (*gv_handler_fn)(void* handler_ctx,
-                                   const gv_request_v1* request,
+typedef gv_status (*gv_handler_fn)(void* handler_ctx, const gv_request_v1* request,
                                    gv_response* response);
 
 typedef struct gv_operation_v1 {
@@ -115,9 +113,9 @@ typedef struct gv_operation_v1 {
   const char* input_schema; /* JSON Schema of the input object; NULL: {} only */
   const char* summary;      /* one line for the OpenAPI document */
   gv_access access;
-  const char* role;         /* with GV_ACCESS_ROLE */
+  const char* role; /* with GV_ACCESS_ROLE */
   gv_handler_fn handler;
-  void* handler_ctx;        /* passed back to handler; must outlive the host */
+  void* handler_ctx; /* passed back to handler; must outlive the host */
 } gv_operation_v1;
 
 typedef struct gv_host gv_host; /* the host's per-plugin context, opaque */
@@ -136,37 +134,30 @@ typedef struct gv_host_api_v1 {
   /* Answers a request. status is the HTTP status (2xx for respond_json). */
   void (*respond_json)(gv_response* response, int status, gv_str json);
   /* code: a short snake_case word ("not_found"); message: for humans. */
-  void (*respond_error)(gv_response* response, int status, gv_str code,
-                        gv_str message);
+  void (*respond_error)(gv_response* response, int status, gv_str code, gv_str message);
 
   /* Calls another plugin's operation in process as `caller` (pass the
    * incoming request to act as its user, or NULL to act as the system with
    * every right). The answer's status and JSON body reach sink before
    * call_operation returns; the JSON is the error body for status >= 400. */
-  gv_status (*call_operation)(gv_host* host, const gv_request_v1* caller,
-                              gv_str operation, gv_str input_json,
-                              int* status, gv_sink_fn sink, void* sink_ctx);
+  gv_status (*call_operation)(gv_host* host, const gv_request_v1* caller, gv_str operation,
+                              gv_str input_json, int* status, gv_sink_fn sink, void* sink_ctx);
 
   /* Sends {"event":event,"data":data_json} to every socket of a user or of
    * a channel's subscribers. Never blocks; a socket whose send queue is
    * full is closed. */
-  gv_status (*push_to_user)(gv_host* host, gv_str user_id, gv_str event,
-                            gv_str data_json);
-  gv_status (*push_to_channel)(gv_host* host, gv_str channel, gv_str event,
-                               gv_str data_json);
+  gv_status (*push_to_user)(gv_host* host, gv_str user_id, gv_str event, gv_str data_json);
+  gv_status (*push_to_channel)(gv_host* host, gv_str channel, gv_str event, gv_str data_json);
   /* Subscribes or unsubscribes a WebSocket connection to a channel. */
-  gv_status (*join_channel)(gv_host* host, uint64_t connection_id,
-                            gv_str channel);
-  gv_status (*leave_channel)(gv_host* host, uint64_t connection_id,
-                             gv_str channel);
+  gv_status (*join_channel)(gv_host* host, uint64_t connection_id, gv_str channel);
+  gv_status (*leave_channel)(gv_host* host, uint64_t connection_id, gv_str channel);
 
   /* Signs an access token for user_id with roles (comma-separated), using
    * the host's configured signing key; ttl_seconds 0 means the configured
    * access-token lifetime. extra_claims_json: a JSON object merged into the
    * claims (may be empty). The token reaches sink. */
-  gv_status (*sign_access_token)(gv_host* host, gv_str user_id, gv_str roles,
-                                 int64_t ttl_seconds, gv_str extra_claims_json,
-                                 gv_sink_fn sink, void* sink_ctx);
+  gv_status (*sign_access_token)(gv_host* host, gv_str user_id, gv_str roles, int64_t ttl_seconds,
+                                 gv_str extra_claims_json, gv_sink_fn sink, void* sink_ctx);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in
@@ -181,8 +172,7 @@ typedef struct gv_plugin_v1 {
   const char* version;
   /* config_json: the plugin's validated config section as JSON. On success
    * *state is passed to every later call. */
-  gv_status (*create)(const gv_host_api_v1* api, gv_host* host,
-                      gv_str config_json, void** state);
+  gv_status (*create)(const gv_host_api_v1* api, gv_host* host, gv_str config_json, void** state);
   gv_status (*start)(void* state);
   void (*stop)(void* state);
   void (*destroy)(void* state);
@@ -193,10 +183,10 @@ typedef const gv_plugin_v1* (*gv_entry_fn)(void);
 /* The manifest as a string literal, for GV_MANIFEST_SECTION:
  * name, version: string literals; depends: comma-separated plugin names;
  * config_schema: a JSON Schema of the plugin's config section. */
-#define GV_MANIFEST(name, version, depends, config_schema)                \
-  GV_MANIFEST_MAGIC "\0abi=" GV_STRINGIFY(GV_ABI_MAJOR) "." GV_STRINGIFY( \
-      GV_ABI_MINOR) "\0name=" name "\0version=" version                   \
-                    "\0depends=" depends "\0config_schema=" config_schema
+#define GV_MANIFEST(name, version, depends, config_schema)                   \
+  GV_MANIFEST_MAGIC "\0abi=" GV_STRINGIFY(GV_ABI_MAJOR) "." GV_STRINGIFY(    \
+      GV_ABI_MINOR) "\0name=" name "\0version=" version "\0depends=" depends \
+                    "\0config_schema=" config_schema
 
 #ifdef __cplusplus
 }

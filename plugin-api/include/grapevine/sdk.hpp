@@ -97,8 +97,7 @@ class Request {
   uint64_t connection_id() const { return raw_->connection_id; }
   std::optional<std::string> header(const char* name) const {
     gv_str value{};
-    if (raw_->header && raw_->header(raw_, name, &value))
-      return std::string(from_gv(value));
+    if (raw_->header && raw_->header(raw_, name, &value)) return std::string(from_gv(value));
     return std::nullopt;
   }
   const gv_request_v1* raw() const { return raw_; }
@@ -139,16 +138,14 @@ struct StringSink {
   }
 };
 
-inline void answer(const Shared& shared, gv_response* response,
-                   const Response& r) {
-  std::string body =
-      r.body.is_null() ? std::string() : r.body.dump(-1, ' ', false, json::error_handler_t::replace);
+inline void answer(const Shared& shared, gv_response* response, const Response& r) {
+  std::string body = r.body.is_null() ? std::string()
+                                      : r.body.dump(-1, ' ', false, json::error_handler_t::replace);
   shared.api->respond_json(response, r.status, to_gv(body));
 }
 
-inline void answer_error(const Shared& shared, gv_response* response,
-                         int status, std::string_view code,
-                         std::string_view message) {
+inline void answer_error(const Shared& shared, gv_response* response, int status,
+                         std::string_view code, std::string_view message) {
   shared.api->respond_error(response, status, to_gv(code), to_gv(message));
 }
 
@@ -175,8 +172,7 @@ class Log {
 // memory and gets its configuration and a log.
 class DalContext {
  public:
-  DalContext(const detail::Shared* shared, const json* config)
-      : shared_(shared), config_(config) {}
+  DalContext(const detail::Shared* shared, const json* config) : shared_(shared), config_(config) {}
   const json& config() const { return *config_; }
   Log log() const { return Log(shared_); }
 
@@ -211,56 +207,44 @@ class ServiceContext {
     return invoke(operation, input, nullptr);
   }
 
-  void push_to_user(std::string_view user_id, std::string_view event,
-                    const json& data) const {
+  void push_to_user(std::string_view user_id, std::string_view event, const json& data) const {
     std::string text = data.dump(-1, ' ', false, json::error_handler_t::replace);
-    shared_->api->push_to_user(shared_->host, to_gv(user_id), to_gv(event),
-                               to_gv(text));
+    shared_->api->push_to_user(shared_->host, to_gv(user_id), to_gv(event), to_gv(text));
   }
-  void push_to_channel(std::string_view channel, std::string_view event,
-                       const json& data) const {
+  void push_to_channel(std::string_view channel, std::string_view event, const json& data) const {
     std::string text = data.dump(-1, ' ', false, json::error_handler_t::replace);
-    shared_->api->push_to_channel(shared_->host, to_gv(channel), to_gv(event),
-                                  to_gv(text));
+    shared_->api->push_to_channel(shared_->host, to_gv(channel), to_gv(event), to_gv(text));
   }
   // Returns false when the connection is gone.
   bool join_channel(uint64_t connection_id, std::string_view channel) const {
-    return shared_->api->join_channel(shared_->host, connection_id,
-                                      to_gv(channel)) == GV_OK;
+    return shared_->api->join_channel(shared_->host, connection_id, to_gv(channel)) == GV_OK;
   }
   bool leave_channel(uint64_t connection_id, std::string_view channel) const {
-    return shared_->api->leave_channel(shared_->host, connection_id,
-                                       to_gv(channel)) == GV_OK;
+    return shared_->api->leave_channel(shared_->host, connection_id, to_gv(channel)) == GV_OK;
   }
 
   // Signs an access token with the host's key; ttl 0: the configured one.
-  std::string sign_access_token(std::string_view user_id,
-                                std::string_view roles, int64_t ttl_seconds = 0,
-                                const json& extra = json::object()) const {
+  std::string sign_access_token(std::string_view user_id, std::string_view roles,
+                                int64_t ttl_seconds = 0, const json& extra = json::object()) const {
     std::string claims = extra.dump();
     detail::StringSink sink;
-    if (shared_->api->sign_access_token(shared_->host, to_gv(user_id),
-                                        to_gv(roles), ttl_seconds,
-                                        to_gv(claims), &detail::StringSink::write,
-                                        &sink) != GV_OK)
+    if (shared_->api->sign_access_token(shared_->host, to_gv(user_id), to_gv(roles), ttl_seconds,
+                                        to_gv(claims), &detail::StringSink::write, &sink) != GV_OK)
       throw Error(500, "internal", "token signing failed");
     return sink.out;
   }
 
  private:
-  CallResult invoke(std::string_view operation, const json& input,
-                    const gv_request_v1* as) const {
+  CallResult invoke(std::string_view operation, const json& input, const gv_request_v1* as) const {
     std::string text = input.dump(-1, ' ', false, json::error_handler_t::replace);
     detail::StringSink sink;
     int status = 0;
-    gv_status rc = shared_->api->call_operation(shared_->host, as, to_gv(operation),
-                                                to_gv(text), &status,
-                                                &detail::StringSink::write, &sink);
+    gv_status rc = shared_->api->call_operation(shared_->host, as, to_gv(operation), to_gv(text),
+                                                &status, &detail::StringSink::write, &sink);
     if (rc == GV_ERR_NOT_FOUND)
       throw Error(500, "internal", "no operation " + std::string(operation));
     if (rc != GV_OK)
-      throw Error(503, "unavailable", "operation " + std::string(operation) +
-                                          " is unavailable");
+      throw Error(503, "unavailable", "operation " + std::string(operation) + " is unavailable");
     CallResult result;
     result.status = status;
     result.body = sink.out.empty() ? json() : json::parse(sink.out, nullptr, false);
@@ -307,16 +291,14 @@ class Registry {
     std::string schema;
   };
 
-  static gv_status trampoline(void* ctx, const gv_request_v1* raw,
-                              gv_response* response) {
+  static gv_status trampoline(void* ctx, const gv_request_v1* raw, gv_response* response) {
     auto* e = static_cast<Entry*>(ctx);
     try {
       Request request(raw);
       detail::answer(*e->shared, response, e->handler(request));
       return GV_OK;
     } catch (const Error& err) {
-      detail::answer_error(*e->shared, response, err.status(), err.code(),
-                           err.what());
+      detail::answer_error(*e->shared, response, err.status(), err.code(), err.what());
       return GV_OK;
     } catch (const json::exception& err) {
       // Input was schema-checked, so a JSON error here is the plugin's bug.
@@ -372,8 +354,7 @@ struct Holder {
 };
 
 template <class P>
-gv_status create(const gv_host_api_v1* api, gv_host* host, gv_str config,
-                 void** state) {
+gv_status create(const gv_host_api_v1* api, gv_host* host, gv_str config, void** state) {
   try {
     auto holder = std::make_unique<Holder<P>>();
     std::string_view text = from_gv(config);
@@ -425,25 +406,23 @@ void destroy(void* state) {
 // names, "" for none) and config_schema (a JSON Schema of the plugin's
 // config section, as a string literal) go into the manifest the host reads
 // without running plugin code.
-#define GRAPEVINE_PLUGIN(P, name, version, depends, config_schema)          \
-  extern "C" {                                                              \
-  __attribute__((section(GV_MANIFEST_SECTION), used)) const char            \
-      grapevine_plugin_manifest[] =                                         \
-          GV_MANIFEST(name, version, depends, config_schema);               \
-  GV_EXPORT const gv_plugin_v1* grapevine_plugin_entry_v1(void) {          \
-    static const gv_plugin_v1 descriptor = {                                \
-        GV_PLUGIN_MAGIC,                                                    \
-        sizeof(gv_plugin_v1),                                               \
-        GV_ABI_MAJOR,                                                       \
-        GV_ABI_MINOR,                                                       \
-        name,                                                               \
-        version,                                                            \
-        &::grapevine::detail::create<P>,                                    \
-        &::grapevine::detail::start<P>,                                     \
-        &::grapevine::detail::stop<P>,                                      \
-        &::grapevine::detail::destroy<P>};                                  \
-    return &descriptor;                                                     \
-  }                                                                         \
+#define GRAPEVINE_PLUGIN(P, name, version, depends, config_schema)                             \
+  extern "C" {                                                                                 \
+  __attribute__((section(GV_MANIFEST_SECTION), used)) const char grapevine_plugin_manifest[] = \
+      GV_MANIFEST(name, version, depends, config_schema);                                      \
+  GV_EXPORT const gv_plugin_v1* grapevine_plugin_entry_v1(void) {                              \
+    static const gv_plugin_v1 descriptor = {GV_PLUGIN_MAGIC,                                   \
+                                            sizeof(gv_plugin_v1),                              \
+                                            GV_ABI_MAJOR,                                      \
+                                            GV_ABI_MINOR,                                      \
+                                            name,                                              \
+                                            version,                                           \
+                                            &::grapevine::detail::create<P>,                   \
+                                            &::grapevine::detail::start<P>,                    \
+                                            &::grapevine::detail::stop<P>,                     \
+                                            &::grapevine::detail::destroy<P>};                 \
+    return &descriptor;                                                                        \
+  }                                                                                            \
   }
 
 #endif  // GRAPEVINE_SDK_HPP

@@ -15,8 +15,7 @@ inline constexpr const char* kAnnouncements = "hello.announcements";
 class GreeterService {
  public:
   GreeterService(GreetingStore& store, grapevine::ServiceContext ctx)
-      : store_(store), ctx_(ctx),
-        greeting_(ctx.config().value("greeting", std::string("Hello"))) {}
+      : store_(store), ctx_(ctx), greeting_(ctx.config().value("greeting", std::string("Hello"))) {}
 
   grapevine::json greet(const std::string& name) {
     int count = store_.record(name);
@@ -24,8 +23,7 @@ class GreeterService {
   }
 
   // Greets through the operation registry, as another plugin would.
-  grapevine::json greet_via_registry(const std::string& name,
-                                     const grapevine::Request& as) {
+  grapevine::json greet_via_registry(const std::string& name, const grapevine::Request& as) {
     grapevine::CallResult r = ctx_.call("hello.greet", {{"name", name}}, as);
     if (!r.ok()) throw grapevine::Error(r.status, "upstream", "hello.greet failed");
     return {{"via", "hello.greet"}, {"result", r.body}};
@@ -38,8 +36,7 @@ class GreeterService {
   }
 
   void announce(const std::string& text, std::string_view from) {
-    ctx_.push_to_channel(kAnnouncements, "hello.announcement",
-                         {{"text", text}, {"from", from}});
+    ctx_.push_to_channel(kAnnouncements, "hello.announcement", {{"text", text}, {"from", from}});
   }
 
   void poke(std::string_view user_id, const std::string& text) {

@@ -23,9 +23,7 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                                  {"properties", {{"name", name_schema}}},
                                  {"required", {"name"}}},
                 .summary = "Greets someone and says how often they were greeted"},
-               [&service](const Request& r) {
-                 return Response(service.greet(r.input()["name"]));
-               });
+               [&service](const Request& r) { return Response(service.greet(r.input()["name"])); });
 
   registry.add({.name = "hello.greet_indirect",
                 .http_method = "GET",
@@ -38,21 +36,22 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                  return Response(service.greet_via_registry(r.input()["name"], r));
                });
 
-  registry.add({.name = "hello.echo",
-                .http_method = "POST",
-                .http_path = "/api/v1/hello/echo",
-                .input_schema = {{"type", "object"},
-                                 {"properties",
-                                  {{"text", {{"type", "string"}, {"maxLength", 200}}},
-                                   {"repeat", {{"type", "integer"}, {"minimum", 1}, {"maximum", 5}}}}},
-                                 {"required", {"text"}}},
-                .summary = "Echoes text, repeated"},
-               [](const Request& r) {
-                 std::string out;
-                 int times = r.input().value("repeat", 1);
-                 for (int i = 0; i < times; ++i) out += r.input()["text"].get<std::string>();
-                 return Response::created({{"text", out}});
-               });
+  registry.add(
+      {.name = "hello.echo",
+       .http_method = "POST",
+       .http_path = "/api/v1/hello/echo",
+       .input_schema = {{"type", "object"},
+                        {"properties",
+                         {{"text", {{"type", "string"}, {"maxLength", 200}}},
+                          {"repeat", {{"type", "integer"}, {"minimum", 1}, {"maximum", 5}}}}},
+                        {"required", {"text"}}},
+       .summary = "Echoes text, repeated"},
+      [](const Request& r) {
+        std::string out;
+        int times = r.input().value("repeat", 1);
+        for (int i = 0; i < times; ++i) out += r.input()["text"].get<std::string>();
+        return Response::created({{"text", out}});
+      });
 
   registry.add({.name = "hello.whoami",
                 .http_method = "GET",
@@ -60,30 +59,29 @@ inline void register_handlers(grapevine::Registry& registry, GreeterService& ser
                 .summary = "Says who the caller is",
                 .access = Access::signed_in},
                [](const Request& r) {
-                 return Response(json{{"user_id", r.user_id()},
-                                  {"admin", r.has_role("admin")}});
+                 return Response(json{{"user_id", r.user_id()}, {"admin", r.has_role("admin")}});
                });
 
-  registry.add({.name = "hello.subscribe",
-                .summary = "Subscribes this WebSocket to announcements"},
+  registry.add({.name = "hello.subscribe", .summary = "Subscribes this WebSocket to announcements"},
                [&service](const Request& r) {
                  service.subscribe(r);
                  return Response(json{{"subscribed", kAnnouncements}});
                });
 
-  registry.add({.name = "hello.announce",
-                .http_method = "POST",
-                .http_path = "/api/v1/hello/announcements",
-                .input_schema = {{"type", "object"},
-                                 {"properties", {{"text", {{"type", "string"}, {"maxLength", 500}}}}},
-                                 {"required", {"text"}}},
-                .summary = "Pushes an announcement to every subscribed socket",
-                .access = Access::role,
-                .role = "admin"},
-               [&service](const Request& r) {
-                 service.announce(r.input()["text"], r.user_id());
-                 return Response(json{{"sent", true}}, 202);
-               });
+  registry.add(
+      {.name = "hello.announce",
+       .http_method = "POST",
+       .http_path = "/api/v1/hello/announcements",
+       .input_schema = {{"type", "object"},
+                        {"properties", {{"text", {{"type", "string"}, {"maxLength", 500}}}}},
+                        {"required", {"text"}}},
+       .summary = "Pushes an announcement to every subscribed socket",
+       .access = Access::role,
+       .role = "admin"},
+      [&service](const Request& r) {
+        service.announce(r.input()["text"], r.user_id());
+        return Response(json{{"sent", true}}, 202);
+      });
 
   registry.add({.name = "hello.poke",
                 .http_method = "POST",
