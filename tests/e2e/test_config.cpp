@@ -69,3 +69,16 @@ TEST_CASE("--listen overrides the address and a bad one is refused", "[config]")
                       &out) == 2);
   CHECK(out.find("listen") != std::string::npos);
 }
+
+TEST_CASE("--check-config reports host and plugin errors in one run", "[config]") {
+  TempDir dir;
+  json c = default_config(dir.path / "data");
+  c["limits"] = {{"body_bytes", "big"}};
+  c["plugins"]["hello"]["config"] = {{"greeting", 5}};
+  fs::path bad = dir.path / "both.yaml";
+  std::ofstream(bad) << c.dump(2);
+  std::string out;
+  CHECK(run_grapevine({"--config", bad.string(), "--check-config"}, &out) == 2);
+  CHECK(out.find("limits.body_bytes") != std::string::npos);
+  CHECK(out.find("plugins.hello.config.greeting") != std::string::npos);
+}
