@@ -4,6 +4,7 @@
 // strand is needed; worker results are posted back to it.
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -41,6 +42,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
   HttpSession(Socket socket, std::shared_ptr<ServerState> state)
       : stream_(std::move(socket)),
         executor_(stream_.get_executor()),
+        watchdog_(executor_),
         state_(std::move(state)),
         limits_(state_->deps.config->limits) {}
 
@@ -80,7 +82,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(limits_.header_bytes));
     parser_->body_limit(limits_.body_bytes);
-    stream_.expires_after(first_ ? limits_.request_timeout : limits_.idle_timeout);
+    watch(first_ ? limits_.request_timeout : limits_.idle_timeout);
     http::async_read_header(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
@@ -107,7 +109,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
   }
 
   void read_body() {
-    stream_.expires_after(limits_.request_timeout);
+    watch(limits_.request_timeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) {
                        if (ec) return self->on_read_error(ec);
@@ -268,6 +270,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     for (const auto& field : req)
       call->headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     call->body = std::move(req.body());
+    unwatch();
     auto self = shared_from_this();
     bool queued = state_->deps.dispatcher->submit(call, [self](Reply reply) {
       asio::post(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
@@ -323,7 +326,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
       wire_ += "\r\nConnection: keep-alive";
     wire_ += "\r\n\r\n";
     if (!head && !bodyless) wire_ += a.body;
-    stream_.expires_after(limits_.request_timeout);
+    watch(limits_.request_timeout);
     asio::async_write(stream_, asio::buffer(wire_),
                       [self = shared_from_this(), status](beast::error_code ec, size_t) {
                         self->on_write(ec, status);
@@ -388,20 +391,51 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     tracked_ = false;
     counted_ = false;  // the WebSocket session counts the connection now
     --state_->deps.metrics->http_connections;
-    stream_.expires_never();
+    unwatch();
+    watchdog_.cancel();
     upgraded_ = true;
-    start_websocket_session(std::move(stream_), parser_->release(), state_, std::move(identity));
+    start_websocket_session(Stream(std::move(stream_)), parser_->release(), state_,
+                            std::move(identity));
   }
 
   void close() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream_.socket().close(ec);
+    stream_.shutdown(tcp::socket::shutdown_send, ec);
+    stream_.close(ec);
   }
 
-  Stream stream_;
+  // Timeouts: a deadline moved forward per request, and one timer that
+  // only wakes when a deadline may have passed. Cheaper than arming a timer
+  // for every read and write (bench/http).
+  void watch(std::chrono::milliseconds timeout) {
+    deadline_ = std::chrono::steady_clock::now() + timeout;
+    if (!watching_ || deadline_ < armed_for_) arm_watchdog();
+  }
+  // No deadline while a worker runs the operation; the answer sets one.
+  void unwatch() { deadline_ = std::chrono::steady_clock::time_point::max(); }
+
+  void arm_watchdog() {
+    watching_ = true;
+    armed_for_ = deadline_;
+    watchdog_.expires_at(deadline_);  // cancels a wait for a later deadline
+    watchdog_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto self = weak.lock();
+      if (!self || ec) return;
+      self->watching_ = false;
+      if (self->deadline_ == std::chrono::steady_clock::time_point::max()) return;
+      if (std::chrono::steady_clock::now() >= self->deadline_) return self->close();
+      self->arm_watchdog();
+    });
+  }
+
+  Socket stream_;
   const Executor executor_;  // stream_ may be moved away on upgrade
-  std::string wire_;         // the response being written; reused across requests
+  asio::basic_waitable_timer<std::chrono::steady_clock,
+                             asio::wait_traits<std::chrono::steady_clock>, Executor>
+      watchdog_;
+  std::chrono::steady_clock::time_point deadline_, armed_for_;
+  bool watching_ = false;
+  std::string wire_;  // the response being written; reused across requests
   beast::flat_buffer buffer_;
   std::shared_ptr<ServerState> state_;
   const config::LimitsConfig& limits_;
