@@ -203,9 +203,8 @@ void write(Level level, std::string_view msg, const nlohmann::json& fields) {
 
 void access(const AccessRecord& r) {
   if (!enabled(Level::info)) return;
-  std::string line;
-  line.reserve(256);
-  line = "{\"ts\":\"";
+  thread_local std::string line;  // reused: this runs once per request
+  line.assign("{\"ts\":\"");
   append_timestamp(line);
   line += "\",\"level\":\"info\",\"msg\":\"request\",\"request_id\":";
   append_json_string(line, r.request_id);

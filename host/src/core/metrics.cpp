@@ -27,10 +27,29 @@ std::string number(double v) {
 
 }  // namespace
 
+uint64_t Metrics::next_id() {
+  static std::atomic<uint64_t> ids{1};
+  return ids++;
+}
+
+Metrics::Shard& Metrics::local_shard() {
+  // Keyed by the Metrics' id, not its address: a later Metrics (in tests)
+  // may reuse the address of one that is gone.
+  thread_local std::map<uint64_t, std::shared_ptr<Shard>> mine;
+  auto& shard = mine[id_];
+  if (!shard) {
+    shard = std::make_shared<Shard>();
+    std::lock_guard lock(shards_mutex_);
+    shards_.push_back(shard);
+  }
+  return *shard;
+}
+
 void Metrics::observe_request(std::string_view op, int status, double seconds) {
-  std::lock_guard lock(mutex_);
-  auto it = ops_.find(op);
-  if (it == ops_.end()) it = ops_.emplace(std::string(op), OpStats{}).first;
+  Shard& shard = local_shard();
+  std::lock_guard lock(shard.mutex);
+  auto it = shard.ops.find(op);
+  if (it == shard.ops.end()) it = shard.ops.emplace(std::string(op), OpStats{}).first;
   OpStats& s = it->second;
   ++s.by_status[status];
   size_t i = 0;
@@ -42,16 +61,29 @@ void Metrics::observe_request(std::string_view op, int status, double seconds) {
 
 std::string Metrics::render() const {
   std::string out;
+  OpMap ops;  // every shard merged
+  {
+    std::lock_guard lock(shards_mutex_);
+    for (const auto& shard : shards_) {
+      std::lock_guard shard_lock(shard->mutex);
+      for (const auto& [op, s] : shard->ops) {
+        OpStats& into = ops[op];
+        for (const auto& [status, n] : s.by_status) into.by_status[status] += n;
+        for (size_t i = 0; i < s.buckets.size(); ++i) into.buckets[i] += s.buckets[i];
+        into.sum += s.sum;
+        into.count += s.count;
+      }
+    }
+  }
   out += "# HELP grapevine_requests_total Requests answered, by operation and status.\n";
   out += "# TYPE grapevine_requests_total counter\n";
-  std::lock_guard lock(mutex_);
-  for (const auto& [op, s] : ops_)
+  for (const auto& [op, s] : ops)
     for (const auto& [status, n] : s.by_status)
       out += "grapevine_requests_total{op=\"" + label(op) + "\",status=\"" +
              std::to_string(status) + "\"} " + std::to_string(n) + "\n";
   out += "# HELP grapevine_request_duration_seconds Time from a request read to its answer.\n";
   out += "# TYPE grapevine_request_duration_seconds histogram\n";
-  for (const auto& [op, s] : ops_) {
+  for (const auto& [op, s] : ops) {
     uint64_t cumulative = 0;
     std::string name = "grapevine_request_duration_seconds";
     for (size_t i = 0; i <= kBuckets.size(); ++i) {

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace gv {
 
@@ -40,8 +41,19 @@ class Metrics {
     double sum = 0;
     uint64_t count = 0;
   };
-  mutable std::mutex mutex_;
-  std::map<std::string, OpStats, std::less<>> ops_;
+  using OpMap = std::map<std::string, OpStats, std::less<>>;
+  // One shard per thread that observes, so request threads never contend;
+  // render() merges them.
+  struct Shard {
+    std::mutex mutex;  // taken by its own thread and by render() only
+    OpMap ops;
+  };
+  Shard& local_shard();
+
+  const uint64_t id_ = next_id();
+  static uint64_t next_id();
+  mutable std::mutex shards_mutex_;
+  std::vector<std::shared_ptr<Shard>> shards_;
 };
 
 }  // namespace gv
