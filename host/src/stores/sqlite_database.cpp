@@ -1,0 +1,694 @@
+#include "stores/sqlite_database.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cmath>
+#include <list>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+namespace gv::stores {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// ---- errors ----
+
+SqlCode code_of(int rc) {
+  switch (rc & 0xff) {  // the primary code of an extended one
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return SqlCode::busy;
+    case SQLITE_CONSTRAINT: return SqlCode::constraint;
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+    case SQLITE_NOMEM:
+    case SQLITE_READONLY:  // writes in read() are refused before they run,
+                           // so this means a read-only file
+    case SQLITE_PERM:
+    case SQLITE_PROTOCOL:
+    case SQLITE_NOLFS: return SqlCode::io;
+    default: return SqlCode::invalid;
+  }
+}
+
+SqlStatus invalid(std::string message) {
+  return SqlStatus::failure(SqlCode::invalid, std::move(message));
+}
+
+std::string quoted(std::string_view sql) {
+  constexpr size_t kMax = 200;  // enough to recognize the statement in a log
+  std::string q = "\"" + std::string(sql.substr(0, kMax));
+  return q + (sql.size() > kMax ? "...\"" : "\"");
+}
+
+// The status for a failed SQLite call; names the SQL when it is the
+// caller's bug, so the plugin's log shows which statement.
+SqlStatus failure(sqlite3* db, int rc, std::string_view sql = {}) {
+  std::string message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  if ((rc & 0xff) == SQLITE_AUTH)
+    message =
+        "the host owns transactions and settings: BEGIN, COMMIT, ROLLBACK, "
+        "SAVEPOINT, RELEASE, ATTACH, DETACH and PRAGMA are refused";
+  SqlCode code = code_of(rc);
+  if (code == SqlCode::invalid && !sql.empty()) message += " in " + quoted(sql);
+  return SqlStatus::failure(code, std::move(message));
+}
+
+// ---- parameters ----
+
+// True if s is well-formed UTF-8 (no overlong forms, surrogates or code
+// points past U+10FFFF) without NUL: what PostgreSQL accepts as text.
+bool valid_text(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c == 0) return false;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+    if (len == 0 || c > 0xF4 || s.size() - i < len) return false;
+    uint32_t cp = c & (0x7F >> len);
+    for (size_t k = 1; k < len; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += len;
+  }
+  return true;
+}
+
+// The N of a "$N" placeholder name (N >= 1, no leading zero), or 0 for any
+// other form (`?`, `?3`, `:x`, `@x`, `$x`), which PostgreSQL would not read.
+int placeholder_number(const char* name) {
+  if (!name || name[0] != '$' || name[1] < '1' || name[1] > '9') return 0;
+  long n = 0;
+  for (const char* p = name + 1; *p; ++p) {
+    if (*p < '0' || *p > '9' || n > 100000) return 0;
+    n = n * 10 + (*p - '0');
+  }
+  return static_cast<int>(n);
+}
+
+SqlStatus check_params(const std::vector<SqlValue>& params) {
+  auto refuse = [](size_t i, const char* why) {
+    return invalid("parameter $" + std::to_string(i + 1) + why);
+  };
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (auto* s = std::get_if<std::string>(&params[i]); s && !valid_text(*s))
+      return refuse(i, " is not valid UTF-8 text without NUL: bind a blob");
+    if (auto* d = std::get_if<double>(&params[i]); d && std::isnan(*d))
+      return refuse(i, " is NaN, which SQLite would store as NULL");
+  }
+  return {};
+}
+
+int bind_value(sqlite3_stmt* st, int index, const SqlValue& v) {
+  switch (v.index()) {
+    case 0: return sqlite3_bind_null(st, index);
+    case 1: return sqlite3_bind_int64(st, index, std::get<int64_t>(v));
+    case 2: return sqlite3_bind_double(st, index, std::get<double>(v));
+    case 3: {
+      // SQLITE_STATIC: params outlive the statement's use (reset before
+      // query()/exec() return).
+      const std::string& s = std::get<std::string>(v);
+      return sqlite3_bind_text64(st, index, s.data(), s.size(), SQLITE_STATIC,
+                                 SQLITE_UTF8);
+    }
+    default: {
+      const std::string& b = std::get<SqlBlob>(v).bytes;
+      // A null data pointer would bind NULL, so an empty blob is explicit.
+      if (b.empty()) return sqlite3_bind_zeroblob(st, index, 0);
+      return sqlite3_bind_blob64(st, index, b.data(), b.size(), SQLITE_STATIC);
+    }
+  }
+}
+
+SqlValue column_value(sqlite3_stmt* st, int col) {
+  switch (sqlite3_column_type(st, col)) {
+    case SQLITE_INTEGER:
+      return static_cast<int64_t>(sqlite3_column_int64(st, col));
+    case SQLITE_FLOAT: return sqlite3_column_double(st, col);
+    case SQLITE_TEXT: {
+      auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
+      return std::string(text ? text : "",
+                         text ? sqlite3_column_bytes(st, col) : 0);
+    }
+    case SQLITE_BLOB: {
+      auto* blob = static_cast<const char*>(sqlite3_column_blob(st, col));
+      return SqlBlob(std::string(blob ? blob : "",
+                                 blob ? sqlite3_column_bytes(st, col) : 0));
+    }
+    default: return nullptr;
+  }
+}
+
+// ---- statements ----
+
+struct StatementDeleter {
+  void operator()(sqlite3_stmt* st) const { sqlite3_finalize(st); }
+};
+using StatementPtr = std::unique_ptr<sqlite3_stmt, StatementDeleter>;
+
+// A cached statement and how its SQLite parameter indexes map to $N.
+struct Prepared {
+  StatementPtr stmt;
+  std::vector<int> param_of_index;  // [i - 1]: the N of index i
+};
+
+// Statements by SQL text, least recently used evicted first. Statements are
+// always reset after use, so an evicted one is never running.
+class StatementCache {
+ public:
+  Prepared* find(std::string_view sql) {
+    auto it = index_.find(sql);
+    if (it == index_.end()) return nullptr;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return &it->second->second;
+  }
+
+  Prepared* insert(std::string sql, Prepared prepared) {
+    if (lru_.size() >= SqliteDatabase::kStatementCacheSize) {
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+    lru_.emplace_front(std::move(sql), std::move(prepared));
+    // The key is a view of the string in the list node, which never moves.
+    index_[lru_.front().first] = lru_.begin();
+    return &lru_.front().second;
+  }
+
+  void clear() {
+    index_.clear();
+    lru_.clear();
+  }
+
+ private:
+  using Entry = std::pair<std::string, Prepared>;
+  std::list<Entry> lru_;  // most recent first; nodes never move
+  std::unordered_map<std::string_view, std::list<Entry>::iterator> index_;
+};
+
+// Resets a statement and drops its bindings when a call is done with it.
+struct ResetOnExit {
+  sqlite3_stmt* st;
+  ~ResetOnExit() {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+};
+
+template <class F>
+struct ScopeExit {
+  F f;
+  ~ScopeExit() { f(); }
+};
+template <class F>
+ScopeExit(F) -> ScopeExit<F>;
+
+}  // namespace
+
+// ---- connections ----
+
+struct SqliteDatabase::Connection {
+  sqlite3* db = nullptr;
+  // Set while the host runs its own BEGIN/COMMIT/ROLLBACK/PRAGMA, which the
+  // authorizer refuses to plugin SQL.
+  bool host_statement = false;
+  StatementCache cache;
+
+  ~Connection() {
+    cache.clear();  // statements before the connection
+    sqlite3_close_v2(db);
+  }
+};
+
+namespace {
+
+using Connection = SqliteDatabase::Connection;
+
+// Refuses, at prepare time, the statements that would let plugin SQL end
+// the host's transaction, reach other files or change settings.
+int authorize(void* arg, int action, const char*, const char*, const char*,
+              const char*) {
+  if (static_cast<Connection*>(arg)->host_statement) return SQLITE_OK;
+  switch (action) {
+    case SQLITE_TRANSACTION:
+    case SQLITE_SAVEPOINT:
+    case SQLITE_ATTACH:
+    case SQLITE_DETACH:
+    case SQLITE_PRAGMA: return SQLITE_DENY;
+    default: return SQLITE_OK;
+  }
+}
+
+// Runs the host's own SQL (no parameters, rows ignored) past the
+// authorizer. first_value receives the first column of the first row.
+int host_exec(Connection& c, const char* sql,
+              std::string* first_value = nullptr) {
+  c.host_statement = true;
+  auto keep_first = [](void* out, int, char** values, char**) {
+    auto* s = static_cast<std::string*>(out);
+    if (s && s->empty() && values[0]) *s = values[0];
+    return 0;
+  };
+  int rc = sqlite3_exec(c.db, sql, keep_first, first_value, nullptr);
+  c.host_statement = false;
+  return rc;
+}
+
+SqlResult<std::unique_ptr<Connection>> open_connection(
+    const std::filesystem::path& path, bool writer, const SqliteOptions& o) {
+  auto c = std::make_unique<Connection>();
+  int flags =
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+  if (writer) flags |= SQLITE_OPEN_CREATE;
+  int rc = sqlite3_open_v2(path.c_str(), &c->db, flags, nullptr);
+  if (rc != SQLITE_OK) {
+    SqlStatus s = failure(c->db, rc);
+    s.message = "cannot open " + path.string() + ": " + s.message;
+    return {s};
+  }
+  sqlite3_busy_timeout(c->db, o.busy_timeout_ms);
+  std::string mode;
+  const std::string settings =
+      writer ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + o.synchronous +
+                   "; PRAGMA foreign_keys=ON"
+             : "PRAGMA query_only=ON; PRAGMA foreign_keys=ON";
+  rc = host_exec(*c, settings.c_str(), &mode);
+  if (rc != SQLITE_OK) {
+    SqlStatus s = failure(c->db, rc);
+    s.message = "cannot set up " + path.string() + ": " + s.message;
+    return {s};
+  }
+  if (writer && mode != "wal")
+    return {SqlStatus::failure(
+        SqlCode::io, path.string() +
+                         ": cannot switch to WAL (journal mode is " + mode +
+                         ")")};
+  sqlite3_set_authorizer(c->db, authorize, c.get());
+  return {{}, std::move(c)};
+}
+
+// Maps the statement's parameters to $1..$N, refusing other forms and gaps.
+SqlStatus map_placeholders(Prepared& p, std::string_view sql) {
+  const int count = sqlite3_bind_parameter_count(p.stmt.get());
+  int highest = 0;
+  for (int i = 1; i <= count; ++i) {
+    const char* name = sqlite3_bind_parameter_name(p.stmt.get(), i);
+    int n = placeholder_number(name);
+    if (n == 0)
+      return invalid(std::string("placeholders are $1..$N, found ") +
+                     (name ? name : "?") + " in " + quoted(sql));
+    p.param_of_index.push_back(n);
+    highest = std::max(highest, n);
+  }
+  // Distinct names have distinct indexes, so no gap means highest == count.
+  if (highest != count)
+    return invalid("placeholders must be $1..$N without gaps in " +
+                   quoted(sql));
+  return {};
+}
+
+// True if text past the first statement holds another statement (or
+// garbage): one statement per query()/exec().
+bool more_statements(sqlite3* db, const char* tail, const char* end) {
+  if (tail == nullptr || tail >= end) return false;
+  sqlite3_stmt* next = nullptr;
+  int rc = sqlite3_prepare_v2(db, tail, static_cast<int>(end - tail), &next,
+                              nullptr);
+  sqlite3_finalize(next);
+  return rc != SQLITE_OK || next != nullptr;
+}
+
+SqlResult<Prepared*> prepare_cached(Connection& c, std::string_view sql) {
+  if (Prepared* hit = c.cache.find(sql)) return {{}, hit};
+  if (sql.size() >= INT_MAX) return {invalid("SQL text too long")};
+  Prepared p;
+  sqlite3_stmt* raw = nullptr;
+  const char* tail = nullptr;
+  int rc = sqlite3_prepare_v3(c.db, sql.data(), static_cast<int>(sql.size()),
+                              SQLITE_PREPARE_PERSISTENT, &raw, &tail);
+  p.stmt.reset(raw);
+  if (rc != SQLITE_OK) return {failure(c.db, rc, sql)};
+  if (!p.stmt) return {invalid("no SQL statement in " + quoted(sql))};
+  if (more_statements(c.db, tail, sql.data() + sql.size()))
+    return {invalid(
+        "one statement per query()/exec(), use exec_script() for several: " +
+        quoted(sql))};
+  if (SqlStatus s = map_placeholders(p, sql); !s.ok()) return {s};
+  return {{}, c.cache.insert(std::string(sql), std::move(p))};
+}
+
+SqlStatus bind_all(const Prepared& p, const std::vector<SqlValue>& params,
+                   std::string_view sql) {
+  if (params.size() != p.param_of_index.size())
+    return invalid(std::to_string(p.param_of_index.size()) +
+                   " placeholders but " + std::to_string(params.size()) +
+                   " values for " + quoted(sql));
+  if (SqlStatus s = check_params(params); !s.ok()) return s;
+  for (size_t i = 0; i < p.param_of_index.size(); ++i) {
+    const SqlValue& v = params[p.param_of_index[i] - 1];
+    int rc = bind_value(p.stmt.get(), static_cast<int>(i + 1), v);
+    if (rc != SQLITE_OK)
+      return failure(sqlite3_db_handle(p.stmt.get()), rc, sql);
+  }
+  return {};
+}
+
+// ---- transactions ----
+
+class SqliteTransaction final : public SqlTransaction {
+ public:
+  SqliteTransaction(Connection& c, bool writable)
+      : c_(c), writable_(writable) {}
+
+  SqlResult<SqlRows> query(std::string_view sql,
+                           const std::vector<SqlValue>& params) override {
+    return run(sql, params, true);
+  }
+
+  SqlResult<int64_t> exec(std::string_view sql,
+                          const std::vector<SqlValue>& params) override {
+    if (!writable_)
+      return {fail(invalid("exec() in a read transaction: " + quoted(sql)))};
+    // changes() keeps the last DML's count through DDL and SELECT, so only
+    // trust it when this statement changed something.
+    const int64_t before = sqlite3_total_changes64(c_.db);
+    auto result = run(sql, params, false);
+    if (!result.ok()) return {result.status};
+    const bool changed = sqlite3_total_changes64(c_.db) != before;
+    return {{}, changed ? sqlite3_changes64(c_.db) : 0};
+  }
+
+  SqlStatus exec_script(std::string_view sql) override;
+
+  // The first failure of any statement in this transaction; ok if none.
+  const SqlStatus& failed() const { return failed_; }
+
+ private:
+  SqlResult<SqlRows> run(std::string_view sql,
+                         const std::vector<SqlValue>& params, bool keep_rows);
+  SqlStatus step_all(sqlite3_stmt* st, std::string_view sql, SqlRows* rows);
+
+  // Records the transaction's first failure: PostgreSQL refuses every later
+  // statement of a failed transaction, and SQLite is made to agree.
+  SqlStatus fail(SqlStatus s) {
+    if (failed_.ok()) failed_ = s;
+    return s;
+  }
+
+  Connection& c_;
+  const bool writable_;
+  SqlStatus failed_;
+};
+
+SqlStatus SqliteTransaction::step_all(sqlite3_stmt* st, std::string_view sql,
+                                      SqlRows* rows) {
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (!rows) continue;
+    const int n = sqlite3_column_count(st);
+    auto& row = rows->rows.emplace_back();
+    row.reserve(n);
+    for (int i = 0; i < n; ++i) row.push_back(column_value(st, i));
+  }
+  return rc == SQLITE_DONE ? SqlStatus{} : failure(c_.db, rc, sql);
+}
+
+SqlResult<SqlRows> SqliteTransaction::run(std::string_view sql,
+                                          const std::vector<SqlValue>& params,
+                                          bool keep_rows) {
+  if (!failed_.ok()) return {failed_};
+  try {
+    auto prepared = prepare_cached(c_, sql);
+    if (!prepared.ok()) return {fail(prepared.status)};
+    sqlite3_stmt* st = prepared.value->stmt.get();
+    if (!writable_ && !sqlite3_stmt_readonly(st))
+      return {fail(invalid("a read transaction cannot change the database: " +
+                           quoted(sql)))};
+    ResetOnExit reset{st};
+    if (SqlStatus s = bind_all(*prepared.value, params, sql); !s.ok())
+      return {fail(s)};
+    SqlRows rows;
+    if (SqlStatus s = step_all(st, sql, keep_rows ? &rows : nullptr); !s.ok())
+      return {fail(s)};
+    // Names after stepping: a schema change re-prepares the statement at
+    // its first step, and "SELECT *" may then have more columns.
+    if (keep_rows)
+      for (int i = 0; i < sqlite3_column_count(st); ++i) {
+        const char* name = sqlite3_column_name(st, i);  // null if out of memory
+        rows.columns.emplace_back(name ? name : "");
+      }
+    return {{}, std::move(rows)};
+  } catch (const std::exception& e) {  // out of memory while materializing
+    return {fail(SqlStatus::failure(SqlCode::io, e.what()))};
+  }
+}
+
+SqlStatus SqliteTransaction::exec_script(std::string_view sql) {
+  if (!failed_.ok()) return failed_;
+  if (!writable_) return fail(invalid("exec_script() in a read transaction"));
+  if (sql.size() >= INT_MAX) return fail(invalid("SQL text too long"));
+  const char* next = sql.data();
+  const char* end = sql.data() + sql.size();
+  while (next < end) {
+    sqlite3_stmt* raw = nullptr;
+    const char* tail = nullptr;
+    int rc = sqlite3_prepare_v2(c_.db, next, static_cast<int>(end - next), &raw,
+                                &tail);
+    StatementPtr st(raw);
+    if (rc != SQLITE_OK)
+      return fail(failure(c_.db, rc, std::string_view(next, end - next)));
+    if (!st) break;  // only whitespace or comments were left
+    std::string_view text(next, tail - next);
+    if (SqlStatus s = step_all(st.get(), text, nullptr); !s.ok())
+      return fail(s);
+    next = tail;
+  }
+  return {};
+}
+
+// Databases that the current thread is inside write() or read() of, so a
+// nested call is refused instead of waiting on its own caller.
+thread_local std::vector<const SqlDatabase*> t_open_transactions;
+
+class NestingGuard {
+ public:
+  explicit NestingGuard(const SqlDatabase* db) : db_(db) {
+    auto& open = t_open_transactions;
+    nested_ = std::find(open.begin(), open.end(), db) != open.end();
+    if (!nested_) open.push_back(db);
+  }
+  ~NestingGuard() {
+    auto& open = t_open_transactions;
+    if (!nested_) open.erase(std::find(open.begin(), open.end(), db_));
+  }
+  bool nested() const { return nested_; }
+
+ private:
+  const SqlDatabase* db_;
+  bool nested_;
+};
+
+SqlStatus nested_refusal(const char* call) {
+  return invalid(std::string(call) +
+                 "() inside a write() or read() of the same database: "
+                 "transactions do not nest; use the transaction you have");
+}
+
+void rollback(Connection& c) {
+  if (!sqlite3_get_autocommit(c.db)) host_exec(c, "ROLLBACK");
+}
+
+// Opens a transaction, letting SQLite wait for the file's lock until
+// deadline.
+SqlStatus begin(Connection& c, const char* sql, Clock::time_point deadline,
+                int busy_timeout_ms) {
+  rollback(c);  // in case an earlier ROLLBACK failed and left one open
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - Clock::now());
+  sqlite3_busy_timeout(c.db,
+                       static_cast<int>(std::max<int64_t>(left.count(), 0)));
+  int rc = host_exec(c, sql);
+  if (rc == SQLITE_OK) return {};
+  SqlStatus s = failure(c.db, rc);
+  if (s.code == SqlCode::busy)
+    s.message = "the database is locked by another writer; gave up after " +
+                std::to_string(busy_timeout_ms) + " ms";
+  return s;
+}
+
+// Runs work in the transaction begun on c, then commits or rolls back.
+SqlStatus run_transaction(Connection& c, bool writable, const SqlWork& work) {
+  SqliteTransaction tx(c, writable);
+  SqlStatus status;
+  try {
+    status = work(tx);
+  } catch (...) {
+    rollback(c);
+    throw;
+  }
+  if (status.ok()) status = tx.failed();
+  if (!status.ok()) {
+    rollback(c);
+    return status;
+  }
+  if (int rc = host_exec(c, "COMMIT"); rc != SQLITE_OK) {
+    status = failure(c.db, rc);
+    rollback(c);
+  }
+  return status;
+}
+
+}  // namespace
+
+// ---- the database ----
+
+SqliteDatabase::SqliteDatabase(std::filesystem::path path,
+                               const SqliteOptions& options)
+    : path_(std::move(path)), options_(options) {}
+
+SqliteDatabase::~SqliteDatabase() = default;
+
+SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(
+    const std::filesystem::path& path, const SqliteOptions& options) {
+  SqliteOptions o = options;
+  std::transform(o.synchronous.begin(), o.synchronous.end(),
+                 o.synchronous.begin(),
+                 [](unsigned char ch) { return std::toupper(ch); });
+  if (o.synchronous != "NORMAL" && o.synchronous != "FULL")
+    return {invalid("synchronous must be NORMAL or FULL, not \"" +
+                    options.synchronous + "\"")};
+  if (o.busy_timeout_ms < 0)
+    return {invalid("busy_timeout_ms must not be negative")};
+  if (o.reader_connections < 1)
+    return {invalid("reader_connections must be at least 1")};
+  std::unique_ptr<SqliteDatabase> db(new SqliteDatabase(path, o));
+  if (SqlStatus s = db->open_connections(); !s.ok()) return {s};
+  return {{}, std::move(db)};
+}
+
+SqlStatus SqliteDatabase::open_connections() {
+  // The writer first: it creates the file and switches it to WAL, which the
+  // readers need.
+  auto writer = open_connection(path_, true, options_);
+  if (!writer.ok()) return writer.status;
+  writer_ = std::move(writer.value);
+  for (int i = 0; i < options_.reader_connections; ++i) {
+    auto reader = open_connection(path_, false, options_);
+    if (!reader.ok()) return reader.status;
+    idle_readers_.push_back(reader.value.get());
+    readers_.push_back(std::move(reader.value));
+  }
+  return {};
+}
+
+SqlStatus SqliteDatabase::write(const SqlWork& work) {
+  NestingGuard guard(this);
+  if (guard.nested()) return nested_refusal("write");
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  if (!take_writer(deadline))
+    return SqlStatus::failure(
+        SqlCode::busy,
+        "other writers in this process hold the write lock; gave up after " +
+            std::to_string(options_.busy_timeout_ms) + " ms");
+  ScopeExit give_back{[&] { give_back_writer(); }};
+  if (SqlStatus s = begin(*writer_, "BEGIN IMMEDIATE", deadline,
+                          options_.busy_timeout_ms);
+      !s.ok())
+    return s;
+  return run_transaction(*writer_, true, work);
+}
+
+SqlStatus SqliteDatabase::read(const SqlWork& work) {
+  NestingGuard guard(this);
+  if (guard.nested()) return nested_refusal("read");
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  auto reader = lease_reader(deadline);
+  if (!reader.ok()) return reader.status;
+  ScopeExit give_back{[&] { return_reader(reader.value); }};
+  if (SqlStatus s =
+          begin(*reader.value, "BEGIN", deadline, options_.busy_timeout_ms);
+      !s.ok())
+    return s;
+  return run_transaction(*reader.value, false, work);
+}
+
+SqlResult<std::string> SqliteDatabase::integrity_check() {
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  auto reader = lease_reader(deadline);
+  if (!reader.ok()) return {reader.status};
+  ScopeExit give_back{[&] { return_reader(reader.value); }};
+  std::string lines;
+  reader.value->host_statement = true;
+  char* error = nullptr;
+  int rc = sqlite3_exec(
+      reader.value->db, "PRAGMA integrity_check",
+      [](void* out, int, char** values, char**) {
+        auto* s = static_cast<std::string*>(out);
+        *s +=
+            (s->empty() ? "" : "\n") + std::string(values[0] ? values[0] : "");
+        return 0;
+      },
+      &lines, &error);
+  reader.value->host_statement = false;
+  sqlite3_free(error);
+  if (rc != SQLITE_OK) return {failure(reader.value->db, rc)};
+  return {{}, lines};
+}
+
+bool SqliteDatabase::take_writer(Clock::time_point deadline) {
+  std::unique_lock lock(writer_mutex_);
+  if (!writer_freed_.wait_until(lock, deadline, [&] { return !writer_taken_; }))
+    return false;
+  writer_taken_ = true;
+  return true;
+}
+
+void SqliteDatabase::give_back_writer() {
+  {
+    std::lock_guard lock(writer_mutex_);
+    writer_taken_ = false;
+  }
+  writer_freed_.notify_one();
+}
+
+SqlResult<SqliteDatabase::Connection*> SqliteDatabase::lease_reader(
+    Clock::time_point deadline) {
+  std::unique_lock lock(readers_mutex_);
+  if (!reader_freed_.wait_until(lock, deadline,
+                                [&] { return !idle_readers_.empty(); }))
+    return {SqlStatus::failure(
+        SqlCode::busy, "every reader connection is in use; gave up after " +
+                           std::to_string(options_.busy_timeout_ms) + " ms")};
+  Connection* c = idle_readers_.back();
+  idle_readers_.pop_back();
+  return {{}, c};
+}
+
+void SqliteDatabase::return_reader(Connection* reader) {
+  {
+    std::lock_guard lock(readers_mutex_);
+    idle_readers_.push_back(reader);
+  }
+  reader_freed_.notify_one();
+}
+
+}  // namespace gv::stores

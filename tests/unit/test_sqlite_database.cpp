@@ -1,0 +1,500 @@
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "stores/sqlite_database.hpp"
+
+namespace fs = std::filesystem;
+using namespace gv::stores;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A fresh folder under /tmp, removed with everything in it at scope exit.
+struct TempDir {
+  fs::path dir;
+  TempDir() {
+    char pattern[] = "/tmp/gv-sql-test-XXXXXX";
+    REQUIRE(::mkdtemp(pattern) != nullptr);
+    dir = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  fs::path file() const { return dir / "plugin.db"; }
+};
+
+std::unique_ptr<SqliteDatabase> open_db(const fs::path& path,
+                                        SqliteOptions options = {}) {
+  auto opened = SqliteDatabase::open(path, options);
+  INFO(opened.status.message);
+  REQUIRE(opened.ok());
+  return std::move(opened.value);
+}
+
+SqlStatus exec_one(SqlDatabase& db, std::string_view sql,
+                   std::vector<SqlValue> params = {}) {
+  return db.write(
+      [&](SqlTransaction& tx) { return tx.exec(sql, params).status; });
+}
+
+SqlRows select(SqlDatabase& db, std::string_view sql,
+               std::vector<SqlValue> params = {}) {
+  SqlRows rows;
+  SqlStatus s = db.read([&](SqlTransaction& tx) {
+    auto r = tx.query(sql, params);
+    rows = std::move(r.value);
+    return r.status;
+  });
+  INFO(s.message);
+  REQUIRE(s.ok());
+  return rows;
+}
+
+int64_t count(SqlDatabase& db, std::string_view table) {
+  auto rows = select(db, "SELECT count(*) FROM " + std::string(table));
+  return *sql_int(rows.rows.at(0).at(0));
+}
+
+// What one query returns inside a write, or its failure.
+SqlResult<SqlRows> query_in_write(SqlDatabase& db, std::string_view sql,
+                                  std::vector<SqlValue> params = {}) {
+  SqlResult<SqlRows> result;
+  db.write([&](SqlTransaction& tx) {
+    result = tx.query(sql, params);
+    return result.status;
+  });
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("sqlite: every type round-trips", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db,
+                   "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n TEXT)")
+              .ok());
+
+  const std::string utf8 =
+      "h\xC3\xA9llo \xE2\x9C\x93 \xF0\x9F\x98\x80";  // é ✓ 😀
+  const std::string bytes("\0\x01\xFF\0z", 5);
+  const std::vector<std::vector<SqlValue>> inserted = {
+      {INT64_MAX, 3.25, utf8, SqlBlob(bytes), nullptr},
+      {INT64_MIN, -1e300, "", SqlBlob(""), nullptr},
+      {int64_t{0}, 0.5, "plain", SqlBlob(std::string(1, '\0')), nullptr},
+  };
+  for (const auto& row : inserted)
+    REQUIRE(
+        exec_one(*db, "INSERT INTO t VALUES ($1, $2, $3, $4, $5)", row).ok());
+
+  auto rows = select(*db, "SELECT i, r, s, b, n FROM t ORDER BY rowid");
+  CHECK(rows.columns == std::vector<std::string>{"i", "r", "s", "b", "n"});
+  CHECK(rows.rows == inserted);
+  CHECK(rows.column("b") == 3u);
+  CHECK_FALSE(rows.column("nope"));
+
+  const auto& first = rows.rows[0];
+  CHECK(sql_int(first[0]) == INT64_MAX);
+  CHECK(sql_real(first[1]) == 3.25);
+  CHECK(sql_text(first[2]) == utf8);
+  CHECK(sql_blob(first[3]) == bytes);
+  CHECK(sql_is_null(first[4]));
+  CHECK_FALSE(sql_text(first[3]));  // a blob is not text
+  CHECK_FALSE(sql_blob(first[2]));  // nor text a blob
+  CHECK_FALSE(sql_int(first[1]));
+  CHECK(sql_real(first[0]) == static_cast<double>(INT64_MAX));
+}
+
+TEST_CASE("sqlite: text must be UTF-8 without NUL, reals not NaN", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  for (std::string bad :
+       {std::string("a\0b", 3), std::string("\xC3"), std::string("\xC0\xAF"),
+        std::string("\xED\xA0\x80")}) {
+    auto r = query_in_write(*db, "SELECT $1", {bad});
+    CHECK(r.status.code == SqlCode::invalid);
+    CHECK(r.status.message.find("$1") != std::string::npos);
+  }
+  CHECK(query_in_write(*db, "SELECT $1", {std::nan("")}).status.code ==
+        SqlCode::invalid);
+  CHECK(
+      query_in_write(*db, "SELECT $1", {SqlBlob(std::string("a\0b", 3))}).ok());
+}
+
+TEST_CASE("sqlite: placeholders are $1..$N, bound by number", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  auto r = query_in_write(*db, "SELECT $2 AS a, $1 AS b, $2 AS c",
+                          {int64_t{1}, "two"});
+  REQUIRE(r.ok());
+  CHECK(r.value.rows.at(0) == std::vector<SqlValue>{"two", int64_t{1}, "two"});
+
+  CHECK(query_in_write(*db, "SELECT $1, $2", {int64_t{1}}).status.code ==
+        SqlCode::invalid);
+  CHECK(
+      query_in_write(*db, "SELECT $1", {int64_t{1}, int64_t{2}}).status.code ==
+      SqlCode::invalid);
+  CHECK(
+      query_in_write(*db, "SELECT $1, $3", {int64_t{1}, int64_t{2}, int64_t{3}})
+          .status.code == SqlCode::invalid);
+  for (const char* other : {"SELECT ?", "SELECT ?1", "SELECT :a", "SELECT @a",
+                            "SELECT $a", "SELECT $01"}) {
+    auto o = query_in_write(*db, other, {int64_t{1}});
+    CHECK(o.status.code == SqlCode::invalid);
+    CHECK(o.status.message.find("placeholders are $1..$N") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  SqlStatus s = db->write([](SqlTransaction& tx) {
+    auto created =
+        tx.exec("CREATE TABLE p (id INTEGER PRIMARY KEY, title TEXT)");
+    CHECK(created.value == 0);
+    auto a = tx.query("INSERT INTO p (title) VALUES ($1) RETURNING id", {"a"});
+    auto b = tx.query("INSERT INTO p (title) VALUES ($1) RETURNING id, title",
+                      {"b"});
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a.value.rows == std::vector<std::vector<SqlValue>>{{int64_t{1}}});
+    CHECK(b.value.columns == std::vector<std::string>{"id", "title"});
+    CHECK(b.value.rows ==
+          std::vector<std::vector<SqlValue>>{{int64_t{2}, "b"}});
+    CHECK(tx.exec("UPDATE p SET title = $1", {"x"}).value == 2);
+    CHECK(tx.exec("SELECT * FROM p").value == 0);  // not the UPDATE's count
+    CHECK(tx.exec("UPDATE p SET title = 'y' WHERE id = 99").value == 0);
+    CHECK(tx.exec("DELETE FROM p WHERE id = $1", {int64_t{1}}).value == 1);
+    return SqlStatus::success();
+  });
+  CHECK(s.ok());
+  CHECK(count(*db, "p") == 1);
+}
+
+TEST_CASE("sqlite: write rolls back on a failure status and on an exception",
+          "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+
+  SqlStatus s = db->write([](SqlTransaction& tx) {
+    REQUIRE(tx.exec("INSERT INTO t VALUES (1)").ok());
+    return SqlStatus::failure(SqlCode::constraint, "owner mismatch");
+  });
+  CHECK(s.code == SqlCode::constraint);
+  CHECK(s.message == "owner mismatch");
+  CHECK(count(*db, "t") == 0);
+
+  CHECK_THROWS_AS(db->write([](SqlTransaction& tx) -> SqlStatus {
+    REQUIRE(tx.exec("INSERT INTO t VALUES (2)").ok());
+    throw std::runtime_error("plugin bug");
+  }),
+                  std::runtime_error);
+  CHECK(count(*db, "t") == 0);
+
+  CHECK_THROWS_AS(db->read([](SqlTransaction&) -> SqlStatus { throw 42; }),
+                  int);
+  // Both connections were left usable.
+  CHECK(exec_one(*db, "INSERT INTO t VALUES (3)").ok());
+  CHECK(count(*db, "t") == 1);
+}
+
+TEST_CASE("sqlite: violations are constraint and fail the transaction",
+          "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(
+      db->write([](SqlTransaction& tx) {
+          return tx.exec_script(
+              "CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT NOT NULL "
+              "UNIQUE,"
+              "                age INTEGER CHECK (age >= 0));"
+              "CREATE TABLE post (id INTEGER PRIMARY KEY,"
+              "                   author INTEGER NOT NULL REFERENCES u(id));"
+              "INSERT INTO u (id, name, age) VALUES (1, 'ann', 30);");
+        }).ok());
+
+  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES ('ann')").code ==
+        SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES (NULL)").code ==
+        SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (name, age) VALUES ('bo', -1)").code ==
+        SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO post (author) VALUES (7)").code ==
+        SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (id, name) VALUES (1, 'cy')").code ==
+        SqlCode::constraint);
+
+  // Ignoring the failure does not commit the rest: like PostgreSQL, the
+  // transaction is failed, later statements report it and nothing lands.
+  SqlStatus later;
+  SqlStatus s = db->write([&](SqlTransaction& tx) {
+    REQUIRE(tx.exec("INSERT INTO u (name) VALUES ('dee')").ok());
+    CHECK(tx.exec("INSERT INTO u (name) VALUES ('ann')").status.code ==
+          SqlCode::constraint);
+    later = tx.exec("INSERT INTO u (name) VALUES ('eve')").status;
+    return SqlStatus::success();
+  });
+  CHECK(s.code == SqlCode::constraint);
+  CHECK(later.code == SqlCode::constraint);
+  CHECK(count(*db, "u") == 1);
+  // ON CONFLICT is the portable way to insert unless present.
+  CHECK(
+      exec_one(*db,
+               "INSERT INTO u (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+               {"ann"})
+          .ok());
+}
+
+TEST_CASE("sqlite: bad SQL and host-owned statements are invalid", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+  for (const char* bad :
+       {"SELEC 1", "SELECT * FROM missing", "", "  -- only a comment",
+        "SELECT 1; SELECT 2", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT a",
+        "PRAGMA foreign_keys = OFF", "PRAGMA synchronous",
+        "ATTACH 'x.db' AS x"}) {
+    INFO(bad);
+    SqlStatus s = exec_one(*db, bad);
+    CHECK(s.code == SqlCode::invalid);
+    CHECK_FALSE(s.message.empty());
+  }
+  SqlStatus s = exec_one(*db, "SELEC 1");
+  CHECK(s.message.find("SELEC 1") != std::string::npos);  // names the statement
+  CHECK(db->write([](SqlTransaction& tx) {
+            return tx.exec_script("CREATE TABLE a (x); COMMIT");
+          }).code == SqlCode::invalid);
+  CHECK(select(*db, "SELECT 1; -- trailing comment").rows.size() == 1);
+}
+
+TEST_CASE("sqlite: transactions do not nest, reads do not write", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+  auto noop = [](SqlTransaction&) { return SqlStatus::success(); };
+
+  SqlStatus inner_write, inner_read;
+  SqlStatus outer = db->write([&](SqlTransaction& tx) {
+    REQUIRE(tx.exec("INSERT INTO t VALUES (1)").ok());
+    inner_write = db->write(noop);
+    inner_read = db->read(noop);
+    return SqlStatus::success();
+  });
+  CHECK(outer.ok());  // a refused nested call does not fail the outer one
+  CHECK(inner_write.code == SqlCode::invalid);
+  CHECK(inner_read.code == SqlCode::invalid);
+  CHECK(db->read([&](SqlTransaction&) { return db->write(noop); }).code ==
+        SqlCode::invalid);
+  CHECK(count(*db, "t") == 1);
+
+  // Another database may be used inside (another plugin's, say).
+  TempDir tmp2;
+  auto other = open_db(tmp2.file());
+  CHECK(db->write([&](SqlTransaction&) { return other->write(noop); }).ok());
+
+  CHECK(db->read([](SqlTransaction& tx) {
+            return tx.exec("INSERT INTO t VALUES (2)").status;
+          }).code == SqlCode::invalid);
+  CHECK(db->read([](SqlTransaction& tx) {
+            return tx.query("INSERT INTO t VALUES (2) RETURNING x").status;
+          }).code == SqlCode::invalid);
+  CHECK(db->read([](SqlTransaction& tx) {
+            return tx.exec_script("DELETE FROM t");
+          }).code == SqlCode::invalid);
+  CHECK(count(*db, "t") == 1);
+}
+
+TEST_CASE("sqlite: concurrent writers all land", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(
+      exec_one(*db,
+               "CREATE TABLE t (thread INTEGER, n INTEGER, UNIQUE (thread, n))")
+          .ok());
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int n = 0; n < 500; ++n) {
+        if (!exec_one(*db, "INSERT INTO t VALUES ($1, $2)",
+                      {int64_t{t}, int64_t{n}})
+                 .ok())
+          ++failures;
+        // Readers alongside; no Catch macros off the main thread.
+        auto read_count = [](SqlTransaction& tx) {
+          return tx.query("SELECT count(*) FROM t").status;
+        };
+        if (n % 50 == 0 && !db->read(read_count).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(failures == 0);
+  CHECK(count(*db, "t") == 2000);
+}
+
+TEST_CASE("sqlite: readers see committed data while a write is open", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+  REQUIRE(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
+
+  std::promise<void> inserted, finish;
+  auto writer = std::async(std::launch::async, [&] {
+    return db->write([&](SqlTransaction& tx) {
+      auto s = tx.exec("INSERT INTO t VALUES (2)").status;
+      inserted.set_value();
+      finish.get_future().wait();
+      return s;
+    });
+  });
+  inserted.get_future().wait();
+  CHECK(count(*db, "t") == 1);  // the committed row, without waiting
+  finish.set_value();
+  CHECK(writer.get().ok());
+  CHECK(count(*db, "t") == 2);
+}
+
+TEST_CASE(
+    "sqlite: another process's write lock makes write busy, then it succeeds",
+    "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file(), {.busy_timeout_ms = 200});
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+
+  sqlite3* other = nullptr;
+  REQUIRE(sqlite3_open(tmp.file().c_str(), &other) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) ==
+          SQLITE_OK);
+
+  const auto start = std::chrono::steady_clock::now();
+  SqlStatus s = exec_one(*db, "INSERT INTO t VALUES (1)");
+  const auto waited = std::chrono::steady_clock::now() - start;
+  CHECK(s.code == SqlCode::busy);
+  CHECK(waited >= 150ms);
+  CHECK(waited < 2s);
+  CHECK(count(*db, "t") == 0);  // reads go on meanwhile
+
+  REQUIRE(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr) ==
+          SQLITE_OK);
+  CHECK(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
+  CHECK(count(*db, "t") == 1);
+  sqlite3_close(other);
+}
+
+TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too",
+          "[sql]") {
+  TempDir tmp;
+  auto db =
+      open_db(tmp.file(), {.busy_timeout_ms = 200, .reader_connections = 1});
+  auto hold = [](SqlTransaction&) {
+    std::this_thread::sleep_for(700ms);
+    return SqlStatus::success();
+  };
+  auto noop = [](SqlTransaction&) { return SqlStatus::success(); };
+
+  auto writer = std::async(std::launch::async, [&] { return db->write(hold); });
+  std::this_thread::sleep_for(100ms);
+  CHECK(db->write(noop).code == SqlCode::busy);
+  CHECK(writer.get().ok());
+
+  auto reader = std::async(std::launch::async, [&] { return db->read(hold); });
+  std::this_thread::sleep_for(100ms);
+  CHECK(db->read(noop).code == SqlCode::busy);
+  CHECK(reader.get().ok());
+  CHECK(db->read(noop).ok());
+}
+
+TEST_CASE("sqlite: cached statements survive schema changes and eviction",
+          "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file(), {.reader_connections = 1});
+  REQUIRE(exec_one(*db, "CREATE TABLE t (a INTEGER)").ok());
+  REQUIRE(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
+  const std::string all = "SELECT * FROM t";
+  CHECK(select(*db, all).columns == std::vector<std::string>{"a"});
+  CHECK(query_in_write(*db, all).value.columns ==
+        std::vector<std::string>{"a"});
+
+  REQUIRE(exec_one(*db, "ALTER TABLE t ADD COLUMN b TEXT DEFAULT 'x'").ok());
+  auto rows = select(*db, all);
+  CHECK(rows.columns == std::vector<std::string>{"a", "b"});
+  CHECK(rows.rows.at(0) == std::vector<SqlValue>{int64_t{1}, "x"});
+  CHECK(query_in_write(*db, all).value.columns ==
+        std::vector<std::string>{"a", "b"});
+
+  // More distinct statements than the cache holds, then the first again.
+  for (size_t i = 0; i < 2 * SqliteDatabase::kStatementCacheSize; ++i)
+    select(*db, "SELECT a + " + std::to_string(i) + " FROM t");
+  CHECK(select(*db, all).rows.size() == 1);
+}
+
+TEST_CASE("sqlite: exec_script runs every statement or fails", "[sql]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  CHECK(db->write([](SqlTransaction& tx) {
+            return tx.exec_script(
+                "CREATE TABLE a (x);\n"
+                "-- a comment ; with a semicolon\n"
+                "INSERT INTO a VALUES ('1;2');  INSERT INTO a VALUES (3);\n"
+                "SELECT * FROM a;\n"
+                "CREATE TABLE n (total INTEGER);  INSERT INTO n VALUES (0);\n"
+                "CREATE TRIGGER count_a AFTER INSERT ON a BEGIN\n"
+                "  UPDATE n SET total = total + 1;\n"
+                "END;");
+          }).ok());
+  CHECK(count(*db, "a") == 2);
+  REQUIRE(exec_one(*db, "INSERT INTO a VALUES (5)").ok());
+  CHECK(select(*db, "SELECT total FROM n").rows.at(0).at(0) ==
+        SqlValue{int64_t{1}});
+  SqlStatus s = db->write([](SqlTransaction& tx) {
+    return tx.exec_script(
+        "INSERT INTO a VALUES (4); INSERT INTO nope VALUES (5)");
+  });
+  CHECK(s.code == SqlCode::invalid);
+  CHECK(s.message.find("nope") != std::string::npos);
+  CHECK(count(*db, "a") == 3);
+}
+
+TEST_CASE("sqlite: open checks options, the file and reports integrity",
+          "[sql]") {
+  TempDir tmp;
+  CHECK(SqliteDatabase::open(tmp.file(), {.synchronous = "OFF"}).status.code ==
+        SqlCode::invalid);
+  CHECK(
+      SqliteDatabase::open(tmp.file(), {.reader_connections = 0}).status.code ==
+      SqlCode::invalid);
+  CHECK(SqliteDatabase::open(tmp.file(), {.busy_timeout_ms = -1}).status.code ==
+        SqlCode::invalid);
+  auto missing = SqliteDatabase::open(tmp.dir / "no" / "such.db");
+  CHECK(missing.status.code == SqlCode::io);
+  CHECK(missing.status.message.find("no/such.db") != std::string::npos);
+
+  {
+    std::FILE* f = std::fopen((tmp.dir / "junk.db").c_str(), "w");
+    std::fputs(
+        "this is not a database, just text long enough to be read as one", f);
+    std::fclose(f);
+    CHECK(SqliteDatabase::open(tmp.dir / "junk.db").status.code == SqlCode::io);
+  }
+
+  auto db = open_db(tmp.file(), {.synchronous = "full"});
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x)").ok());
+  auto check = db->integrity_check();
+  REQUIRE(check.ok());
+  CHECK(check.value == "ok");
+  CHECK(fs::exists(tmp.dir / "plugin.db-wal"));  // WAL mode
+}
