@@ -47,15 +47,11 @@ SqlRows select(SqlDatabase& db, std::string_view sql) {
 // Everything a migration can change: the schema, the record and the data
 // of the test tables.
 std::vector<std::vector<SqlValue>> snapshot(SqlDatabase& db) {
-  auto rows =
-      select(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
-          .rows;
+  auto rows = select(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name").rows;
   bool recorded = false;
-  for (auto& row : rows)
-    recorded = recorded || sql_text(row[1]) == "gv_migrations";
+  for (auto& row : rows) recorded = recorded || sql_text(row[1]) == "gv_migrations";
   if (recorded)
-    for (auto& row :
-         select(db, "SELECT step, applied_at FROM gv_migrations").rows)
+    for (auto& row : select(db, "SELECT step, applied_at FROM gv_migrations").rows)
       rows.push_back(row);
   return rows;
 }
@@ -63,10 +59,7 @@ std::vector<std::vector<SqlValue>> snapshot(SqlDatabase& db) {
 std::vector<std::string> tables(SqlDatabase& db) {
   std::vector<std::string> names;
   for (auto& row :
-       select(
-           db,
-           "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-           .rows)
+       select(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").rows)
     names.emplace_back(*sql_text(row[0]));
   return names;
 }
@@ -88,16 +81,13 @@ const std::vector<Migration> kSteps = {
 
 }  // namespace
 
-TEST_CASE("migrations: a fresh database gets every step, recorded",
-          "[sql][migrations]") {
+TEST_CASE("migrations: a fresh database gets every step, recorded", "[sql][migrations]") {
   TempDb t;
   SqlStatus s = migrate(*t.db, "posts", kSteps);
   INFO(s.message);
   REQUIRE(s.ok());
-  CHECK(tables(*t.db) ==
-        std::vector<std::string>{"gv_migrations", "posts", "tags"});
-  auto record =
-      select(*t.db, "SELECT step, applied_at FROM gv_migrations ORDER BY step");
+  CHECK(tables(*t.db) == std::vector<std::string>{"gv_migrations", "posts", "tags"});
+  auto record = select(*t.db, "SELECT step, applied_at FROM gv_migrations ORDER BY step");
   REQUIRE(record.rows.size() == 3);
   for (int64_t i = 0; i < 3; ++i) {
     CHECK(sql_int(record.rows[i][0]) == i + 1);
@@ -107,8 +97,7 @@ TEST_CASE("migrations: a fresh database gets every step, recorded",
         std::vector<std::vector<SqlValue>>{{"welcome", int64_t{0}}});
 }
 
-TEST_CASE("migrations: a second run changes nothing, a new step alone runs",
-          "[sql][migrations]") {
+TEST_CASE("migrations: a second run changes nothing, a new step alone runs", "[sql][migrations]") {
   TempDb t;
   REQUIRE(migrate(*t.db, "posts", kSteps).ok());
   const auto before = snapshot(*t.db);
@@ -119,15 +108,12 @@ TEST_CASE("migrations: a second run changes nothing, a new step alone runs",
   more.push_back({4, "INSERT INTO posts (body) VALUES ('step four')"});
   REQUIRE(migrate(*t.db, "posts", more).ok());
   CHECK(recorded_step(*t.db) == 4);
-  CHECK(select(*t.db, "SELECT count(*) FROM posts").rows[0][0] ==
-        SqlValue{int64_t{2}});
+  CHECK(select(*t.db, "SELECT count(*) FROM posts").rows[0][0] == SqlValue{int64_t{2}});
   CHECK(migrate(*t.db, "posts", more).ok());
-  CHECK(select(*t.db, "SELECT count(*) FROM posts").rows[0][0] ==
-        SqlValue{int64_t{2}});
+  CHECK(select(*t.db, "SELECT count(*) FROM posts").rows[0][0] == SqlValue{int64_t{2}});
 }
 
-TEST_CASE("migrations: a failing step is named, earlier steps are kept",
-          "[sql][migrations]") {
+TEST_CASE("migrations: a failing step is named, earlier steps are kept", "[sql][migrations]") {
   TempDb t;
   auto steps = kSteps;
   steps[2].sql = "CREATE TABLE half (x); INSERT INTO missing VALUES (1)";
@@ -136,8 +122,7 @@ TEST_CASE("migrations: a failing step is named, earlier steps are kept",
   CHECK(s.code == SqlCode::invalid);
   CHECK(s.message.rfind("plugin 'posts' migration step 3 failed: ", 0) == 0);
   CHECK(s.message.find("missing") != std::string::npos);
-  CHECK(tables(*t.db) ==
-        std::vector<std::string>{"gv_migrations", "posts", "tags"});
+  CHECK(tables(*t.db) == std::vector<std::string>{"gv_migrations", "posts", "tags"});
   CHECK(recorded_step(*t.db) == 2);
 
   // A constraint failure keeps its code.
@@ -152,8 +137,7 @@ TEST_CASE("migrations: a failing step is named, earlier steps are kept",
   CHECK(recorded_step(*t.db) == 3);
 }
 
-TEST_CASE("migrations: a newer database is refused untouched",
-          "[sql][migrations]") {
+TEST_CASE("migrations: a newer database is refused untouched", "[sql][migrations]") {
   TempDb t;
   auto five = kSteps;
   five.push_back({4, "CREATE TABLE four (x)"});
@@ -175,8 +159,7 @@ TEST_CASE("migrations: a newer database is refused untouched",
   CHECK(snapshot(*t.db) == before);
 }
 
-TEST_CASE("migrations: steps must be numbered 1..N in order",
-          "[sql][migrations]") {
+TEST_CASE("migrations: steps must be numbered 1..N in order", "[sql][migrations]") {
   TempDb t;
   const std::vector<std::vector<Migration>> bad = {
       {{2, "CREATE TABLE a (x)"}},
@@ -187,8 +170,7 @@ TEST_CASE("migrations: steps must be numbered 1..N in order",
   for (const auto& steps : bad) {
     SqlStatus s = migrate(*t.db, "posts", steps);
     CHECK(s.code == SqlCode::invalid);
-    CHECK(s.message.rfind(
-              "plugin 'posts' migration steps must be numbered 1..N", 0) == 0);
+    CHECK(s.message.rfind("plugin 'posts' migration steps must be numbered 1..N", 0) == 0);
   }
   CHECK(tables(*t.db).empty());  // nothing was created, not even the record
   CHECK(migrate(*t.db, "posts", {}).ok());

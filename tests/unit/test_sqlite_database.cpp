@@ -34,22 +34,18 @@ struct TempDir {
   fs::path file() const { return dir / "plugin.db"; }
 };
 
-std::unique_ptr<SqliteDatabase> open_db(const fs::path& path,
-                                        SqliteOptions options = {}) {
+std::unique_ptr<SqliteDatabase> open_db(const fs::path& path, SqliteOptions options = {}) {
   auto opened = SqliteDatabase::open(path, options);
   INFO(opened.status.message);
   REQUIRE(opened.ok());
   return std::move(opened.value);
 }
 
-SqlStatus exec_one(SqlDatabase& db, std::string_view sql,
-                   std::vector<SqlValue> params = {}) {
-  return db.write(
-      [&](SqlTransaction& tx) { return tx.exec(sql, params).status; });
+SqlStatus exec_one(SqlDatabase& db, std::string_view sql, std::vector<SqlValue> params = {}) {
+  return db.write([&](SqlTransaction& tx) { return tx.exec(sql, params).status; });
 }
 
-SqlRows select(SqlDatabase& db, std::string_view sql,
-               std::vector<SqlValue> params = {}) {
+SqlRows select(SqlDatabase& db, std::string_view sql, std::vector<SqlValue> params = {}) {
   SqlRows rows;
   SqlStatus s = db.read([&](SqlTransaction& tx) {
     auto r = tx.query(sql, params);
@@ -82,12 +78,9 @@ SqlResult<SqlRows> query_in_write(SqlDatabase& db, std::string_view sql,
 TEST_CASE("sqlite: every type round-trips", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
-  REQUIRE(exec_one(*db,
-                   "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n TEXT)")
-              .ok());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n TEXT)").ok());
 
-  const std::string utf8 =
-      "h\xC3\xA9llo \xE2\x9C\x93 \xF0\x9F\x98\x80";  // é ✓ 😀
+  const std::string utf8 = "h\xC3\xA9llo \xE2\x9C\x93 \xF0\x9F\x98\x80";  // é ✓ 😀
   const std::string bytes("\0\x01\xFF\0z", 5);
   const std::vector<std::vector<SqlValue>> inserted = {
       {INT64_MAX, 3.25, utf8, SqlBlob(bytes), nullptr},
@@ -95,8 +88,7 @@ TEST_CASE("sqlite: every type round-trips", "[sql]") {
       {int64_t{0}, 0.5, "plain", SqlBlob(std::string(1, '\0')), nullptr},
   };
   for (const auto& row : inserted)
-    REQUIRE(
-        exec_one(*db, "INSERT INTO t VALUES ($1, $2, $3, $4, $5)", row).ok());
+    REQUIRE(exec_one(*db, "INSERT INTO t VALUES ($1, $2, $3, $4, $5)", row).ok());
 
   auto rows = select(*db, "SELECT i, r, s, b, n FROM t ORDER BY rowid");
   CHECK(rows.columns == std::vector<std::string>{"i", "r", "s", "b", "n"});
@@ -119,41 +111,32 @@ TEST_CASE("sqlite: every type round-trips", "[sql]") {
 TEST_CASE("sqlite: text must be UTF-8 without NUL, reals not NaN", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
-  for (std::string bad :
-       {std::string("a\0b", 3), std::string("\xC3"), std::string("\xC0\xAF"),
-        std::string("\xED\xA0\x80")}) {
+  for (std::string bad : {std::string("a\0b", 3), std::string("\xC3"), std::string("\xC0\xAF"),
+                          std::string("\xED\xA0\x80")}) {
     auto r = query_in_write(*db, "SELECT $1", {bad});
     CHECK(r.status.code == SqlCode::invalid);
     CHECK(r.status.message.find("$1") != std::string::npos);
   }
-  CHECK(query_in_write(*db, "SELECT $1", {std::nan("")}).status.code ==
-        SqlCode::invalid);
-  CHECK(
-      query_in_write(*db, "SELECT $1", {SqlBlob(std::string("a\0b", 3))}).ok());
+  CHECK(query_in_write(*db, "SELECT $1", {std::nan("")}).status.code == SqlCode::invalid);
+  CHECK(query_in_write(*db, "SELECT $1", {SqlBlob(std::string("a\0b", 3))}).ok());
 }
 
 TEST_CASE("sqlite: placeholders are $1..$N, bound by number", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
-  auto r = query_in_write(*db, "SELECT $2 AS a, $1 AS b, $2 AS c",
-                          {int64_t{1}, "two"});
+  auto r = query_in_write(*db, "SELECT $2 AS a, $1 AS b, $2 AS c", {int64_t{1}, "two"});
   REQUIRE(r.ok());
   CHECK(r.value.rows.at(0) == std::vector<SqlValue>{"two", int64_t{1}, "two"});
 
-  CHECK(query_in_write(*db, "SELECT $1, $2", {int64_t{1}}).status.code ==
+  CHECK(query_in_write(*db, "SELECT $1, $2", {int64_t{1}}).status.code == SqlCode::invalid);
+  CHECK(query_in_write(*db, "SELECT $1", {int64_t{1}, int64_t{2}}).status.code == SqlCode::invalid);
+  CHECK(query_in_write(*db, "SELECT $1, $3", {int64_t{1}, int64_t{2}, int64_t{3}}).status.code ==
         SqlCode::invalid);
-  CHECK(
-      query_in_write(*db, "SELECT $1", {int64_t{1}, int64_t{2}}).status.code ==
-      SqlCode::invalid);
-  CHECK(
-      query_in_write(*db, "SELECT $1, $3", {int64_t{1}, int64_t{2}, int64_t{3}})
-          .status.code == SqlCode::invalid);
-  for (const char* other : {"SELECT ?", "SELECT ?1", "SELECT :a", "SELECT @a",
-                            "SELECT $a", "SELECT $01"}) {
+  for (const char* other :
+       {"SELECT ?", "SELECT ?1", "SELECT :a", "SELECT @a", "SELECT $a", "SELECT $01"}) {
     auto o = query_in_write(*db, other, {int64_t{1}});
     CHECK(o.status.code == SqlCode::invalid);
-    CHECK(o.status.message.find("placeholders are $1..$N") !=
-          std::string::npos);
+    CHECK(o.status.message.find("placeholders are $1..$N") != std::string::npos);
   }
 }
 
@@ -161,18 +144,15 @@ TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   SqlStatus s = db->write([](SqlTransaction& tx) {
-    auto created =
-        tx.exec("CREATE TABLE p (id INTEGER PRIMARY KEY, title TEXT)");
+    auto created = tx.exec("CREATE TABLE p (id INTEGER PRIMARY KEY, title TEXT)");
     CHECK(created.value == 0);
     auto a = tx.query("INSERT INTO p (title) VALUES ($1) RETURNING id", {"a"});
-    auto b = tx.query("INSERT INTO p (title) VALUES ($1) RETURNING id, title",
-                      {"b"});
+    auto b = tx.query("INSERT INTO p (title) VALUES ($1) RETURNING id, title", {"b"});
     REQUIRE(a.ok());
     REQUIRE(b.ok());
     CHECK(a.value.rows == std::vector<std::vector<SqlValue>>{{int64_t{1}}});
     CHECK(b.value.columns == std::vector<std::string>{"id", "title"});
-    CHECK(b.value.rows ==
-          std::vector<std::vector<SqlValue>>{{int64_t{2}, "b"}});
+    CHECK(b.value.rows == std::vector<std::vector<SqlValue>>{{int64_t{2}, "b"}});
     CHECK(tx.exec("UPDATE p SET title = $1", {"x"}).value == 2);
     CHECK(tx.exec("SELECT * FROM p").value == 0);  // not the UPDATE's count
     CHECK(tx.exec("UPDATE p SET title = 'y' WHERE id = 99").value == 0);
@@ -183,8 +163,7 @@ TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql]") {
   CHECK(count(*db, "p") == 1);
 }
 
-TEST_CASE("sqlite: write rolls back on a failure status and on an exception",
-          "[sql]") {
+TEST_CASE("sqlite: write rolls back on a failure status and on an exception", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
@@ -204,46 +183,37 @@ TEST_CASE("sqlite: write rolls back on a failure status and on an exception",
                   std::runtime_error);
   CHECK(count(*db, "t") == 0);
 
-  CHECK_THROWS_AS(db->read([](SqlTransaction&) -> SqlStatus { throw 42; }),
-                  int);
+  CHECK_THROWS_AS(db->read([](SqlTransaction&) -> SqlStatus { throw 42; }), int);
   // Both connections were left usable.
   CHECK(exec_one(*db, "INSERT INTO t VALUES (3)").ok());
   CHECK(count(*db, "t") == 1);
 }
 
-TEST_CASE("sqlite: violations are constraint and fail the transaction",
-          "[sql]") {
+TEST_CASE("sqlite: violations are constraint and fail the transaction", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
-  REQUIRE(
-      db->write([](SqlTransaction& tx) {
-          return tx.exec_script(
-              "CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT NOT NULL "
-              "UNIQUE,"
-              "                age INTEGER CHECK (age >= 0));"
-              "CREATE TABLE post (id INTEGER PRIMARY KEY,"
-              "                   author INTEGER NOT NULL REFERENCES u(id));"
-              "INSERT INTO u (id, name, age) VALUES (1, 'ann', 30);");
-        }).ok());
+  REQUIRE(db->write([](SqlTransaction& tx) {
+              return tx.exec_script(
+                  "CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT NOT NULL "
+                  "UNIQUE,"
+                  "                age INTEGER CHECK (age >= 0));"
+                  "CREATE TABLE post (id INTEGER PRIMARY KEY,"
+                  "                   author INTEGER NOT NULL REFERENCES u(id));"
+                  "INSERT INTO u (id, name, age) VALUES (1, 'ann', 30);");
+            }).ok());
 
-  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES ('ann')").code ==
-        SqlCode::constraint);
-  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES (NULL)").code ==
-        SqlCode::constraint);
-  CHECK(exec_one(*db, "INSERT INTO u (name, age) VALUES ('bo', -1)").code ==
-        SqlCode::constraint);
-  CHECK(exec_one(*db, "INSERT INTO post (author) VALUES (7)").code ==
-        SqlCode::constraint);
-  CHECK(exec_one(*db, "INSERT INTO u (id, name) VALUES (1, 'cy')").code ==
-        SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES ('ann')").code == SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES (NULL)").code == SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (name, age) VALUES ('bo', -1)").code == SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO post (author) VALUES (7)").code == SqlCode::constraint);
+  CHECK(exec_one(*db, "INSERT INTO u (id, name) VALUES (1, 'cy')").code == SqlCode::constraint);
 
   // Ignoring the failure does not commit the rest: like PostgreSQL, the
   // transaction is failed, later statements report it and nothing lands.
   SqlStatus later;
   SqlStatus s = db->write([&](SqlTransaction& tx) {
     REQUIRE(tx.exec("INSERT INTO u (name) VALUES ('dee')").ok());
-    CHECK(tx.exec("INSERT INTO u (name) VALUES ('ann')").status.code ==
-          SqlCode::constraint);
+    CHECK(tx.exec("INSERT INTO u (name) VALUES ('ann')").status.code == SqlCode::constraint);
     later = tx.exec("INSERT INTO u (name) VALUES ('eve')").status;
     return SqlStatus::success();
   });
@@ -251,11 +221,8 @@ TEST_CASE("sqlite: violations are constraint and fail the transaction",
   CHECK(later.code == SqlCode::constraint);
   CHECK(count(*db, "u") == 1);
   // ON CONFLICT is the portable way to insert unless present.
-  CHECK(
-      exec_one(*db,
-               "INSERT INTO u (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-               {"ann"})
-          .ok());
+  CHECK(exec_one(*db, "INSERT INTO u (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", {"ann"})
+            .ok());
 }
 
 TEST_CASE("sqlite: bad SQL and host-owned statements are invalid", "[sql]") {
@@ -263,10 +230,9 @@ TEST_CASE("sqlite: bad SQL and host-owned statements are invalid", "[sql]") {
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
   for (const char* bad :
-       {"SELEC 1", "SELECT * FROM missing", "", "  -- only a comment",
-        "SELECT 1; SELECT 2", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT a",
-        "PRAGMA foreign_keys = OFF", "PRAGMA synchronous",
-        "ATTACH 'x.db' AS x"}) {
+       {"SELEC 1", "SELECT * FROM missing", "", "  -- only a comment", "SELECT 1; SELECT 2",
+        "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT a", "PRAGMA foreign_keys = OFF",
+        "PRAGMA synchronous", "ATTACH 'x.db' AS x"}) {
     INFO(bad);
     SqlStatus s = exec_one(*db, bad);
     CHECK(s.code == SqlCode::invalid);
@@ -296,8 +262,7 @@ TEST_CASE("sqlite: transactions do not nest, reads do not write", "[sql]") {
   CHECK(outer.ok());  // a refused nested call does not fail the outer one
   CHECK(inner_write.code == SqlCode::invalid);
   CHECK(inner_read.code == SqlCode::invalid);
-  CHECK(db->read([&](SqlTransaction&) { return db->write(noop); }).code ==
-        SqlCode::invalid);
+  CHECK(db->read([&](SqlTransaction&) { return db->write(noop); }).code == SqlCode::invalid);
   CHECK(count(*db, "t") == 1);
 
   // Another database may be used inside (another plugin's, say).
@@ -311,27 +276,21 @@ TEST_CASE("sqlite: transactions do not nest, reads do not write", "[sql]") {
   CHECK(db->read([](SqlTransaction& tx) {
             return tx.query("INSERT INTO t VALUES (2) RETURNING x").status;
           }).code == SqlCode::invalid);
-  CHECK(db->read([](SqlTransaction& tx) {
-            return tx.exec_script("DELETE FROM t");
-          }).code == SqlCode::invalid);
+  CHECK(db->read([](SqlTransaction& tx) { return tx.exec_script("DELETE FROM t"); }).code ==
+        SqlCode::invalid);
   CHECK(count(*db, "t") == 1);
 }
 
 TEST_CASE("sqlite: concurrent writers all land", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
-  REQUIRE(
-      exec_one(*db,
-               "CREATE TABLE t (thread INTEGER, n INTEGER, UNIQUE (thread, n))")
-          .ok());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (thread INTEGER, n INTEGER, UNIQUE (thread, n))").ok());
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int n = 0; n < 500; ++n) {
-        if (!exec_one(*db, "INSERT INTO t VALUES ($1, $2)",
-                      {int64_t{t}, int64_t{n}})
-                 .ok())
+        if (!exec_one(*db, "INSERT INTO t VALUES ($1, $2)", {int64_t{t}, int64_t{n}}).ok())
           ++failures;
         // Readers alongside; no Catch macros off the main thread.
         auto read_count = [](SqlTransaction& tx) {
@@ -368,17 +327,14 @@ TEST_CASE("sqlite: readers see committed data while a write is open", "[sql]") {
   CHECK(count(*db, "t") == 2);
 }
 
-TEST_CASE(
-    "sqlite: another process's write lock makes write busy, then it succeeds",
-    "[sql]") {
+TEST_CASE("sqlite: another process's write lock makes write busy, then it succeeds", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file(), {.busy_timeout_ms = 200});
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
 
   sqlite3* other = nullptr;
   REQUIRE(sqlite3_open(tmp.file().c_str(), &other) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) ==
-          SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
 
   const auto start = std::chrono::steady_clock::now();
   SqlStatus s = exec_one(*db, "INSERT INTO t VALUES (1)");
@@ -388,18 +344,15 @@ TEST_CASE(
   CHECK(waited < 2s);
   CHECK(count(*db, "t") == 0);  // reads go on meanwhile
 
-  REQUIRE(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr) ==
-          SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
   CHECK(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
   CHECK(count(*db, "t") == 1);
   sqlite3_close(other);
 }
 
-TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too",
-          "[sql]") {
+TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too", "[sql]") {
   TempDir tmp;
-  auto db =
-      open_db(tmp.file(), {.busy_timeout_ms = 200, .reader_connections = 1});
+  auto db = open_db(tmp.file(), {.busy_timeout_ms = 200, .reader_connections = 1});
   auto hold = [](SqlTransaction&) {
     std::this_thread::sleep_for(700ms);
     return SqlStatus::success();
@@ -418,23 +371,20 @@ TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too",
   CHECK(db->read(noop).ok());
 }
 
-TEST_CASE("sqlite: cached statements survive schema changes and eviction",
-          "[sql]") {
+TEST_CASE("sqlite: cached statements survive schema changes and eviction", "[sql]") {
   TempDir tmp;
   auto db = open_db(tmp.file(), {.reader_connections = 1});
   REQUIRE(exec_one(*db, "CREATE TABLE t (a INTEGER)").ok());
   REQUIRE(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
   const std::string all = "SELECT * FROM t";
   CHECK(select(*db, all).columns == std::vector<std::string>{"a"});
-  CHECK(query_in_write(*db, all).value.columns ==
-        std::vector<std::string>{"a"});
+  CHECK(query_in_write(*db, all).value.columns == std::vector<std::string>{"a"});
 
   REQUIRE(exec_one(*db, "ALTER TABLE t ADD COLUMN b TEXT DEFAULT 'x'").ok());
   auto rows = select(*db, all);
   CHECK(rows.columns == std::vector<std::string>{"a", "b"});
   CHECK(rows.rows.at(0) == std::vector<SqlValue>{int64_t{1}, "x"});
-  CHECK(query_in_write(*db, all).value.columns ==
-        std::vector<std::string>{"a", "b"});
+  CHECK(query_in_write(*db, all).value.columns == std::vector<std::string>{"a", "b"});
 
   // More distinct statements than the cache holds, then the first again.
   for (size_t i = 0; i < 2 * SqliteDatabase::kStatementCacheSize; ++i)
@@ -458,35 +408,28 @@ TEST_CASE("sqlite: exec_script runs every statement or fails", "[sql]") {
           }).ok());
   CHECK(count(*db, "a") == 2);
   REQUIRE(exec_one(*db, "INSERT INTO a VALUES (5)").ok());
-  CHECK(select(*db, "SELECT total FROM n").rows.at(0).at(0) ==
-        SqlValue{int64_t{1}});
+  CHECK(select(*db, "SELECT total FROM n").rows.at(0).at(0) == SqlValue{int64_t{1}});
   SqlStatus s = db->write([](SqlTransaction& tx) {
-    return tx.exec_script(
-        "INSERT INTO a VALUES (4); INSERT INTO nope VALUES (5)");
+    return tx.exec_script("INSERT INTO a VALUES (4); INSERT INTO nope VALUES (5)");
   });
   CHECK(s.code == SqlCode::invalid);
   CHECK(s.message.find("nope") != std::string::npos);
   CHECK(count(*db, "a") == 3);
 }
 
-TEST_CASE("sqlite: open checks options, the file and reports integrity",
-          "[sql]") {
+TEST_CASE("sqlite: open checks options, the file and reports integrity", "[sql]") {
   TempDir tmp;
-  CHECK(SqliteDatabase::open(tmp.file(), {.synchronous = "OFF"}).status.code ==
+  CHECK(SqliteDatabase::open(tmp.file(), {.synchronous = "OFF"}).status.code == SqlCode::invalid);
+  CHECK(SqliteDatabase::open(tmp.file(), {.reader_connections = 0}).status.code ==
         SqlCode::invalid);
-  CHECK(
-      SqliteDatabase::open(tmp.file(), {.reader_connections = 0}).status.code ==
-      SqlCode::invalid);
-  CHECK(SqliteDatabase::open(tmp.file(), {.busy_timeout_ms = -1}).status.code ==
-        SqlCode::invalid);
+  CHECK(SqliteDatabase::open(tmp.file(), {.busy_timeout_ms = -1}).status.code == SqlCode::invalid);
   auto missing = SqliteDatabase::open(tmp.dir / "no" / "such.db");
   CHECK(missing.status.code == SqlCode::io);
   CHECK(missing.status.message.find("no/such.db") != std::string::npos);
 
   {
     std::FILE* f = std::fopen((tmp.dir / "junk.db").c_str(), "w");
-    std::fputs(
-        "this is not a database, just text long enough to be read as one", f);
+    std::fputs("this is not a database, just text long enough to be read as one", f);
     std::fclose(f);
     CHECK(SqliteDatabase::open(tmp.dir / "junk.db").status.code == SqlCode::io);
   }

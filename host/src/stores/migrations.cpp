@@ -8,8 +8,7 @@ namespace gv::stores {
 namespace {
 
 std::string utc_now() {
-  const std::time_t t =
-      std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::tm tm{};
   gmtime_r(&t, &tm);
   char text[32];
@@ -17,30 +16,24 @@ std::string utc_now() {
   return text;
 }
 
-std::string named(std::string_view plugin) {
-  return "plugin '" + std::string(plugin) + "' ";
-}
+std::string named(std::string_view plugin) { return "plugin '" + std::string(plugin) + "' "; }
 
-SqlStatus check_numbering(std::string_view plugin,
-                          const std::vector<Migration>& steps) {
+SqlStatus check_numbering(std::string_view plugin, const std::vector<Migration>& steps) {
   for (size_t i = 0; i < steps.size(); ++i) {
     if (steps[i].step == static_cast<int>(i + 1)) continue;
     return SqlStatus::failure(
         SqlCode::invalid,
-        named(plugin) + "migration steps must be numbered 1..N in order: " +
-            "position " + std::to_string(i + 1) + " holds step " +
-            std::to_string(steps[i].step));
+        named(plugin) + "migration steps must be numbered 1..N in order: " + "position " +
+            std::to_string(i + 1) + " holds step " + std::to_string(steps[i].step));
   }
   return {};
 }
 
-SqlStatus newer_database(std::string_view plugin, int64_t recorded,
-                         size_t known) {
-  return SqlStatus::failure(
-      SqlCode::invalid,
-      named(plugin) + "database is at migration step " +
-          std::to_string(recorded) + " but the plugin knows only " +
-          std::to_string(known) + ": refusing to touch a newer database");
+SqlStatus newer_database(std::string_view plugin, int64_t recorded, size_t known) {
+  return SqlStatus::failure(SqlCode::invalid,
+                            named(plugin) + "database is at migration step " +
+                                std::to_string(recorded) + " but the plugin knows only " +
+                                std::to_string(known) + ": refusing to touch a newer database");
 }
 
 // The highest step recorded in gv_migrations (0 if none).
@@ -68,12 +61,10 @@ SqlStatus apply_next(SqlTransaction& tx, std::string_view plugin,
   if (!recorded.ok()) return recorded.status;
   round.recorded = recorded.value;
   const auto known = static_cast<int64_t>(steps.size());
-  if (round.recorded > known)
-    return newer_database(plugin, round.recorded, steps.size());
+  if (round.recorded > known) return newer_database(plugin, round.recorded, steps.size());
   if (round.recorded == known) return {};
   round.applied = round.recorded + 1;
-  if (SqlStatus s = tx.exec_script(steps[round.applied - 1].sql); !s.ok())
-    return s;
+  if (SqlStatus s = tx.exec_script(steps[round.applied - 1].sql); !s.ok()) return s;
   return tx
       .exec("INSERT INTO gv_migrations (step, applied_at) VALUES ($1, $2)",
             {round.applied, utc_now()})
@@ -82,8 +73,7 @@ SqlStatus apply_next(SqlTransaction& tx, std::string_view plugin,
 
 }  // namespace
 
-SqlStatus migrate(SqlDatabase& db, std::string_view plugin,
-                  const std::vector<Migration>& steps) {
+SqlStatus migrate(SqlDatabase& db, std::string_view plugin, const std::vector<Migration>& steps) {
   if (SqlStatus s = check_numbering(plugin, steps); !s.ok()) return s;
 
   // A read first: an up-to-date or newer database is settled without taking
@@ -103,16 +93,13 @@ SqlStatus migrate(SqlDatabase& db, std::string_view plugin,
   // migrator of the same database cannot make a step run twice.
   for (;;) {
     Round round;
-    SqlStatus s = db.write([&](SqlTransaction& tx) {
-      return apply_next(tx, plugin, steps, round);
-    });
+    SqlStatus s =
+        db.write([&](SqlTransaction& tx) { return apply_next(tx, plugin, steps, round); });
     if (!s.ok()) {
       if (round.recorded > static_cast<int64_t>(steps.size())) return s;
-      s.message = round.applied > 0
-                      ? named(plugin) + "migration step " +
-                            std::to_string(round.applied) +
-                            " failed: " + s.message
-                      : named(plugin) + "migrations failed: " + s.message;
+      s.message = round.applied > 0 ? named(plugin) + "migration step " +
+                                          std::to_string(round.applied) + " failed: " + s.message
+                                    : named(plugin) + "migrations failed: " + s.message;
       return s;
     }
     if (round.applied == 0) return {};

@@ -30,7 +30,6 @@ struct Migration {
 // - the failing statement's code if a step fails: that step is rolled back,
 //   the steps before it stay applied, the later ones are not run;
 // - busy or io if the database cannot be written.
-SqlStatus migrate(SqlDatabase& db, std::string_view plugin,
-                  const std::vector<Migration>& steps);
+SqlStatus migrate(SqlDatabase& db, std::string_view plugin, const std::vector<Migration>& steps);
 
 }  // namespace gv::stores

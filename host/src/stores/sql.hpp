@@ -55,12 +55,9 @@ struct SqlBlob {
 // SqlValue{1.5}, SqlValue{std::string("x")} or "x", SqlValue{SqlBlob{bytes}}.
 // (Integers other than int64 convert implicitly when they fit; cast a
 // size_t or uint64_t yourself.)
-using SqlValue =
-    std::variant<std::nullptr_t, int64_t, double, std::string, SqlBlob>;
+using SqlValue = std::variant<std::nullptr_t, int64_t, double, std::string, SqlBlob>;
 
-inline bool sql_is_null(const SqlValue& v) {
-  return std::holds_alternative<std::nullptr_t>(v);
-}
+inline bool sql_is_null(const SqlValue& v) { return std::holds_alternative<std::nullptr_t>(v); }
 
 // The integer in v; nullopt if v holds anything else (no coercion from real
 // or text: a column's type is part of the schema both backends share).
@@ -109,11 +106,16 @@ enum class SqlCode {
 
 constexpr std::string_view to_string(SqlCode c) {
   switch (c) {
-    case SqlCode::ok: return "ok";
-    case SqlCode::busy: return "busy";
-    case SqlCode::constraint: return "constraint";
-    case SqlCode::invalid: return "invalid";
-    case SqlCode::io: return "io";
+    case SqlCode::ok:
+      return "ok";
+    case SqlCode::busy:
+      return "busy";
+    case SqlCode::constraint:
+      return "constraint";
+    case SqlCode::invalid:
+      return "invalid";
+    case SqlCode::io:
+      return "io";
   }
   return "unknown";
 }
@@ -124,9 +126,7 @@ struct SqlStatus {
 
   bool ok() const { return code == SqlCode::ok; }
   static SqlStatus success() { return {}; }
-  static SqlStatus failure(SqlCode code, std::string message) {
-    return {code, std::move(message)};
-  }
+  static SqlStatus failure(SqlCode code, std::string message) { return {code, std::move(message)}; }
 };
 
 // A status plus a value; value is meaningful only when ok().
@@ -165,8 +165,8 @@ class SqlTransaction {
   // Runs one statement with params bound to $1..$N and returns every row it
   // yields (SELECT, or INSERT/UPDATE/DELETE ... RETURNING). In read() only
   // statements that change nothing are allowed.
-  virtual SqlResult<SqlRows> query(
-      std::string_view sql, const std::vector<SqlValue>& params = {}) = 0;
+  virtual SqlResult<SqlRows> query(std::string_view sql,
+                                   const std::vector<SqlValue>& params = {}) = 0;
 
   // Runs one statement with params bound to $1..$N, discards any rows, and
   // returns how many rows it inserted, updated or deleted itself (not

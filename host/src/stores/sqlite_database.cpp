@@ -22,8 +22,10 @@ using Clock = std::chrono::steady_clock;
 SqlCode code_of(int rc) {
   switch (rc & 0xff) {  // the primary code of an extended one
     case SQLITE_BUSY:
-    case SQLITE_LOCKED: return SqlCode::busy;
-    case SQLITE_CONSTRAINT: return SqlCode::constraint;
+    case SQLITE_LOCKED:
+      return SqlCode::busy;
+    case SQLITE_CONSTRAINT:
+      return SqlCode::constraint;
     case SQLITE_IOERR:
     case SQLITE_FULL:
     case SQLITE_CORRUPT:
@@ -34,8 +36,10 @@ SqlCode code_of(int rc) {
                            // so this means a read-only file
     case SQLITE_PERM:
     case SQLITE_PROTOCOL:
-    case SQLITE_NOLFS: return SqlCode::io;
-    default: return SqlCode::invalid;
+    case SQLITE_NOLFS:
+      return SqlCode::io;
+    default:
+      return SqlCode::invalid;
   }
 }
 
@@ -84,8 +88,7 @@ bool valid_text(std::string_view s) {
       cp = (cp << 6) | (cc & 0x3F);
     }
     static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-      return false;
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
     i += len;
   }
   return true;
@@ -118,15 +121,17 @@ SqlStatus check_params(const std::vector<SqlValue>& params) {
 
 int bind_value(sqlite3_stmt* st, int index, const SqlValue& v) {
   switch (v.index()) {
-    case 0: return sqlite3_bind_null(st, index);
-    case 1: return sqlite3_bind_int64(st, index, std::get<int64_t>(v));
-    case 2: return sqlite3_bind_double(st, index, std::get<double>(v));
+    case 0:
+      return sqlite3_bind_null(st, index);
+    case 1:
+      return sqlite3_bind_int64(st, index, std::get<int64_t>(v));
+    case 2:
+      return sqlite3_bind_double(st, index, std::get<double>(v));
     case 3: {
       // SQLITE_STATIC: params outlive the statement's use (reset before
       // query()/exec() return).
       const std::string& s = std::get<std::string>(v);
-      return sqlite3_bind_text64(st, index, s.data(), s.size(), SQLITE_STATIC,
-                                 SQLITE_UTF8);
+      return sqlite3_bind_text64(st, index, s.data(), s.size(), SQLITE_STATIC, SQLITE_UTF8);
     }
     default: {
       const std::string& b = std::get<SqlBlob>(v).bytes;
@@ -141,18 +146,18 @@ SqlValue column_value(sqlite3_stmt* st, int col) {
   switch (sqlite3_column_type(st, col)) {
     case SQLITE_INTEGER:
       return static_cast<int64_t>(sqlite3_column_int64(st, col));
-    case SQLITE_FLOAT: return sqlite3_column_double(st, col);
+    case SQLITE_FLOAT:
+      return sqlite3_column_double(st, col);
     case SQLITE_TEXT: {
       auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
-      return std::string(text ? text : "",
-                         text ? sqlite3_column_bytes(st, col) : 0);
+      return std::string(text ? text : "", text ? sqlite3_column_bytes(st, col) : 0);
     }
     case SQLITE_BLOB: {
       auto* blob = static_cast<const char*>(sqlite3_column_blob(st, col));
-      return SqlBlob(std::string(blob ? blob : "",
-                                 blob ? sqlite3_column_bytes(st, col) : 0));
+      return SqlBlob(std::string(blob ? blob : "", blob ? sqlite3_column_bytes(st, col) : 0));
     }
-    default: return nullptr;
+    default:
+      return nullptr;
   }
 }
 
@@ -242,23 +247,23 @@ using Connection = SqliteDatabase::Connection;
 
 // Refuses, at prepare time, the statements that would let plugin SQL end
 // the host's transaction, reach other files or change settings.
-int authorize(void* arg, int action, const char*, const char*, const char*,
-              const char*) {
+int authorize(void* arg, int action, const char*, const char*, const char*, const char*) {
   if (static_cast<Connection*>(arg)->host_statement) return SQLITE_OK;
   switch (action) {
     case SQLITE_TRANSACTION:
     case SQLITE_SAVEPOINT:
     case SQLITE_ATTACH:
     case SQLITE_DETACH:
-    case SQLITE_PRAGMA: return SQLITE_DENY;
-    default: return SQLITE_OK;
+    case SQLITE_PRAGMA:
+      return SQLITE_DENY;
+    default:
+      return SQLITE_OK;
   }
 }
 
 // Runs the host's own SQL (no parameters, rows ignored) past the
 // authorizer. first_value receives the first column of the first row.
-int host_exec(Connection& c, const char* sql,
-              std::string* first_value = nullptr) {
+int host_exec(Connection& c, const char* sql, std::string* first_value = nullptr) {
   c.host_statement = true;
   auto keep_first = [](void* out, int, char** values, char**) {
     auto* s = static_cast<std::string*>(out);
@@ -270,11 +275,10 @@ int host_exec(Connection& c, const char* sql,
   return rc;
 }
 
-SqlResult<std::unique_ptr<Connection>> open_connection(
-    const std::filesystem::path& path, bool writer, const SqliteOptions& o) {
+SqlResult<std::unique_ptr<Connection>> open_connection(const std::filesystem::path& path,
+                                                       bool writer, const SqliteOptions& o) {
   auto c = std::make_unique<Connection>();
-  int flags =
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
   if (writer) flags |= SQLITE_OPEN_CREATE;
   int rc = sqlite3_open_v2(path.c_str(), &c->db, flags, nullptr);
   if (rc != SQLITE_OK) {
@@ -296,9 +300,7 @@ SqlResult<std::unique_ptr<Connection>> open_connection(
   }
   if (writer && mode != "wal")
     return {SqlStatus::failure(
-        SqlCode::io, path.string() +
-                         ": cannot switch to WAL (journal mode is " + mode +
-                         ")")};
+        SqlCode::io, path.string() + ": cannot switch to WAL (journal mode is " + mode + ")")};
   sqlite3_set_authorizer(c->db, authorize, c.get());
   return {{}, std::move(c)};
 }
@@ -311,15 +313,14 @@ SqlStatus map_placeholders(Prepared& p, std::string_view sql) {
     const char* name = sqlite3_bind_parameter_name(p.stmt.get(), i);
     int n = placeholder_number(name);
     if (n == 0)
-      return invalid(std::string("placeholders are $1..$N, found ") +
-                     (name ? name : "?") + " in " + quoted(sql));
+      return invalid(std::string("placeholders are $1..$N, found ") + (name ? name : "?") + " in " +
+                     quoted(sql));
     p.param_of_index.push_back(n);
     highest = std::max(highest, n);
   }
   // Distinct names have distinct indexes, so no gap means highest == count.
   if (highest != count)
-    return invalid("placeholders must be $1..$N without gaps in " +
-                   quoted(sql));
+    return invalid("placeholders must be $1..$N without gaps in " + quoted(sql));
   return {};
 }
 
@@ -328,8 +329,7 @@ SqlStatus map_placeholders(Prepared& p, std::string_view sql) {
 bool more_statements(sqlite3* db, const char* tail, const char* end) {
   if (tail == nullptr || tail >= end) return false;
   sqlite3_stmt* next = nullptr;
-  int rc = sqlite3_prepare_v2(db, tail, static_cast<int>(end - tail), &next,
-                              nullptr);
+  int rc = sqlite3_prepare_v2(db, tail, static_cast<int>(end - tail), &next, nullptr);
   sqlite3_finalize(next);
   return rc != SQLITE_OK || next != nullptr;
 }
@@ -346,25 +346,21 @@ SqlResult<Prepared*> prepare_cached(Connection& c, std::string_view sql) {
   if (rc != SQLITE_OK) return {failure(c.db, rc, sql)};
   if (!p.stmt) return {invalid("no SQL statement in " + quoted(sql))};
   if (more_statements(c.db, tail, sql.data() + sql.size()))
-    return {invalid(
-        "one statement per query()/exec(), use exec_script() for several: " +
-        quoted(sql))};
+    return {
+        invalid("one statement per query()/exec(), use exec_script() for several: " + quoted(sql))};
   if (SqlStatus s = map_placeholders(p, sql); !s.ok()) return {s};
   return {{}, c.cache.insert(std::string(sql), std::move(p))};
 }
 
-SqlStatus bind_all(const Prepared& p, const std::vector<SqlValue>& params,
-                   std::string_view sql) {
+SqlStatus bind_all(const Prepared& p, const std::vector<SqlValue>& params, std::string_view sql) {
   if (params.size() != p.param_of_index.size())
-    return invalid(std::to_string(p.param_of_index.size()) +
-                   " placeholders but " + std::to_string(params.size()) +
-                   " values for " + quoted(sql));
+    return invalid(std::to_string(p.param_of_index.size()) + " placeholders but " +
+                   std::to_string(params.size()) + " values for " + quoted(sql));
   if (SqlStatus s = check_params(params); !s.ok()) return s;
   for (size_t i = 0; i < p.param_of_index.size(); ++i) {
     const SqlValue& v = params[p.param_of_index[i] - 1];
     int rc = bind_value(p.stmt.get(), static_cast<int>(i + 1), v);
-    if (rc != SQLITE_OK)
-      return failure(sqlite3_db_handle(p.stmt.get()), rc, sql);
+    if (rc != SQLITE_OK) return failure(sqlite3_db_handle(p.stmt.get()), rc, sql);
   }
   return {};
 }
@@ -373,18 +369,14 @@ SqlStatus bind_all(const Prepared& p, const std::vector<SqlValue>& params,
 
 class SqliteTransaction final : public SqlTransaction {
  public:
-  SqliteTransaction(Connection& c, bool writable)
-      : c_(c), writable_(writable) {}
+  SqliteTransaction(Connection& c, bool writable) : c_(c), writable_(writable) {}
 
-  SqlResult<SqlRows> query(std::string_view sql,
-                           const std::vector<SqlValue>& params) override {
+  SqlResult<SqlRows> query(std::string_view sql, const std::vector<SqlValue>& params) override {
     return run(sql, params, true);
   }
 
-  SqlResult<int64_t> exec(std::string_view sql,
-                          const std::vector<SqlValue>& params) override {
-    if (!writable_)
-      return {fail(invalid("exec() in a read transaction: " + quoted(sql)))};
+  SqlResult<int64_t> exec(std::string_view sql, const std::vector<SqlValue>& params) override {
+    if (!writable_) return {fail(invalid("exec() in a read transaction: " + quoted(sql)))};
     // changes() keeps the last DML's count through DDL and SELECT, so only
     // trust it when this statement changed something.
     const int64_t before = sqlite3_total_changes64(c_.db);
@@ -400,8 +392,7 @@ class SqliteTransaction final : public SqlTransaction {
   const SqlStatus& failed() const { return failed_; }
 
  private:
-  SqlResult<SqlRows> run(std::string_view sql,
-                         const std::vector<SqlValue>& params, bool keep_rows);
+  SqlResult<SqlRows> run(std::string_view sql, const std::vector<SqlValue>& params, bool keep_rows);
   SqlStatus step_all(sqlite3_stmt* st, std::string_view sql, SqlRows* rows);
 
   // Records the transaction's first failure: PostgreSQL refuses every later
@@ -416,8 +407,7 @@ class SqliteTransaction final : public SqlTransaction {
   SqlStatus failed_;
 };
 
-SqlStatus SqliteTransaction::step_all(sqlite3_stmt* st, std::string_view sql,
-                                      SqlRows* rows) {
+SqlStatus SqliteTransaction::step_all(sqlite3_stmt* st, std::string_view sql, SqlRows* rows) {
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     if (!rows) continue;
@@ -429,8 +419,7 @@ SqlStatus SqliteTransaction::step_all(sqlite3_stmt* st, std::string_view sql,
   return rc == SQLITE_DONE ? SqlStatus{} : failure(c_.db, rc, sql);
 }
 
-SqlResult<SqlRows> SqliteTransaction::run(std::string_view sql,
-                                          const std::vector<SqlValue>& params,
+SqlResult<SqlRows> SqliteTransaction::run(std::string_view sql, const std::vector<SqlValue>& params,
                                           bool keep_rows) {
   if (!failed_.ok()) return {failed_};
   try {
@@ -438,14 +427,11 @@ SqlResult<SqlRows> SqliteTransaction::run(std::string_view sql,
     if (!prepared.ok()) return {fail(prepared.status)};
     sqlite3_stmt* st = prepared.value->stmt.get();
     if (!writable_ && !sqlite3_stmt_readonly(st))
-      return {fail(invalid("a read transaction cannot change the database: " +
-                           quoted(sql)))};
+      return {fail(invalid("a read transaction cannot change the database: " + quoted(sql)))};
     ResetOnExit reset{st};
-    if (SqlStatus s = bind_all(*prepared.value, params, sql); !s.ok())
-      return {fail(s)};
+    if (SqlStatus s = bind_all(*prepared.value, params, sql); !s.ok()) return {fail(s)};
     SqlRows rows;
-    if (SqlStatus s = step_all(st, sql, keep_rows ? &rows : nullptr); !s.ok())
-      return {fail(s)};
+    if (SqlStatus s = step_all(st, sql, keep_rows ? &rows : nullptr); !s.ok()) return {fail(s)};
     // Names after stepping: a schema change re-prepares the statement at
     // its first step, and "SELECT *" may then have more columns.
     if (keep_rows)
@@ -468,15 +454,12 @@ SqlStatus SqliteTransaction::exec_script(std::string_view sql) {
   while (next < end) {
     sqlite3_stmt* raw = nullptr;
     const char* tail = nullptr;
-    int rc = sqlite3_prepare_v2(c_.db, next, static_cast<int>(end - next), &raw,
-                                &tail);
+    int rc = sqlite3_prepare_v2(c_.db, next, static_cast<int>(end - next), &raw, &tail);
     StatementPtr st(raw);
-    if (rc != SQLITE_OK)
-      return fail(failure(c_.db, rc, std::string_view(next, end - next)));
+    if (rc != SQLITE_OK) return fail(failure(c_.db, rc, std::string_view(next, end - next)));
     if (!st) break;  // only whitespace or comments were left
     std::string_view text(next, tail - next);
-    if (SqlStatus s = step_all(st.get(), text, nullptr); !s.ok())
-      return fail(s);
+    if (SqlStatus s = step_all(st.get(), text, nullptr); !s.ok()) return fail(s);
     next = tail;
   }
   return {};
@@ -516,13 +499,10 @@ void rollback(Connection& c) {
 
 // Opens a transaction, letting SQLite wait for the file's lock until
 // deadline.
-SqlStatus begin(Connection& c, const char* sql, Clock::time_point deadline,
-                int busy_timeout_ms) {
+SqlStatus begin(Connection& c, const char* sql, Clock::time_point deadline, int busy_timeout_ms) {
   rollback(c);  // in case an earlier ROLLBACK failed and left one open
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - Clock::now());
-  sqlite3_busy_timeout(c.db,
-                       static_cast<int>(std::max<int64_t>(left.count(), 0)));
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+  sqlite3_busy_timeout(c.db, static_cast<int>(std::max<int64_t>(left.count(), 0)));
   int rc = host_exec(c, sql);
   if (rc == SQLITE_OK) return {};
   SqlStatus s = failure(c.db, rc);
@@ -558,25 +538,20 @@ SqlStatus run_transaction(Connection& c, bool writable, const SqlWork& work) {
 
 // ---- the database ----
 
-SqliteDatabase::SqliteDatabase(std::filesystem::path path,
-                               const SqliteOptions& options)
+SqliteDatabase::SqliteDatabase(std::filesystem::path path, const SqliteOptions& options)
     : path_(std::move(path)), options_(options) {}
 
 SqliteDatabase::~SqliteDatabase() = default;
 
-SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(
-    const std::filesystem::path& path, const SqliteOptions& options) {
+SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(const std::filesystem::path& path,
+                                                                const SqliteOptions& options) {
   SqliteOptions o = options;
-  std::transform(o.synchronous.begin(), o.synchronous.end(),
-                 o.synchronous.begin(),
+  std::transform(o.synchronous.begin(), o.synchronous.end(), o.synchronous.begin(),
                  [](unsigned char ch) { return std::toupper(ch); });
   if (o.synchronous != "NORMAL" && o.synchronous != "FULL")
-    return {invalid("synchronous must be NORMAL or FULL, not \"" +
-                    options.synchronous + "\"")};
-  if (o.busy_timeout_ms < 0)
-    return {invalid("busy_timeout_ms must not be negative")};
-  if (o.reader_connections < 1)
-    return {invalid("reader_connections must be at least 1")};
+    return {invalid("synchronous must be NORMAL or FULL, not \"" + options.synchronous + "\"")};
+  if (o.busy_timeout_ms < 0) return {invalid("busy_timeout_ms must not be negative")};
+  if (o.reader_connections < 1) return {invalid("reader_connections must be at least 1")};
   std::unique_ptr<SqliteDatabase> db(new SqliteDatabase(path, o));
   if (SqlStatus s = db->open_connections(); !s.ok()) return {s};
   return {{}, std::move(db)};
@@ -600,17 +575,13 @@ SqlStatus SqliteDatabase::open_connections() {
 SqlStatus SqliteDatabase::write(const SqlWork& work) {
   NestingGuard guard(this);
   if (guard.nested()) return nested_refusal("write");
-  const auto deadline =
-      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
   if (!take_writer(deadline))
-    return SqlStatus::failure(
-        SqlCode::busy,
-        "other writers in this process hold the write lock; gave up after " +
-            std::to_string(options_.busy_timeout_ms) + " ms");
+    return SqlStatus::failure(SqlCode::busy,
+                              "other writers in this process hold the write lock; gave up after " +
+                                  std::to_string(options_.busy_timeout_ms) + " ms");
   ScopeExit give_back{[&] { give_back_writer(); }};
-  if (SqlStatus s = begin(*writer_, "BEGIN IMMEDIATE", deadline,
-                          options_.busy_timeout_ms);
-      !s.ok())
+  if (SqlStatus s = begin(*writer_, "BEGIN IMMEDIATE", deadline, options_.busy_timeout_ms); !s.ok())
     return s;
   return run_transaction(*writer_, true, work);
 }
@@ -618,21 +589,17 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
 SqlStatus SqliteDatabase::read(const SqlWork& work) {
   NestingGuard guard(this);
   if (guard.nested()) return nested_refusal("read");
-  const auto deadline =
-      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
   auto reader = lease_reader(deadline);
   if (!reader.ok()) return reader.status;
   ScopeExit give_back{[&] { return_reader(reader.value); }};
-  if (SqlStatus s =
-          begin(*reader.value, "BEGIN", deadline, options_.busy_timeout_ms);
-      !s.ok())
+  if (SqlStatus s = begin(*reader.value, "BEGIN", deadline, options_.busy_timeout_ms); !s.ok())
     return s;
   return run_transaction(*reader.value, false, work);
 }
 
 SqlResult<std::string> SqliteDatabase::integrity_check() {
-  const auto deadline =
-      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
   auto reader = lease_reader(deadline);
   if (!reader.ok()) return {reader.status};
   ScopeExit give_back{[&] { return_reader(reader.value); }};
@@ -643,8 +610,7 @@ SqlResult<std::string> SqliteDatabase::integrity_check() {
       reader.value->db, "PRAGMA integrity_check",
       [](void* out, int, char** values, char**) {
         auto* s = static_cast<std::string*>(out);
-        *s +=
-            (s->empty() ? "" : "\n") + std::string(values[0] ? values[0] : "");
+        *s += (s->empty() ? "" : "\n") + std::string(values[0] ? values[0] : "");
         return 0;
       },
       &lines, &error);
@@ -656,8 +622,7 @@ SqlResult<std::string> SqliteDatabase::integrity_check() {
 
 bool SqliteDatabase::take_writer(Clock::time_point deadline) {
   std::unique_lock lock(writer_mutex_);
-  if (!writer_freed_.wait_until(lock, deadline, [&] { return !writer_taken_; }))
-    return false;
+  if (!writer_freed_.wait_until(lock, deadline, [&] { return !writer_taken_; })) return false;
   writer_taken_ = true;
   return true;
 }
@@ -670,14 +635,12 @@ void SqliteDatabase::give_back_writer() {
   writer_freed_.notify_one();
 }
 
-SqlResult<SqliteDatabase::Connection*> SqliteDatabase::lease_reader(
-    Clock::time_point deadline) {
+SqlResult<SqliteDatabase::Connection*> SqliteDatabase::lease_reader(Clock::time_point deadline) {
   std::unique_lock lock(readers_mutex_);
-  if (!reader_freed_.wait_until(lock, deadline,
-                                [&] { return !idle_readers_.empty(); }))
-    return {SqlStatus::failure(
-        SqlCode::busy, "every reader connection is in use; gave up after " +
-                           std::to_string(options_.busy_timeout_ms) + " ms")};
+  if (!reader_freed_.wait_until(lock, deadline, [&] { return !idle_readers_.empty(); }))
+    return {SqlStatus::failure(SqlCode::busy, "every reader connection is in use; gave up after " +
+                                                  std::to_string(options_.busy_timeout_ms) +
+                                                  " ms")};
   Connection* c = idle_readers_.back();
   idle_readers_.pop_back();
   return {{}, c};

@@ -57,8 +57,8 @@ class SqliteDatabase final : public SqlDatabase {
   // invalid for bad options, busy if another process keeps the file locked
   // past the busy timeout, io if the file cannot be opened or is not a
   // database.
-  static SqlResult<std::unique_ptr<SqliteDatabase>> open(
-      const std::filesystem::path& path, const SqliteOptions& options = {});
+  static SqlResult<std::unique_ptr<SqliteDatabase>> open(const std::filesystem::path& path,
+                                                         const SqliteOptions& options = {});
 
   // Closes every connection. No write() or read() may be running.
   ~SqliteDatabase() override;
