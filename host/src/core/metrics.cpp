@@ -20,6 +20,8 @@ std::string label(std::string_view v) {
 }
 
 std::string number(double v) {
+  if (v == static_cast<double>(static_cast<int64_t>(v)) && v > -1e15 && v < 1e15)
+    return std::to_string(static_cast<int64_t>(v));
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.9g", v);
   return buf;
@@ -112,7 +114,19 @@ std::string Metrics::render() const {
         websocket_slow_closes.load());
   gauge("grapevine_overload_rejections_total",
         "Requests refused with 503 because a queue was full.", "counter", rejected_overload.load());
+  std::lock_guard lock(families_mutex_);
+  for (const auto& f : families_) {
+    out += "# HELP " + f.name + " " + f.help + "\n# TYPE " + f.name + " " + f.type + "\n";
+    for (const auto& [labels, value] : f.sample())
+      out += f.name + (labels.empty() ? "" : "{" + labels + "}") + " " + number(value) + "\n";
+  }
   return out;
+}
+
+void Metrics::add_family(std::string name, std::string help, std::string type,
+                         std::function<Samples()> sample) {
+  std::lock_guard lock(families_mutex_);
+  families_.push_back({std::move(name), std::move(help), std::move(type), std::move(sample)});
 }
 
 }  // namespace gv

@@ -29,6 +29,15 @@ class Metrics {
   // Read when rendering; set once before serving.
   std::function<size_t()> worker_queue_depth;
 
+  // A metric family rendered from a callback at scrape time, for parts that
+  // keep their own figures (events, cache, scheduler). type: "counter" or
+  // "gauge". sample returns (label set, value) pairs; a label set is the
+  // text inside the braces ('plugin="posts"') or "" for none. Register
+  // before serving; the callback runs on a scrape thread.
+  using Samples = std::vector<std::pair<std::string, double>>;
+  void add_family(std::string name, std::string help, std::string type,
+                  std::function<Samples()> sample);
+
   std::string render() const;
 
   static constexpr std::array<double, 14> kBuckets = {
@@ -49,6 +58,13 @@ class Metrics {
     OpMap ops;
   };
   Shard& local_shard();
+
+  struct Family {
+    std::string name, help, type;
+    std::function<Samples()> sample;
+  };
+  mutable std::mutex families_mutex_;
+  std::vector<Family> families_;
 
   const uint64_t id_ = next_id();
   static uint64_t next_id();

@@ -1,0 +1,210 @@
+// Events: the envelope, the broker interface and the engine that moves
+// events from each plugin's outbox to the plugins that consume them.
+//
+// Flow (see ARCHITECTURE.md, Events):
+//   1. A plugin's DAL publishes inside its own write transaction:
+//      EventEngine::publish() appends an outbox row in that transaction.
+//   2. After the commit the host calls notify_published(); the relay reads
+//      unsent outbox rows of every source database in outbox order, hands
+//      them to the Broker in batches, and deletes them from the outbox only
+//      when the broker reports them durably stored.
+//   3. The Broker delivers each event to every consumer group (one group per
+//      consuming plugin) whose patterns match its type, in order per key
+//      (partition = hash(key) % partitions), at least once.
+//   4. The consumer runner applies an event in one write transaction on the
+//      consumer's database: it records the event id in gv_consumed and runs
+//      the plugin's handler; a duplicate (id already recorded) is skipped.
+//      A failing handler is retried with exponential backoff, blocking its
+//      partition (order per key holds); after max_attempts the event is
+//      parked in gv_dead_letters and the partition moves on.
+//
+// Nothing here names SQLite or librdkafka: sources and consumers are
+// gv::stores::SqlDatabase, and Kafka is another Broker.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stores/sql.hpp"
+
+namespace gv {
+class Metrics;
+}
+
+namespace gv::events {
+
+// ---- envelope ----
+
+struct Envelope {
+  std::string id;      // sortable unique id: 26-char ULID (Crockford base32)
+  std::string type;    // "post.created"
+  std::string key;     // ordering key ("post:123"); order holds per key
+  int64_t time_ms = 0; // publish time, Unix milliseconds
+  std::string source;  // publishing plugin
+  int schema_version = 1;
+  std::string payload;  // a JSON document (object), as text
+
+  nlohmann::json to_json() const;  // {"id","type","key","time","source","schema_version","payload"}
+  // nullopt when j lacks a member or has a wrong type.
+  static std::optional<Envelope> from_json(const nlohmann::json& j);
+};
+
+// A new ULID: 48-bit millisecond time + 80 random bits, monotonic within
+// the process (same millisecond: previous + 1), so ids sort by creation.
+std::string new_event_id();
+
+// Event type patterns: "post.created" (exact), "post.*" (one or more
+// segments after "post."), "*" (everything). Segments are [a-z0-9_]+
+// separated by '.'. valid_pattern() checks the form; valid_type() a type.
+bool valid_pattern(std::string_view pattern);
+bool valid_type(std::string_view type);
+bool type_matches(std::string_view pattern, std::string_view type);
+
+// ---- broker interface (shaped for Kafka) ----
+
+// One event handed to a consumer group.
+struct Delivery {
+  Envelope event;
+  int partition = 0;
+  int64_t offset = 0;
+};
+
+struct BrokerStats {
+  bool connected = true;       // Kafka: the cluster is reachable
+  int64_t stored_events = 0;   // events held by the broker (in-process log length)
+  int64_t consumer_lag = 0;    // events not yet consumed, summed over groups
+};
+
+class Broker {
+ public:
+  virtual ~Broker() = default;
+
+  // Stores events durably (Kafka: idempotent producer, acks=all), each in
+  // partition hash(key) % partitions, keeping the given order within a key.
+  // done(true, "") once every event of the batch is stored; done(false, why)
+  // when any is not (the relay retries the whole batch later; the broker
+  // may then hold duplicates, which consumers drop by event id). done may
+  // run on any thread, before or after produce returns.
+  virtual void produce(std::vector<Envelope> batch,
+                       std::function<void(bool ok, const std::string& error)> done) = 0;
+
+  // A consumer group: handler receives, for each partition, the events whose
+  // type matches one of patterns, one at a time and in offset order. An
+  // offset is committed only after handler returns for it; after a restart
+  // delivery resumes at the first uncommitted offset (at least once).
+  // handler may block (it retries); it must return only when the event is
+  // applied or parked. Register every group before start().
+  using ConsumerFn = std::function<void(const Delivery&)>;
+  virtual void subscribe(const std::string& group, std::vector<std::string> patterns,
+                         ConsumerFn handler) = 0;
+
+  virtual bool start(std::string* error) = 0;
+  // Stops delivering: a handler in progress finishes, its offset is
+  // committed; nothing else runs after stop returns.
+  virtual void stop() = 0;
+
+  virtual BrokerStats stats() const = 0;
+};
+
+struct InProcessBrokerOptions {
+  std::filesystem::path file;  // the broker's log, a SQLite file (data_dir/broker/events.db)
+  int partitions = 8;          // fixed once the log exists: a different value is refused
+  int consumer_threads = 2;    // threads delivering to consumers (partition p -> thread p % n)
+  int busy_timeout_ms = 5000;
+  std::string synchronous = "NORMAL";
+  int64_t retention_events = 100000;  // consumed events kept in the log for inspection
+};
+
+// The embedded broker: a durable partitioned log in its own SQLite file,
+// with committed offsets per (group, partition), like a one-node Kafka.
+std::unique_ptr<Broker> make_in_process_broker(const InProcessBrokerOptions& options,
+                                               Metrics* metrics);
+
+// ---- engine ----
+
+struct EngineOptions {
+  int relay_batch = 500;                           // outbox rows per produce
+  std::chrono::milliseconds relay_poll{200};       // relay wakes at least this often
+  int max_attempts = 5;                            // handler runs before parking
+  std::chrono::milliseconds retry_backoff{100};    // first retry delay, doubling
+  std::chrono::milliseconds retry_backoff_max{10000};
+  std::chrono::hours consumed_retention{24 * 7};   // gv_consumed rows kept this long
+};
+
+// The consumer's handler, run inside the write transaction that also
+// records the event id. attempt counts from 1. Return ok to commit; any
+// failure (or an exception) rolls back and counts as a failed attempt.
+using EventHandler =
+    std::function<stores::SqlStatus(const Envelope&, int attempt, stores::SqlTransaction&)>;
+
+// One parked event, as the admin operations show it.
+struct DeadLetter {
+  Envelope event;
+  int attempts = 0;
+  std::string error;     // the last failure
+  int64_t parked_ms = 0;
+};
+
+class EventEngine {
+ public:
+  EventEngine(Broker& broker, const EngineOptions& options, Metrics* metrics);
+  ~EventEngine();
+
+  // Creates the host's tables in a plugin database when absent:
+  // gv_outbox, gv_consumed, gv_dead_letters. Call once per database before
+  // add_source/add_consumer/publish. Tables are prefixed gv_; plugins must
+  // not use that prefix.
+  static stores::SqlStatus prepare_database(stores::SqlDatabase& db);
+
+  // Appends an outbox row inside the caller's write transaction (the
+  // plugin's). Checks type (valid_type) and that payload is a JSON object;
+  // invalid otherwise. *id receives the event id.
+  static stores::SqlStatus publish(stores::SqlTransaction& tx, std::string_view source,
+                                   std::string_view type, std::string_view key,
+                                   std::string_view payload_json, int schema_version,
+                                   std::string* id);
+
+  // Registers a plugin database whose outbox the relay drains. Before start.
+  void add_source(const std::string& plugin, stores::SqlDatabase& db);
+  // Registers a consuming plugin: its group is the plugin name. Before start.
+  void add_consumer(const std::string& plugin, stores::SqlDatabase& db,
+                    std::vector<std::string> patterns, EventHandler handler);
+
+  // Starts the relay thread and the broker.
+  bool start(std::string* error);
+  // Wakes the relay now (a publishing transaction committed).
+  void notify_published();
+  // Stops the relay (after a last drain attempt) and the broker.
+  void stop();
+
+  // Admin: parked events of a consumer, oldest first, at most limit, after
+  // the event id after ("" from the start).
+  stores::SqlResult<std::vector<DeadLetter>> dead_letters(const std::string& plugin, size_t limit,
+                                                          const std::string& after);
+  // Admin: runs a parked event's handler again now (event_id "" = every
+  // parked event of the plugin, oldest first). Each that succeeds is applied
+  // once and unparked; one that fails stays parked with the new error.
+  // *replayed / *failed receive the counts. not found: invalid with a message.
+  stores::SqlStatus replay(const std::string& plugin, const std::string& event_id,
+                           int* replayed, int* failed);
+
+  // For /readyz and /metrics.
+  int64_t outbox_backlog() const;  // unsent outbox rows, as of the last relay pass
+  BrokerStats broker_stats() const;
+  bool has_consumer(const std::string& plugin) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gv::events
