@@ -17,9 +17,14 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/registry.hpp"
+#include "core/scheduler.hpp"
 #include "core/worker_pool.hpp"
+#include "events/events.hpp"
 #include "net/server.hpp"
+#include "plugins/admin_ops.hpp"
 #include "plugins/plugin_host.hpp"
+#include "stores/local_blob_store.hpp"
+#include "stores/memory_cache.hpp"
 
 namespace {
 
@@ -119,6 +124,24 @@ int list_plugins(const Args& args) {
   return 0;
 }
 
+void add_cache_metrics(gv::Metrics* metrics, gv::stores::Cache* cache) {
+  auto stat = [cache](uint64_t gv::stores::CacheStats::*field) {
+    return [cache, field] {
+      return gv::Metrics::Samples{{"", static_cast<double>(cache->stats().*field)}};
+    };
+  };
+  using S = gv::stores::CacheStats;
+  metrics->add_family("grapevine_cache_hits_total", "Cache reads that found their key.", "counter",
+                      stat(&S::hits));
+  metrics->add_family("grapevine_cache_misses_total", "Cache reads that did not.", "counter",
+                      stat(&S::misses));
+  metrics->add_family("grapevine_cache_evictions_total",
+                      "Live cache entries dropped to stay under the memory bound.", "counter",
+                      stat(&S::evictions));
+  metrics->add_family("grapevine_cache_bytes", "Memory the cache accounts for.", "gauge",
+                      stat(&S::bytes_used));
+}
+
 // Exit codes: 0 clean stop, 1 start-up failure, 2 bad config or arguments.
 int run(const Args& args) {
   gv::config::HostConfig cfg;
@@ -173,12 +196,64 @@ int run(const Args& args) {
     return 0;
   }
 
+  // The embedded stores, the events engine and the scheduler that plugins
+  // reach through the host function table.
+  gv::stores::MemoryCache cache(cfg.storage.cache_max_bytes);
+  add_cache_metrics(&metrics, &cache);
+  gv::stores::LocalBlobStore blobs(cfg.data_dir / "blobs");
+  gv::events::InProcessBrokerOptions broker_options;
+  broker_options.file = cfg.data_dir / "broker" / "events.sqlite";
+  broker_options.partitions = cfg.events.partitions;
+  broker_options.consumer_threads = cfg.events.consumer_threads;
+  broker_options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
+  broker_options.synchronous = cfg.storage.synchronous;
+  broker_options.retention_events = cfg.events.log_retention_events;
+  std::unique_ptr<gv::events::Broker> broker =
+      gv::events::make_in_process_broker(broker_options, &metrics);
+  gv::events::EngineOptions engine_options;
+  engine_options.relay_batch = cfg.events.relay_batch;
+  engine_options.max_attempts = cfg.events.max_attempts;
+  engine_options.retry_backoff = cfg.events.retry_backoff;
+  engine_options.retry_backoff_max = cfg.events.retry_backoff_max;
+  engine_options.consumed_retention = cfg.events.consumed_retention;
+  gv::events::EventEngine events(*broker, engine_options, &metrics);
+  gv::Scheduler scheduler(
+      [&pool](std::function<void()> job) { return pool.try_submit(std::move(job)); }, &metrics);
+  {
+    gv::Scheduler::Job purge;
+    purge.name = "host.cache_purge";
+    purge.interval = std::chrono::seconds(1);
+    purge.run = [&cache] { cache.purge_expired(10000); };
+    std::string error;
+    scheduler.add(std::move(purge), &error);
+  }
+  services.cache = &cache;
+  services.blobs = &blobs;
+  services.events = &events;
+  services.scheduler = &scheduler;
+  plugins.set_services(services);
+
   std::vector<std::string> errors;
-  if (!plugins.load(&errors) || !plugins.start(&errors)) {
+  std::string admin_error;
+  if (!gv::plugins::register_admin_operations(&services, &admin_error))
+    errors.push_back("admin operations: " + admin_error);
+  bool started = errors.empty() && plugins.load(&errors) && plugins.start(&errors);
+  if (started) {
+    std::string error;
+    if (!events.start(&error)) {
+      errors.push_back("events: " + error);
+      started = false;
+    } else {
+      scheduler.start();
+    }
+  }
+  if (!started) {
     for (const auto& e : errors) {
       std::fprintf(stderr, "grapevine: %s\n", e.c_str());
       gv::log::error("start-up failed", {{"reason", e}});
     }
+    events.stop();
+    plugins.stop();
     return 1;
   }
   std::atomic<bool> ready{false};
@@ -187,6 +262,8 @@ int run(const Args& args) {
   std::string error;
   if (!server.listen(&error)) {
     std::fprintf(stderr, "grapevine: %s\n", error.c_str());
+    scheduler.stop();
+    events.stop();
     plugins.stop();
     return 1;
   }
@@ -198,7 +275,9 @@ int run(const Args& args) {
                               {"version", GRAPEVINE_VERSION}});
   gv::log::flush();  // whoever waits for "listening" sees it now
   server.run();
-  pool.stop();  // handlers still running past the grace finish first
+  scheduler.stop();  // no new job runs
+  pool.stop();       // handlers still running past the grace finish first
+  events.stop();     // the relay's last pass; consumers finish their event
   plugins.stop();
   gv::log::info("stopped");
   gv::log::stop_batching();

@@ -85,6 +85,48 @@ HttpResult http(int port, const std::string& method, const std::string& target,
   return out;
 }
 
+struct HttpClient::Impl {
+  asio::io_context ioc;
+  beast::tcp_stream stream{ioc};
+  beast::flat_buffer buffer;
+};
+
+HttpClient::HttpClient(int port) : impl_(std::make_unique<Impl>()) {
+  impl_->stream.connect(
+      tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+}
+
+HttpClient::~HttpClient() {
+  beast::error_code ec;
+  impl_->stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+}
+
+HttpResult HttpClient::request(const std::string& method, const std::string& target,
+                               const std::string& body, const Headers& headers) {
+  bhttp::request<bhttp::string_body> req(bhttp::string_to_verb(method), target, 11);
+  req.set(bhttp::field::host, "127.0.0.1");
+  for (const auto& [k, v] : headers) req.set(k, v);
+  req.body() = body;
+  if (!body.empty()) req.set(bhttp::field::content_type, "application/json");
+  req.prepare_payload();
+  beast::error_code ec;
+  bhttp::write(impl_->stream, req, ec);
+  if (ec) throw std::runtime_error("write: " + ec.message());
+  bhttp::response_parser<bhttp::string_body> parser;
+  parser.body_limit(64 * 1024 * 1024);
+  bhttp::read(impl_->stream, impl_->buffer, parser, ec);
+  if (ec) throw std::runtime_error("read: " + ec.message());
+  HttpResult out;
+  out.status = parser.get().result_int();
+  for (const auto& f : parser.get()) {
+    std::string name(f.name_string());
+    for (auto& c : name) c = static_cast<char>(std::tolower(c));
+    out.headers[name] = std::string(f.value());
+  }
+  out.body = parser.get().body();
+  return out;
+}
+
 std::string base64url(const std::string& bytes) {
   static const char* table = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   std::string out;
@@ -234,6 +276,15 @@ std::string Host::output() const { return read_file(dir_->path / "output.log"); 
 int Host::terminate(std::chrono::milliseconds timeout) {
   if (pid_ > 0) kill(pid_, SIGTERM);
   return wait(timeout);
+}
+
+void Host::kill_now() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  exit_code_ = 128 + SIGKILL;
+  pid_ = -1;
 }
 
 int Host::wait(std::chrono::milliseconds timeout) {

@@ -71,6 +71,8 @@ class Host {
   }
   // Sends SIGTERM and waits (up to timeout) for the exit code; -1 on timeout.
   int terminate(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  // SIGKILL, as a crash or the OOM killer would; waits for the exit.
+  void kill_now();
   // Waits for the process to exit by itself; its exit code, -1 on timeout.
   int wait(std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
@@ -89,6 +91,21 @@ int run_grapevine(const std::vector<std::string>& args, std::string* output,
 fs::path grapevine_binary();
 fs::path build_plugin_dir();  // the in-tree plugins (hello, ...)
 fs::path test_plugin_dir();   // testkit, bad_abi, not_a_plugin, ...
+
+// One keep-alive HTTP connection for many requests (tests that send
+// thousands). request() throws std::runtime_error when the connection
+// fails or the server closes it, as when the host is killed.
+class HttpClient {
+ public:
+  explicit HttpClient(int port);
+  ~HttpClient();
+  HttpResult request(const std::string& method, const std::string& target,
+                     const std::string& body = "", const Headers& headers = {});
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // A raw TCP connection, for tests that misbehave at the byte level.
 class RawConnection {

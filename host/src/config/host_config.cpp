@@ -78,6 +78,20 @@ json make_schema() {
        section({{"level", {{"type", "string"}, {"enum", {"debug", "info", "warn", "error"}}}},
                 {"access", boolean()},
                 {"flush_ms", integer(0, 10000)}})},
+      {"storage",
+       section({{"sqlite_synchronous", {{"type", "string"}, {"enum", {"NORMAL", "FULL"}}}},
+                {"busy_timeout_ms", integer(0, kHour_ms)},
+                {"reader_connections", integer(1, 64)},
+                {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
+      {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process"}}}},
+                          {"partitions", integer(1, 1024)},
+                          {"consumer_threads", integer(1, 64)},
+                          {"relay_batch", integer(1, 100000)},
+                          {"max_attempts", integer(1, 1000)},
+                          {"retry_backoff_ms", integer(1, kHour_ms)},
+                          {"retry_backoff_max_ms", integer(1, kDay_ms)},
+                          {"consumed_retention_h", integer(1, 24 * 365)},
+                          {"log_retention_events", integer(0, 1LL << 40)}})},
       {"shutdown", section({{"grace_ms", integer(0, kHour_ms)}})},
       {"data_dir", text()},
       {"plugin_dirs", list_of(text())},
@@ -291,6 +305,19 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.flag("/log/access", &c->log.access);
   r.duration("/log/flush_ms", &c->log.flush);
   r.duration("/shutdown/grace_ms", &c->shutdown_grace);
+  r.text("/storage/sqlite_synchronous", &c->storage.synchronous);
+  r.number("/storage/busy_timeout_ms", &c->storage.busy_timeout_ms);
+  r.number("/storage/reader_connections", &c->storage.reader_connections);
+  r.number("/storage/cache_max_bytes", &c->storage.cache_max_bytes);
+  r.text("/events/broker", &c->events.broker);
+  r.number("/events/partitions", &c->events.partitions);
+  r.number("/events/consumer_threads", &c->events.consumer_threads);
+  r.number("/events/relay_batch", &c->events.relay_batch);
+  r.number("/events/max_attempts", &c->events.max_attempts);
+  r.duration("/events/retry_backoff_ms", &c->events.retry_backoff);
+  r.duration("/events/retry_backoff_max_ms", &c->events.retry_backoff_max);
+  r.duration("/events/consumed_retention_h", &c->events.consumed_retention);
+  r.number("/events/log_retention_events", &c->events.log_retention_events);
   std::string data_dir;
   r.text("/data_dir", &data_dir);
   if (!data_dir.empty()) c->data_dir = data_dir;

@@ -72,6 +72,26 @@ struct LogConfig {
   std::chrono::milliseconds flush{100};
 };
 
+// The embedded stores (SQLite files, the in-process cache, local blobs).
+struct StorageConfig {
+  std::string synchronous = "NORMAL";  // NORMAL or FULL
+  int busy_timeout_ms = 5000;
+  int reader_connections = 4;
+  size_t cache_max_bytes = 64u << 20;
+};
+
+struct EventsConfig {
+  std::string broker = "in-process";
+  int partitions = 8;
+  int consumer_threads = 2;
+  int relay_batch = 500;
+  int max_attempts = 5;
+  std::chrono::milliseconds retry_backoff{200};
+  std::chrono::milliseconds retry_backoff_max{30000};
+  std::chrono::hours consumed_retention{24 * 7};
+  int64_t log_retention_events = 100000;
+};
+
 struct PluginEntry {
   std::string name;
   bool enabled = true;
@@ -88,6 +108,8 @@ struct HostConfig {
   WorkersConfig workers;
   AuthConfig auth;
   LogConfig log;
+  StorageConfig storage;
+  EventsConfig events;
   std::chrono::milliseconds shutdown_grace{10000};
   std::filesystem::path data_dir = "data";
   // "$ORIGIN" at the start stands for the folder of the grapevine binary.

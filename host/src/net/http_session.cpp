@@ -277,6 +277,9 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
         Answer a;
         a.status = static_cast<http::status>(reply.status);
         a.body = std::move(reply.body);
+        // A plugin's 503 (a locked database, a busy dependency) or 429
+        // tells the client when to come back, like the host's own.
+        a.retry_after = reply.status == 503 || reply.status == 429;
         self->send(a, false);
       });
     });

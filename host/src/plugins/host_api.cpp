@@ -6,6 +6,10 @@
 #include "core/call.hpp"
 #include "core/log.hpp"
 #include "core/request_id.hpp"
+#include "core/scheduler.hpp"
+#include "events/events.hpp"
+#include "stores/blob_store.hpp"
+#include "stores/cache.hpp"
 
 namespace gv::plugins {
 namespace {
@@ -167,6 +171,455 @@ gv_status api_sign(gv_host* host, gv_str user_id, gv_str roles, int64_t ttl, gv_
   });
 }
 
+
+// ---- ABI 1.1: SQL --------------------------------------------------------
+
+using stores::SqlCode;
+using stores::SqlStatus;
+using stores::SqlValue;
+
+gv_status to_gv_status(SqlCode code) {
+  switch (code) {
+    case SqlCode::ok:
+      return GV_OK;
+    case SqlCode::busy:
+      return GV_ERR_UNAVAILABLE;
+    case SqlCode::constraint:
+      return GV_ERR_CONFLICT;
+    case SqlCode::invalid:
+      return GV_ERR_INVALID;
+    case SqlCode::io:
+      return GV_ERR_INTERNAL;
+  }
+  return GV_ERR_INTERNAL;
+}
+
+void sink_text(gv_sink_fn sink, void* ctx, const std::string& text) {
+  if (sink) sink(ctx, text.data(), text.size());
+}
+
+gv_status api_add_migration(gv_host* host, int32_t step, gv_str sql) {
+  return shield([&]() -> gv_status {
+    if (!host || !host->creating || sql.len == 0) return GV_ERR_INVALID;
+    if (step != static_cast<int32_t>(host->migrations.size()) + 1) {
+      log::error("migration steps must be added as 1, 2, 3 ...",
+                 {{"plugin", host->plugin}, {"step", step}});
+      return GV_ERR_INVALID;
+    }
+    host->migrations.push_back({step, str(sql)});
+    return GV_OK;
+  });
+}
+
+// Runs a plugin's transaction function; returns what the caller of
+// sql_write/sql_read gets.
+gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
+                  void* error_ctx) {
+  if (!host || !work) return GV_ERR_INVALID;
+  if (!host->db) {
+    sink_text(error_sink, error_ctx,
+              "plugin " + host->plugin + " has no database: declare a migration step first");
+    return GV_ERR_INVALID;
+  }
+  gv_txn txn;
+  txn.host = host;
+  txn.writable = writable;
+  gv_status work_rc = GV_OK;
+  auto body = [&](stores::SqlTransaction& tx) -> SqlStatus {
+    txn.tx = &tx;
+    txn.published = 0;
+    txn.first_failure = SqlStatus::success();
+    work_rc = work(ctx, &txn);
+    txn.tx = nullptr;
+    if (work_rc == GV_OK) return SqlStatus::success();
+    if (!txn.first_failure.ok()) return txn.first_failure;
+    return SqlStatus::failure(SqlCode::invalid, txn.plugin_error.empty()
+                                                    ? "the plugin's transaction function failed"
+                                                    : txn.plugin_error);
+  };
+  SqlStatus st = writable ? host->db->write(body) : host->db->read(body);
+  if (st.ok()) {
+    if (txn.published > 0 && host->services->events) host->services->events->notify_published();
+    return GV_OK;
+  }
+  sink_text(error_sink, error_ctx, st.message);
+  // The plugin's own failure (an exception it keeps to rethrow) wins over
+  // the generic status; a store failure says what happened.
+  if (work_rc != GV_OK && txn.first_failure.ok() && st.code == SqlCode::invalid) return work_rc;
+  return to_gv_status(st.code);
+}
+
+gv_status api_sql_write(gv_host* host, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
+                        void* error_ctx) {
+  return shield([&] { return run_txn(host, true, work, ctx, error_sink, error_ctx); });
+}
+
+gv_status api_sql_read(gv_host* host, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
+                       void* error_ctx) {
+  return shield([&] { return run_txn(host, false, work, ctx, error_sink, error_ctx); });
+}
+
+gv_status api_sql_run(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
+                      gv_row_fn on_row, void* row_ctx, int64_t* changes) {
+  return shield([&]() -> gv_status {
+    if (!txn || !txn->tx || (nparams && !params)) return GV_ERR_INVALID;
+    std::vector<SqlValue> values;
+    values.reserve(nparams);
+    for (size_t i = 0; i < nparams; ++i) {
+      const gv_value& v = params[i];
+      switch (v.type) {
+        case GV_VALUE_NULL:
+          values.emplace_back(nullptr);
+          break;
+        case GV_VALUE_INT:
+          values.emplace_back(v.i);
+          break;
+        case GV_VALUE_REAL:
+          values.emplace_back(v.r);
+          break;
+        case GV_VALUE_TEXT:
+          values.emplace_back(str(v.s));
+          break;
+        case GV_VALUE_BLOB:
+          values.emplace_back(stores::SqlBlob(str(v.s)));
+          break;
+        default:
+          return GV_ERR_INVALID;
+      }
+    }
+    auto fail = [&](const SqlStatus& st) {
+      if (txn->first_failure.ok()) txn->first_failure = st;
+      return to_gv_status(st.code);
+    };
+    std::string_view text(sql.data ? sql.data : "", sql.len);
+    if (!on_row) {
+      auto r = txn->tx->exec(text, values);
+      if (!r.ok()) return fail(r.status);
+      if (changes) *changes = r.value;
+      return GV_OK;
+    }
+    auto r = txn->tx->query(text, values);
+    if (!r.ok()) return fail(r.status);
+    const stores::SqlRows& rows = r.value;
+    std::vector<gv_str> names;
+    for (const auto& c : rows.columns) names.push_back({c.data(), c.size()});
+    std::vector<gv_value> out(rows.columns.size());
+    for (const auto& row : rows.rows) {
+      for (size_t i = 0; i < row.size() && i < out.size(); ++i) {
+        gv_value& o = out[i];
+        o = gv_value{};
+        std::visit(
+            [&o](const auto& x) {
+              using T = std::decay_t<decltype(x)>;
+              if constexpr (std::is_same_v<T, int64_t>) {
+                o.type = GV_VALUE_INT;
+                o.i = x;
+              } else if constexpr (std::is_same_v<T, double>) {
+                o.type = GV_VALUE_REAL;
+                o.r = x;
+              } else if constexpr (std::is_same_v<T, std::string>) {
+                o.type = GV_VALUE_TEXT;
+                o.s = {x.data(), x.size()};
+              } else if constexpr (std::is_same_v<T, stores::SqlBlob>) {
+                o.type = GV_VALUE_BLOB;
+                o.s = {x.bytes.data(), x.bytes.size()};
+              } else {
+                o.type = GV_VALUE_NULL;
+              }
+            },
+            row[i]);
+      }
+      on_row(row_ctx, out.size(), names.data(), out.data());
+    }
+    if (changes) *changes = static_cast<int64_t>(rows.rows.size());
+    return GV_OK;
+  });
+}
+
+// ---- ABI 1.1: events -----------------------------------------------------
+
+gv_status api_publish(gv_txn* txn, gv_str type, gv_str key, gv_str payload,
+                      uint32_t schema_version, gv_sink_fn id_sink, void* id_ctx) {
+  return shield([&]() -> gv_status {
+    if (!txn || !txn->tx || !txn->writable) return GV_ERR_INVALID;
+    std::string id;
+    SqlStatus st = events::EventEngine::publish(*txn->tx, txn->host->plugin, str(type), str(key),
+                                                str(payload), static_cast<int>(schema_version),
+                                                &id);
+    if (!st.ok()) {
+      log::warn("publish refused", {{"plugin", txn->host->plugin}, {"reason", st.message}});
+      if (st.code != SqlCode::invalid && txn->first_failure.ok()) txn->first_failure = st;
+      return to_gv_status(st.code);
+    }
+    ++txn->published;
+    sink_text(id_sink, id_ctx, id);
+    return GV_OK;
+  });
+}
+
+gv_status api_subscribe(gv_host* host, const gv_subscription_v1* sub) {
+  return shield([&]() -> gv_status {
+    if (!host || !sub || sub->struct_size < sizeof(gv_subscription_v1) || !sub->pattern ||
+        !sub->handler)
+      return GV_ERR_INVALID;
+    if (!host->creating) return GV_ERR_DENIED;
+    if (!events::valid_pattern(sub->pattern)) {
+      log::error("invalid event pattern", {{"plugin", host->plugin}, {"pattern", sub->pattern}});
+      return GV_ERR_INVALID;
+    }
+    host->subscriptions.push_back({sub->pattern, sub->handler, sub->handler_ctx});
+    return GV_OK;
+  });
+}
+
+// ---- ABI 1.1: jobs -------------------------------------------------------
+
+std::function<void()> job_body(gv_job_fn fn, void* ctx) {
+  return [fn, ctx] {
+    if (fn(ctx) != GV_OK) throw std::runtime_error("the job reported a failure");
+  };
+}
+
+gv_status api_add_job(gv_host* host, const gv_job_v1* job) {
+  return shield([&]() -> gv_status {
+    if (!host || !job || job->struct_size < sizeof(gv_job_v1) || !job->name || !job->run)
+      return GV_ERR_INVALID;
+    if (!host->creating) return GV_ERR_DENIED;
+    if (!host->services->scheduler) return GV_ERR_UNAVAILABLE;
+    Scheduler::Job j;
+    j.name = host->plugin + "." + job->name;
+    j.interval = std::chrono::milliseconds(job->interval_ms);
+    j.cron = job->cron ? job->cron : "";
+    j.run = job_body(job->run, job->ctx);
+    std::string error;
+    if (!host->services->scheduler->add(std::move(j), &error)) {
+      log::error("job refused", {{"plugin", host->plugin}, {"reason", error}});
+      return GV_ERR_INVALID;
+    }
+    return GV_OK;
+  });
+}
+
+gv_status api_run_later(gv_host* host, int64_t delay_ms, gv_job_fn fn, void* ctx) {
+  return shield([&]() -> gv_status {
+    if (!host || !fn || delay_ms < 0) return GV_ERR_INVALID;
+    if (!host->services->scheduler) return GV_ERR_UNAVAILABLE;
+    return host->services->scheduler->run_later(std::chrono::milliseconds(delay_ms),
+                                                host->plugin + ".later", job_body(fn, ctx))
+               ? GV_OK
+               : GV_ERR_UNAVAILABLE;
+  });
+}
+
+// ---- ABI 1.1: cache ------------------------------------------------------
+
+// Each plugin sees its own key space.
+std::string cache_key(const gv_host* host, gv_str key) { return host->plugin + "/" + str(key); }
+
+gv_status cache_status(stores::CacheStatus s) {
+  switch (s) {
+    case stores::CacheStatus::ok:
+      return GV_OK;
+    case stores::CacheStatus::unavailable:
+      return GV_ERR_UNAVAILABLE;
+    default:
+      return GV_ERR_INVALID;
+  }
+}
+
+template <class F>
+gv_status with_cache(gv_host* host, F&& f) {
+  return shield([&]() -> gv_status {
+    if (!host || !host->services->cache) return GV_ERR_UNAVAILABLE;
+    return f(*host->services->cache);
+  });
+}
+
+gv_status api_cache_get(gv_host* host, gv_str key, gv_sink_fn sink, void* ctx) {
+  return with_cache(host, [&](stores::Cache& c) {
+    auto v = c.get(cache_key(host, key));
+    if (!v) return GV_ERR_NOT_FOUND;
+    sink_text(sink, ctx, *v);
+    return GV_OK;
+  });
+}
+
+gv_status api_cache_set(gv_host* host, gv_str key, gv_str value, int64_t ttl_ms) {
+  return with_cache(host, [&](stores::Cache& c) {
+    return cache_status(c.set(cache_key(host, key), str(value), stores::Cache::Ttl(ttl_ms)));
+  });
+}
+
+gv_status api_cache_delete(gv_host* host, gv_str key) {
+  return with_cache(host,
+                    [&](stores::Cache& c) { return cache_status(c.del(cache_key(host, key)).status); });
+}
+
+gv_status api_cache_incr(gv_host* host, gv_str key, int64_t delta, int64_t ttl_ms,
+                         int64_t* value) {
+  return with_cache(host, [&](stores::Cache& c) {
+    auto r = c.incr(cache_key(host, key), delta, stores::Cache::Ttl(ttl_ms));
+    if (r.status == stores::CacheStatus::ok && value) *value = r.value;
+    return cache_status(r.status);
+  });
+}
+
+gv_status api_cache_zadd(gv_host* host, gv_str key, gv_str member, double score) {
+  return with_cache(host, [&](stores::Cache& c) {
+    return cache_status(c.zadd(cache_key(host, key), str(member), score).status);
+  });
+}
+
+gv_status api_cache_zrem(gv_host* host, gv_str key, gv_str member) {
+  return with_cache(host, [&](stores::Cache& c) {
+    return cache_status(c.zrem(cache_key(host, key), str(member)).status);
+  });
+}
+
+void emit_members(const std::vector<stores::ScoredMember>& members, gv_member_fn fn, void* ctx) {
+  if (!fn) return;
+  for (const auto& m : members) fn(ctx, {m.member.data(), m.member.size()}, m.score);
+}
+
+gv_status api_cache_zrange(gv_host* host, gv_str key, int64_t start, int64_t stop, int reverse,
+                           gv_member_fn on_member, void* ctx) {
+  return with_cache(host, [&](stores::Cache& c) {
+    emit_members(c.zrange_by_rank(cache_key(host, key), start, stop, reverse != 0), on_member, ctx);
+    return GV_OK;
+  });
+}
+
+gv_status api_cache_zrange_by_score(gv_host* host, gv_str key, double min, double max,
+                                    size_t limit, int reverse, gv_member_fn on_member, void* ctx) {
+  return with_cache(host, [&](stores::Cache& c) {
+    emit_members(c.zrange_by_score(cache_key(host, key), min, max, reverse != 0, limit), on_member,
+                 ctx);
+    return GV_OK;
+  });
+}
+
+gv_status api_cache_ztrim(gv_host* host, gv_str key, size_t keep) {
+  return with_cache(host, [&](stores::Cache& c) {
+    int64_t stop = -static_cast<int64_t>(keep) - 1;
+    return cache_status(c.zremrange_by_rank(cache_key(host, key), 0, stop).status);
+  });
+}
+
+// ---- ABI 1.1: blobs ------------------------------------------------------
+
+gv_status blob_status(const stores::BlobStatus& s) {
+  switch (s.code) {
+    case stores::BlobError::none:
+      return GV_OK;
+    case stores::BlobError::invalid_key:
+    case stores::BlobError::conflict:
+      return GV_ERR_INVALID;
+    case stores::BlobError::unavailable:
+      return GV_ERR_UNAVAILABLE;
+    default:
+      return GV_ERR_INTERNAL;
+  }
+}
+
+// The plugin's folder in the shared store; the key rules are checked on
+// the plugin's own key, so nothing can reach another plugin's objects.
+bool blob_key(const gv_host* host, gv_str key, std::string* out) {
+  std::string k = str(key);
+  if (!stores::valid_blob_key(k)) return false;
+  *out = host->plugin + "/" + k;
+  return true;
+}
+
+template <class F>
+gv_status with_blobs(gv_host* host, F&& f) {
+  return shield([&]() -> gv_status {
+    if (!host || !host->services->blobs) return GV_ERR_UNAVAILABLE;
+    return f(*host->services->blobs);
+  });
+}
+
+gv_status api_blob_put(gv_host* host, gv_str key, gv_str bytes) {
+  return with_blobs(host, [&](stores::BlobStore& b) {
+    std::string k;
+    if (!blob_key(host, key, &k)) return GV_ERR_INVALID;
+    stores::BlobStatus st = b.put(k, str(bytes));
+    if (!st.ok()) log::warn("blob put failed", {{"plugin", host->plugin}, {"reason", st.message}});
+    return blob_status(st);
+  });
+}
+
+gv_status api_blob_get(gv_host* host, gv_str key, gv_sink_fn sink, void* ctx) {
+  return with_blobs(host, [&](stores::BlobStore& b) {
+    std::string k;
+    if (!blob_key(host, key, &k)) return GV_ERR_INVALID;
+    auto r = b.get(k);
+    if (!r.ok()) return blob_status(r.status);
+    if (!r.value) return GV_ERR_NOT_FOUND;
+    sink_text(sink, ctx, *r.value);
+    return GV_OK;
+  });
+}
+
+gv_status api_blob_delete(gv_host* host, gv_str key) {
+  return with_blobs(host, [&](stores::BlobStore& b) {
+    std::string k;
+    if (!blob_key(host, key, &k)) return GV_ERR_INVALID;
+    auto r = b.del(k);
+    if (!r.ok()) return blob_status(r.status);
+    return r.value ? GV_OK : GV_ERR_NOT_FOUND;
+  });
+}
+
+gv_status api_blob_list(gv_host* host, gv_str prefix, gv_str start_after, size_t limit,
+                        gv_key_fn on_key, void* ctx, int* more) {
+  return with_blobs(host, [&](stores::BlobStore& b) {
+    std::string base = host->plugin + "/";
+    std::string after = start_after.len ? base + str(start_after) : std::string();
+    auto r = b.list(base + str(prefix), after, limit);
+    if (!r.ok()) return blob_status(r.status);
+    for (const auto& k : r.value.keys)
+      if (on_key) on_key(ctx, {k.data() + base.size(), k.size() - base.size()});
+    if (more) *more = r.value.truncated ? 1 : 0;
+    return GV_OK;
+  });
+}
+
+void api_txn_fail(gv_txn* txn, gv_str message) {
+  shield_void([&] {
+    if (txn) txn->plugin_error = str(message).substr(0, 2000);
+  });
+}
+
+}  // namespace
+
+stores::SqlStatus deliver_event(gv_host* host, const gv_event_v1& event,
+                                stores::SqlTransaction& tx) {
+  gv_txn txn;
+  txn.tx = &tx;
+  txn.host = host;
+  txn.writable = true;
+  std::string_view type(event.type.data, event.type.len);
+  for (const auto& sub : host->subscriptions) {
+    if (!events::type_matches(sub.pattern, type)) continue;
+    gv_status rc = GV_ERR_INTERNAL;
+    try {
+      rc = sub.handler(sub.ctx, &event, &txn);
+    } catch (...) {
+    }
+    if (rc != GV_OK) {
+      if (!txn.first_failure.ok()) return txn.first_failure;
+      if (!txn.plugin_error.empty())
+        return SqlStatus::failure(SqlCode::invalid, txn.plugin_error);
+      return SqlStatus::failure(SqlCode::invalid, "the plugin's handler for " + std::string(type) +
+                                                      " failed (status " + std::to_string(rc) +
+                                                      ")");
+    }
+  }
+  if (txn.published > 0 && host->services->events) host->services->events->notify_published();
+  return SqlStatus::success();
+}
+
+namespace {
 }  // namespace
 
 const gv_host_api_v1* host_api() {
@@ -182,7 +635,29 @@ const gv_host_api_v1* host_api() {
                                      &api_push_channel,
                                      &api_join,
                                      &api_leave,
-                                     &api_sign};
+                                     &api_sign,
+                                     &api_add_migration,
+                                     &api_sql_write,
+                                     &api_sql_read,
+                                     &api_sql_run,
+                                     &api_publish,
+                                     &api_subscribe,
+                                     &api_add_job,
+                                     &api_run_later,
+                                     &api_cache_get,
+                                     &api_cache_set,
+                                     &api_cache_delete,
+                                     &api_cache_incr,
+                                     &api_cache_zadd,
+                                     &api_cache_zrem,
+                                     &api_cache_zrange,
+                                     &api_cache_zrange_by_score,
+                                     &api_cache_ztrim,
+                                     &api_blob_put,
+                                     &api_blob_get,
+                                     &api_blob_delete,
+                                     &api_blob_list,
+                                     &api_txn_fail};
   return &api;
 }
 

@@ -8,7 +8,10 @@
 
 #include "config/yaml_document.hpp"
 #include "core/log.hpp"
+#include "events/events.hpp"
 #include "plugins/host_api.hpp"
+#include "stores/migrations.hpp"
+#include "stores/sqlite_database.hpp"
 
 namespace gv::plugins {
 
@@ -248,10 +251,78 @@ bool PluginHost::create(const config::PluginEntry& entry, const Manifest& manife
     *error = "create failed (status " + std::to_string(rc) + "); see the log above";
     return false;
   }
+  if (!open_database(*p, error)) {
+    services_.registry->remove_plugin(manifest.name);
+    d->destroy(p->state);
+    p->state = nullptr;
+    return false;
+  }
   log::info(
       "plugin loaded",
       {{"plugin", manifest.name}, {"version", manifest.version}, {"file", manifest.file.string()}});
   loaded_.push_back(std::move(p));
+  return true;
+}
+
+// A plugin that declared migrations or subscriptions gets its database:
+// data_dir/db/NAME.sqlite, migrated, with the host's event tables, and is
+// registered with the events engine as a source and, if it subscribes, as
+// a consumer.
+bool PluginHost::open_database(Loaded& p, std::string* error) {
+  gv_host& h = p.context;
+  if (h.migrations.empty() && h.subscriptions.empty()) return true;
+  const config::HostConfig& cfg = *services_.config;
+  fs::path dir = cfg.data_dir / "db";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    *error = "cannot create " + dir.string() + ": " + ec.message();
+    return false;
+  }
+  stores::SqliteOptions options;
+  options.synchronous = cfg.storage.synchronous;
+  options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
+  options.reader_connections = cfg.storage.reader_connections;
+  fs::path file = dir / (h.plugin + ".sqlite");
+  auto opened = stores::SqliteDatabase::open(file, options);
+  if (!opened.ok()) {
+    *error = "database " + file.string() + ": " + opened.status.message;
+    return false;
+  }
+  h.db = std::move(opened.value);
+  stores::SqlStatus st = stores::migrate(*h.db, h.plugin, h.migrations);
+  if (!st.ok()) {
+    *error = st.message;
+    return false;
+  }
+  if (services_.events) {
+    st = events::EventEngine::prepare_database(*h.db);
+    if (!st.ok()) {
+      *error = "database " + file.string() + ": " + st.message;
+      return false;
+    }
+    services_.events->add_source(h.plugin, *h.db);
+    if (!h.subscriptions.empty()) {
+      std::vector<std::string> patterns;
+      for (const auto& sub : h.subscriptions) patterns.push_back(sub.pattern);
+      gv_host* host = &h;
+      services_.events->add_consumer(
+          h.plugin, *h.db, patterns,
+          [host](const events::Envelope& e, int attempt, stores::SqlTransaction& tx) {
+            gv_event_v1 raw{};
+            raw.struct_size = sizeof raw;
+            raw.id = {e.id.data(), e.id.size()};
+            raw.type = {e.type.data(), e.type.size()};
+            raw.key = {e.key.data(), e.key.size()};
+            raw.time_ms = e.time_ms;
+            raw.source = {e.source.data(), e.source.size()};
+            raw.schema_version = static_cast<uint32_t>(e.schema_version);
+            raw.payload_json = {e.payload.data(), e.payload.size()};
+            raw.attempt = static_cast<uint32_t>(attempt);
+            return deliver_event(host, raw, tx);
+          });
+    }
+  }
   return true;
 }
 

@@ -20,6 +20,17 @@
 #include "core/registry.hpp"
 #include "plugins/manifest.hpp"
 
+namespace gv {
+class Scheduler;
+namespace stores {
+class Cache;
+class BlobStore;
+}  // namespace stores
+namespace events {
+class EventEngine;
+}
+}  // namespace gv
+
 namespace gv::plugins {
 
 // What plugins reach through the host function table.
@@ -30,6 +41,11 @@ struct HostServices {
   Hub* hub = nullptr;
   Metrics* metrics = nullptr;
   const auth::KeySet* keys = nullptr;
+  // ABI 1.1: shared stores (plugins' keys are namespaced), events, jobs.
+  stores::Cache* cache = nullptr;
+  stores::BlobStore* blobs = nullptr;
+  events::EventEngine* events = nullptr;
+  Scheduler* scheduler = nullptr;
 };
 
 // plugin_dirs with "$ORIGIN" replaced by the folder of the running binary.
@@ -57,6 +73,10 @@ class PluginHost {
 
   std::vector<std::string> names() const;  // loaded, in start order
 
+  // Replaces the services plugins reach (the stores, events and scheduler
+  // come after the config check); only before load().
+  void set_services(const HostServices& services) { services_ = services; }
+
   // Checks manifests and config sections only (--check-config): runs no
   // plugin code. Appends diagnostics.
   void check(std::vector<config::Diagnostic>* errors) const;
@@ -67,6 +87,7 @@ class PluginHost {
   bool prepare(const config::PluginEntry& entry, const std::vector<std::filesystem::path>& dirs,
                Manifest* out, std::vector<config::Diagnostic>* problems) const;
   bool create(const config::PluginEntry& entry, const Manifest& manifest, std::string* error);
+  bool open_database(Loaded& p, std::string* error);
   void fail(const config::PluginEntry& entry, const std::string& message,
             std::vector<std::string>* errors);
 

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 0
+#define GV_ABI_MINOR 1
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -53,7 +53,8 @@ typedef enum gv_status {
   GV_ERR_NOT_FOUND = 2,   /* no such operation, user, channel ... */
   GV_ERR_INTERNAL = 3,    /* the callee failed; it logged why */
   GV_ERR_UNAVAILABLE = 4, /* overloaded or shutting down; retry later */
-  GV_ERR_DENIED = 5       /* the caller may not do this */
+  GV_ERR_DENIED = 5,      /* the caller may not do this */
+  GV_ERR_CONFLICT = 6     /* 1.1: a SQL constraint (unique, foreign key, check) */
 } gv_status;
 
 /* A borrowed byte string; not NUL-terminated unless a comment says so. */
@@ -120,6 +121,83 @@ typedef struct gv_operation_v1 {
 
 typedef struct gv_host gv_host; /* the host's per-plugin context, opaque */
 
+/* ---- ABI 1.1: stores, events and jobs ---------------------------------- */
+
+/* A SQL value: a parameter or a column. The same five types on every
+ * backend (SQLite now, PostgreSQL later). Text is valid UTF-8 without NUL;
+ * anything else goes as a blob. */
+typedef enum gv_value_type {
+  GV_VALUE_NULL = 0,
+  GV_VALUE_INT = 1,  /* int64: .i */
+  GV_VALUE_REAL = 2, /* double: .r */
+  GV_VALUE_TEXT = 3, /* .s */
+  GV_VALUE_BLOB = 4  /* .s, any bytes */
+} gv_value_type;
+
+typedef struct gv_value {
+  int32_t type; /* gv_value_type */
+  int64_t i;
+  double r;
+  gv_str s;
+} gv_value;
+
+/* An open transaction on the plugin's database; valid only during the
+ * callback that received it, and only on that thread. */
+typedef struct gv_txn gv_txn;
+
+/* Work run inside a transaction. Return GV_OK to commit; anything else
+ * rolls back. A failed statement fails the whole transaction (later
+ * statements fail too, and it rolls back). */
+typedef gv_status (*gv_txn_fn)(void* ctx, gv_txn* txn);
+
+/* Receives one result row: column names and values, ncols of each, valid
+ * only during the call. */
+typedef void (*gv_row_fn)(void* ctx, size_t ncols, const gv_str* names, const gv_value* values);
+
+/* One event, as a consumer sees it. Strings valid only during the call. */
+typedef struct gv_event_v1 {
+  uint32_t struct_size;
+  gv_str id;      /* sortable unique id (ULID) */
+  gv_str type;    /* "post.created" */
+  gv_str key;     /* ordering key: events with one key arrive in order */
+  int64_t time_ms; /* publish time, Unix milliseconds */
+  gv_str source;  /* the publishing plugin */
+  uint32_t schema_version;
+  gv_str payload_json; /* a JSON object */
+  uint32_t attempt;    /* 1 on first delivery, more on retries */
+} gv_event_v1;
+
+/* An event handler: runs inside a write transaction on the consuming
+ * plugin's database, in which the host also records the event id, so its
+ * effect happens once. GV_OK commits; anything else rolls back and the
+ * event is retried with backoff, then parked as a dead letter. */
+typedef gv_status (*gv_event_fn)(void* ctx, const gv_event_v1* event, gv_txn* txn);
+
+typedef struct gv_subscription_v1 {
+  uint32_t struct_size;
+  const char* pattern; /* "post.created", "post.*" or "*" */
+  gv_event_fn handler;
+  void* handler_ctx; /* must outlive the host */
+} gv_subscription_v1;
+
+/* A scheduled job: runs on a worker thread, never overlapping itself.
+ * Anything but GV_OK counts as a failed run in /metrics. */
+typedef gv_status (*gv_job_fn)(void* ctx);
+
+typedef struct gv_job_v1 {
+  uint32_t struct_size;
+  const char* name;    /* unique within the plugin; the host prefixes "plugin." */
+  int64_t interval_ms; /* run every interval_ms; or 0 with cron */
+  const char* cron;    /* 5-field cron, UTC ("0 3 * * *": 03:00 daily); NULL with interval_ms */
+  gv_job_fn run;
+  void* ctx; /* must outlive the host */
+} gv_job_v1;
+
+/* Receives one sorted-set member with its score. */
+typedef void (*gv_member_fn)(void* ctx, gv_str member, double score);
+/* Receives one key of a blob listing. */
+typedef void (*gv_key_fn)(void* ctx, gv_str key);
+
 /* What the host offers a plugin. Valid from create until destroy returns. */
 typedef struct gv_host_api_v1 {
   uint32_t struct_size;
@@ -158,6 +236,82 @@ typedef struct gv_host_api_v1 {
    * claims (may be empty). The token reaches sink. */
   gv_status (*sign_access_token)(gv_host* host, gv_str user_id, gv_str roles, int64_t ttl_seconds,
                                  gv_str extra_claims_json, gv_sink_fn sink, void* sink_ctx);
+
+  /* ---- ABI 1.1 (check struct_size before use) ---- */
+
+  /* Adds migration step `step` (1, 2, 3 ... in order) of the plugin's
+   * database; only during create. The host applies pending steps after
+   * create, each in its own transaction, before start. */
+  gv_status (*add_migration)(gv_host* host, int32_t step, gv_str sql);
+
+  /* Runs work in a write (sql_write) or read-only snapshot (sql_read)
+   * transaction on the plugin's own database. Returns work's status, or:
+   * GV_ERR_UNAVAILABLE when the database stayed locked past the busy
+   * timeout (answer 503), GV_ERR_CONFLICT for a constraint violation,
+   * GV_ERR_INVALID for bad SQL or parameters, GV_ERR_INTERNAL for I/O
+   * failures. On failure the reason reaches error_sink (may be NULL). */
+  gv_status (*sql_write)(gv_host* host, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
+                         void* error_ctx);
+  gv_status (*sql_read)(gv_host* host, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
+                        void* error_ctx);
+
+  /* Runs one statement with params bound to $1..$N. Rows, if any, reach
+   * on_row (may be NULL); *changes (may be NULL) receives the rows it
+   * inserted, updated or deleted. */
+  gv_status (*sql_run)(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
+                       gv_row_fn on_row, void* row_ctx, int64_t* changes);
+
+  /* Publishes an event inside the write transaction txn: it is stored in
+   * the plugin's outbox in the same commit as the transaction's changes,
+   * and delivered to subscribers once committed. type: [a-z0-9_] segments
+   * separated by '.'; key: non-empty ordering key; payload: a JSON object.
+   * The event id reaches id_sink (may be NULL). */
+  gv_status (*publish)(gv_txn* txn, gv_str type, gv_str key, gv_str payload_json,
+                       uint32_t schema_version, gv_sink_fn id_sink, void* id_ctx);
+
+  /* Subscribes the plugin to events whose type matches pattern; only
+   * during create. Handlers run on host threads, in order per key. */
+  gv_status (*subscribe)(gv_host* host, const gv_subscription_v1* subscription);
+
+  /* Adds a periodic job (only during create), or runs fn once after
+   * delay_ms (any time after start). */
+  gv_status (*add_job)(gv_host* host, const gv_job_v1* job);
+  gv_status (*run_later)(gv_host* host, int64_t delay_ms, gv_job_fn fn, void* ctx);
+
+  /* The cache, private to the plugin (keys are namespaced by the host).
+   * ttl_ms 0: no expiry. cache_get: GV_ERR_NOT_FOUND when absent. */
+  gv_status (*cache_get)(gv_host* host, gv_str key, gv_sink_fn sink, void* sink_ctx);
+  gv_status (*cache_set)(gv_host* host, gv_str key, gv_str value, int64_t ttl_ms);
+  gv_status (*cache_delete)(gv_host* host, gv_str key);
+  /* Adds delta to the integer at key (created as 0 with ttl_ms). */
+  gv_status (*cache_incr)(gv_host* host, gv_str key, int64_t delta, int64_t ttl_ms,
+                          int64_t* value);
+  /* Sorted sets: add or update a member; remove one; range by rank (0 is
+   * the lowest score; reverse: 0 is the highest; stop -1 = the end) or by
+   * score (min..max inclusive, at most limit, 0 = no limit); keep only the
+   * `keep` highest-scored members. */
+  gv_status (*cache_zadd)(gv_host* host, gv_str key, gv_str member, double score);
+  gv_status (*cache_zrem)(gv_host* host, gv_str key, gv_str member);
+  gv_status (*cache_zrange)(gv_host* host, gv_str key, int64_t start, int64_t stop, int reverse,
+                            gv_member_fn on_member, void* ctx);
+  gv_status (*cache_zrange_by_score)(gv_host* host, gv_str key, double min, double max,
+                                     size_t limit, int reverse, gv_member_fn on_member, void* ctx);
+  gv_status (*cache_ztrim)(gv_host* host, gv_str key, size_t keep);
+
+  /* The blob store, private to the plugin. Keys: 1..1024 bytes of UTF-8,
+   * '/'-separated segments, no "." or ".." segment (GV_ERR_INVALID).
+   * A put is atomic and durable. blob_get: GV_ERR_NOT_FOUND when absent.
+   * blob_list: keys starting with prefix, after start_after, at most limit
+   * (0 = 1000), ascending; *more is set to 1 when the listing was cut. */
+  gv_status (*blob_put)(gv_host* host, gv_str key, gv_str bytes);
+  gv_status (*blob_get)(gv_host* host, gv_str key, gv_sink_fn sink, void* sink_ctx);
+  gv_status (*blob_delete)(gv_host* host, gv_str key);
+  gv_status (*blob_list)(gv_host* host, gv_str prefix, gv_str start_after, size_t limit,
+                         gv_key_fn on_key, void* ctx, int* more);
+
+  /* Says why a transaction function or event handler is about to fail; the
+   * host keeps the message with a parked event and in its log. */
+  void (*txn_fail)(gv_txn* txn, gv_str message);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in

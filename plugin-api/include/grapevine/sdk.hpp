@@ -15,7 +15,10 @@
 
 #include <grapevine/abi.h>
 
+#include <chrono>
+#include <concepts>
 #include <cstring>
+#include <initializer_list>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -26,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace grapevine {
 
@@ -49,6 +53,7 @@ class Error : public std::runtime_error {
   static Error forbidden(const std::string& m) { return {403, "forbidden", m}; }
   static Error not_found(const std::string& m) { return {404, "not_found", m}; }
   static Error conflict(const std::string& m) { return {409, "conflict", m}; }
+  static Error unavailable(const std::string& m) { return {503, "unavailable", m}; }
 
  private:
   int status_;
@@ -126,9 +131,12 @@ struct Operation {
 
 namespace detail {
 
+struct Keep;
+
 struct Shared {
   const gv_host_api_v1* api = nullptr;
   gv_host* host = nullptr;
+  Keep* keep = nullptr;  // callbacks registered with the host
 };
 
 struct StringSink {
@@ -167,19 +175,514 @@ class Log {
   const detail::Shared* shared_;
 };
 
-// What the DAL may touch: the plugin's own stores. The SQL database, cache
-// and blob store arrive with ABI 1.1; until then a DAL keeps its state in
-// memory and gets its configuration and a log.
+// ---- SQL ----
+
+// Blob bytes, wrapped so a blob is never mistaken for text.
+struct Blob {
+  std::string bytes;
+};
+
+// One SQL parameter or column value: null, integer (int64), real, text
+// (valid UTF-8) or blob. Integers and bools convert implicitly.
+class Value {
+ public:
+  enum class Type { null = GV_VALUE_NULL, integer, real, text, blob };
+
+  Value() = default;
+  Value(std::nullptr_t) {}  // NOLINT
+  template <std::integral I>
+  Value(I v) : type_(Type::integer), i_(static_cast<int64_t>(v)) {}  // NOLINT
+  Value(double v) : type_(Type::real), r_(v) {}                      // NOLINT
+  Value(std::string v) : type_(Type::text), s_(std::move(v)) {}      // NOLINT
+  Value(std::string_view v) : type_(Type::text), s_(v) {}            // NOLINT
+  Value(const char* v) : type_(Type::text), s_(v) {}                 // NOLINT
+  Value(Blob b) : type_(Type::blob), s_(std::move(b.bytes)) {}       // NOLINT
+  template <class T>
+  Value(const std::optional<T>& v) {  // NOLINT: empty is NULL
+    if (v) *this = Value(*v);
+  }
+
+  Type type() const { return type_; }
+  bool is_null() const { return type_ == Type::null; }
+  // The value as a type; throws std::logic_error when it holds another
+  // (a column's type is part of the schema, so this is the plugin's bug).
+  int64_t as_int() const { return type_ == Type::integer ? i_ : (bad("an integer"), 0); }
+  double as_real() const {
+    if (type_ == Type::integer) return static_cast<double>(i_);
+    return type_ == Type::real ? r_ : (bad("a real"), 0.0);
+  }
+  const std::string& as_text() const { return type_ == Type::text ? s_ : (bad("text"), s_); }
+  const std::string& as_blob() const { return type_ == Type::blob ? s_ : (bad("a blob"), s_); }
+  bool as_bool() const { return as_int() != 0; }
+  std::optional<int64_t> opt_int() const {
+    return is_null() ? std::nullopt : std::optional<int64_t>(as_int());
+  }
+  std::optional<std::string> opt_text() const {
+    return is_null() ? std::nullopt : std::optional<std::string>(as_text());
+  }
+
+  gv_value raw() const {
+    gv_value v{};
+    v.type = static_cast<int32_t>(type_);
+    v.i = i_;
+    v.r = r_;
+    v.s = to_gv(s_);
+    return v;
+  }
+  static Value from_raw(const gv_value& v) {
+    switch (v.type) {
+      case GV_VALUE_INT:
+        return Value(v.i);
+      case GV_VALUE_REAL:
+        return Value(v.r);
+      case GV_VALUE_TEXT:
+        return Value(std::string(from_gv(v.s)));
+      case GV_VALUE_BLOB:
+        return Value(Blob{std::string(from_gv(v.s))});
+      default:
+        return Value();
+    }
+  }
+
+ private:
+  [[noreturn]] void bad(const char* wanted) const {
+    static const char* names[] = {"null", "an integer", "a real", "text", "a blob"};
+    throw std::logic_error(std::string("SQL value is ") + names[static_cast<int>(type_)] +
+                           ", not " + wanted);
+  }
+  Type type_ = Type::null;
+  int64_t i_ = 0;
+  double r_ = 0;
+  std::string s_;
+};
+
+// One result row; columns by position or by name.
+class Row {
+ public:
+  Row(std::shared_ptr<const std::vector<std::string>> names, std::vector<Value> values)
+      : names_(std::move(names)), values_(std::move(values)) {}
+  const Value& operator[](size_t i) const { return values_.at(i); }
+  const Value& operator[](std::string_view name) const {
+    for (size_t i = 0; i < names_->size(); ++i)
+      if ((*names_)[i] == name) return values_[i];
+    throw std::logic_error("no column " + std::string(name) + " in the result");
+  }
+  size_t size() const { return values_.size(); }
+  const std::vector<std::string>& columns() const { return *names_; }
+
+ private:
+  std::shared_ptr<const std::vector<std::string>> names_;
+  std::vector<Value> values_;
+};
+
+using Rows = std::vector<Row>;
+
+namespace detail {
+
+// Thrown by Tx when a statement fails; the transaction call turns it into
+// the Error its status says, with the host's message.
+struct SqlFailure {
+  gv_status status;
+};
+
+struct ErrorSink {
+  std::string message;
+  static void write(void* ctx, const char* data, size_t len) {
+    static_cast<ErrorSink*>(ctx)->message.assign(data, len);
+  }
+};
+
+// What a failed store call means to the client.
+[[noreturn]] inline void throw_for(gv_status rc, const std::string& what) {
+  switch (rc) {
+    case GV_ERR_UNAVAILABLE:
+      throw Error(503, "unavailable", "the database is busy; retry shortly");
+    case GV_ERR_CONFLICT:
+      throw Error(409, "conflict", "the request conflicts with existing data");
+    case GV_ERR_NOT_FOUND:
+      throw Error(404, "not_found", what);
+    default:
+      throw std::runtime_error(what);  // a 500 with the request id; logged
+  }
+}
+
+}  // namespace detail
+
+// An open transaction; valid only inside the function given to
+// Database::write / read or an event handler, on that thread.
+class Tx {
+ public:
+  Tx(const detail::Shared* shared, gv_txn* txn, bool writable)
+      : shared_(shared), txn_(txn), writable_(writable) {}
+
+  // Runs one statement with params bound to $1..$N and returns its rows
+  // (SELECT, or INSERT/UPDATE/DELETE ... RETURNING). A failure fails the
+  // whole transaction: it throws, and the transaction rolls back.
+  Rows query(std::string_view sql, std::initializer_list<Value> params = {}) {
+    return query(sql, params.begin(), params.size());
+  }
+  Rows query(std::string_view sql, const std::vector<Value>& params) {
+    return query(sql, params.data(), params.size());
+  }
+  // The first row, or nullopt.
+  std::optional<Row> query_one(std::string_view sql, std::initializer_list<Value> params = {}) {
+    Rows rows = query(sql, params);
+    if (rows.empty()) return std::nullopt;
+    return std::move(rows.front());
+  }
+  // Runs a statement without rows; returns how many rows it changed.
+  int64_t exec(std::string_view sql, std::initializer_list<Value> params = {}) {
+    return exec(sql, params.begin(), params.size());
+  }
+  int64_t exec(std::string_view sql, const std::vector<Value>& params) {
+    return exec(sql, params.data(), params.size());
+  }
+
+  // Publishes an event in this (write) transaction: stored in the same
+  // commit as the transaction's changes, delivered once committed. Returns
+  // the event id.
+  std::string publish(std::string_view type, std::string_view key, const json& payload,
+                      uint32_t schema_version = 1) {
+    if (!writable_) throw std::logic_error("publish needs a write transaction");
+    std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
+    detail::StringSink id;
+    gv_status rc = shared_->api->publish(txn_, to_gv(type), to_gv(key), to_gv(text),
+                                         schema_version, &detail::StringSink::write, &id);
+    if (rc != GV_OK) throw detail::SqlFailure{rc};
+    return id.out;
+  }
+
+ private:
+  struct Collect {
+    std::shared_ptr<std::vector<std::string>> names;
+    Rows rows;
+    static void row(void* ctx, size_t n, const gv_str* names, const gv_value* values) {
+      auto* c = static_cast<Collect*>(ctx);
+      if (!c->names) {
+        c->names = std::make_shared<std::vector<std::string>>();
+        for (size_t i = 0; i < n; ++i) c->names->emplace_back(from_gv(names[i]));
+      }
+      std::vector<Value> v;
+      v.reserve(n);
+      for (size_t i = 0; i < n; ++i) v.push_back(Value::from_raw(values[i]));
+      c->rows.emplace_back(c->names, std::move(v));
+    }
+  };
+
+  static std::vector<gv_value> raw(const Value* params, size_t n) {
+    std::vector<gv_value> out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) out.push_back(params[i].raw());
+    return out;
+  }
+  Rows query(std::string_view sql, const Value* params, size_t n) {
+    std::vector<gv_value> p = raw(params, n);
+    Collect c;
+    gv_status rc = shared_->api->sql_run(txn_, to_gv(sql), p.data(), p.size(), &Collect::row, &c,
+                                         nullptr);
+    if (rc != GV_OK) throw detail::SqlFailure{rc};
+    return std::move(c.rows);
+  }
+  int64_t exec(std::string_view sql, const Value* params, size_t n) {
+    std::vector<gv_value> p = raw(params, n);
+    int64_t changes = 0;
+    gv_status rc =
+        shared_->api->sql_run(txn_, to_gv(sql), p.data(), p.size(), nullptr, nullptr, &changes);
+    if (rc != GV_OK) throw detail::SqlFailure{rc};
+    return changes;
+  }
+
+  const detail::Shared* shared_;
+  gv_txn* txn_;
+  bool writable_;
+};
+
+// The plugin's own SQL database (SQLite now, PostgreSQL later: write SQL
+// both accept; see sdk-docs/). Thread-safe.
+class Database {
+ public:
+  explicit Database(const detail::Shared* shared) : shared_(shared) {}
+
+  // Runs f(Tx&) in one write transaction and returns what f returns. It
+  // commits when f returns, rolls back when f or a statement throws, and
+  // rethrows. A database locked past the busy timeout throws Error 503; a
+  // constraint violation Error 409; any other failure a 500.
+  template <class F>
+  auto write(F&& f) {
+    return run(std::forward<F>(f), true);
+  }
+  // The same in a read-only snapshot: never waits for writers.
+  template <class F>
+  auto read(F&& f) {
+    return run(std::forward<F>(f), false);
+  }
+
+ private:
+  template <class F>
+  auto run(F&& f, bool writable) {
+    using R = std::invoke_result_t<F&, Tx&>;
+    struct Ctx {
+      const detail::Shared* shared;
+      F* f;
+      bool writable;
+      std::exception_ptr error;
+      std::optional<gv_status> failed;
+      std::conditional_t<std::is_void_v<R>, char, std::optional<R>> result;
+    } ctx{shared_, &f, writable, nullptr, std::nullopt, {}};
+    auto work = [](void* p, gv_txn* txn) -> gv_status {
+      auto* c = static_cast<Ctx*>(p);
+      try {
+        Tx tx(c->shared, txn, c->writable);
+        if constexpr (std::is_void_v<R>)
+          (*c->f)(tx);
+        else
+          c->result.emplace((*c->f)(tx));
+        return GV_OK;
+      } catch (const detail::SqlFailure& e) {
+        c->failed = e.status;
+        return e.status;
+      } catch (...) {
+        c->error = std::current_exception();
+        return GV_ERR_INTERNAL;
+      }
+    };
+    detail::ErrorSink sink;
+    auto call = writable ? shared_->api->sql_write : shared_->api->sql_read;
+    gv_status rc = call(shared_->host, work, &ctx, &detail::ErrorSink::write, &sink);
+    if (ctx.error) std::rethrow_exception(ctx.error);
+    if (rc != GV_OK) detail::throw_for(rc, "database: " + sink.message);
+    if constexpr (!std::is_void_v<R>) return std::move(*ctx.result);
+  }
+
+  const detail::Shared* shared_;
+};
+
+// ---- cache ----
+
+struct ScoredMember {
+  std::string member;
+  double score = 0;
+};
+
+// The plugin's private cache (in process now, Redis later): rebuildable
+// data only, never the source of truth. A missing key, an expired one and
+// an unreachable backend all read as absent.
+class Cache {
+ public:
+  using Ttl = std::chrono::milliseconds;
+  explicit Cache(const detail::Shared* shared) : shared_(shared) {}
+
+  std::optional<std::string> get(std::string_view key) const {
+    detail::StringSink sink;
+    if (api()->cache_get(host(), to_gv(key), &detail::StringSink::write, &sink) != GV_OK)
+      return std::nullopt;
+    return sink.out;
+  }
+  // Returns false when the cache refused or could not store it.
+  bool set(std::string_view key, std::string_view value, Ttl ttl = Ttl(0)) const {
+    return api()->cache_set(host(), to_gv(key), to_gv(value), ttl.count()) == GV_OK;
+  }
+  bool del(std::string_view key) const { return api()->cache_delete(host(), to_gv(key)) == GV_OK; }
+  // Adds delta and returns the new value; nullopt when the cache failed.
+  std::optional<int64_t> incr(std::string_view key, int64_t delta = 1, Ttl ttl = Ttl(0)) const {
+    int64_t v = 0;
+    if (api()->cache_incr(host(), to_gv(key), delta, ttl.count(), &v) != GV_OK) return std::nullopt;
+    return v;
+  }
+  bool zadd(std::string_view key, std::string_view member, double score) const {
+    return api()->cache_zadd(host(), to_gv(key), to_gv(member), score) == GV_OK;
+  }
+  bool zrem(std::string_view key, std::string_view member) const {
+    return api()->cache_zrem(host(), to_gv(key), to_gv(member)) == GV_OK;
+  }
+  // By rank: 0 is the lowest score (reverse: the highest); stop -1 = last.
+  std::vector<ScoredMember> zrange(std::string_view key, int64_t start, int64_t stop,
+                                   bool reverse = false) const {
+    std::vector<ScoredMember> out;
+    api()->cache_zrange(host(), to_gv(key), start, stop, reverse ? 1 : 0, &collect, &out);
+    return out;
+  }
+  // By score, min..max inclusive, at most limit (0: all).
+  std::vector<ScoredMember> zrange_by_score(std::string_view key, double min, double max,
+                                            size_t limit = 0, bool reverse = false) const {
+    std::vector<ScoredMember> out;
+    api()->cache_zrange_by_score(host(), to_gv(key), min, max, limit, reverse ? 1 : 0, &collect,
+                                 &out);
+    return out;
+  }
+  // Keeps only the `keep` highest-scored members.
+  bool ztrim(std::string_view key, size_t keep) const {
+    return api()->cache_ztrim(host(), to_gv(key), keep) == GV_OK;
+  }
+
+ private:
+  static void collect(void* ctx, gv_str member, double score) {
+    static_cast<std::vector<ScoredMember>*>(ctx)->push_back({std::string(from_gv(member)), score});
+  }
+  const gv_host_api_v1* api() const { return shared_->api; }
+  gv_host* host() const { return shared_->host; }
+  const detail::Shared* shared_;
+};
+
+// ---- blobs ----
+
+struct BlobPage {
+  std::vector<std::string> keys;
+  bool more = false;  // the listing was cut at limit: ask again after keys.back()
+};
+
+// The plugin's private blob store (a local folder now, S3 later). Keys are
+// '/'-separated paths of UTF-8 segments; "." and ".." segments, empty
+// segments and control characters are refused (Error 400).
+class Blobs {
+ public:
+  explicit Blobs(const detail::Shared* shared) : shared_(shared) {}
+
+  // Atomic and durable: readers see the old object or the new one.
+  void put(std::string_view key, std::string_view bytes) const {
+    check(shared_->api->blob_put(shared_->host, to_gv(key), to_gv(bytes)), key);
+  }
+  std::optional<std::string> get(std::string_view key) const {
+    detail::StringSink sink;
+    gv_status rc =
+        shared_->api->blob_get(shared_->host, to_gv(key), &detail::StringSink::write, &sink);
+    if (rc == GV_ERR_NOT_FOUND) return std::nullopt;
+    check(rc, key);
+    return sink.out;
+  }
+  // True when there was an object.
+  bool del(std::string_view key) const {
+    gv_status rc = shared_->api->blob_delete(shared_->host, to_gv(key));
+    if (rc == GV_ERR_NOT_FOUND) return false;
+    check(rc, key);
+    return true;
+  }
+  BlobPage list(std::string_view prefix, std::string_view start_after = {},
+                size_t limit = 0) const {
+    BlobPage page;
+    int more = 0;
+    check(shared_->api->blob_list(
+              shared_->host, to_gv(prefix), to_gv(start_after), limit,
+              [](void* ctx, gv_str key) {
+                static_cast<BlobPage*>(ctx)->keys.emplace_back(from_gv(key));
+              },
+              &page, &more),
+          prefix);
+    page.more = more != 0;
+    return page;
+  }
+
+ private:
+  static void check(gv_status rc, std::string_view key) {
+    if (rc == GV_OK) return;
+    if (rc == GV_ERR_INVALID) throw Error::bad_request("invalid blob key '" + std::string(key) + "'");
+    detail::throw_for(rc, "blob store failed for '" + std::string(key) + "'");
+  }
+  const detail::Shared* shared_;
+};
+
+// What the DAL may touch: the plugin's own stores.
 class DalContext {
  public:
   DalContext(const detail::Shared* shared, const json* config) : shared_(shared), config_(config) {}
   const json& config() const { return *config_; }
   Log log() const { return Log(shared_); }
 
+  Database db() const { return Database(shared_); }
+  Cache cache() const { return Cache(shared_); }
+  Blobs blobs() const { return Blobs(shared_); }
+
+  // Declares migration step `step` (1, 2, 3 ... in order; never edit a
+  // released one, add a new step). Only in the plugin's constructor; the
+  // host applies pending steps before start, each in one transaction.
+  void migration(int step, std::string_view sql) const {
+    if (shared_->api->add_migration(shared_->host, step, to_gv(sql)) != GV_OK)
+      throw std::invalid_argument("host refused migration step " + std::to_string(step));
+  }
+
  private:
   const detail::Shared* shared_;
   const json* config_;
 };
+
+// ---- events ----
+
+// One delivered event.
+class Event {
+ public:
+  explicit Event(const gv_event_v1* raw) : raw_(raw) {}
+  std::string_view id() const { return from_gv(raw_->id); }
+  std::string_view type() const { return from_gv(raw_->type); }
+  std::string_view key() const { return from_gv(raw_->key); }
+  std::string_view source() const { return from_gv(raw_->source); }
+  int64_t time_ms() const { return raw_->time_ms; }
+  uint32_t schema_version() const { return raw_->schema_version; }
+  uint32_t attempt() const { return raw_->attempt; }  // 1 on first delivery
+  const json& payload() const {
+    if (!payload_) payload_ = json::parse(from_gv(raw_->payload_json), nullptr, false);
+    return *payload_;
+  }
+
+ private:
+  const gv_event_v1* raw_;
+  mutable std::optional<json> payload_;
+};
+
+// Runs inside the consumer's write transaction; throw to fail (retried).
+using EventHandler = std::function<void(const Event&, Tx&)>;
+using Job = std::function<void()>;
+
+namespace detail {
+
+inline void log_error(const Shared* shared, const std::string& m) {
+  shared->api->log(shared->host, GV_LOG_ERROR, to_gv(m));
+}
+
+struct Subscription {
+  const Shared* shared;
+  std::string pattern;
+  EventHandler handler;
+  static gv_status trampoline(void* ctx, const gv_event_v1* raw, gv_txn* txn) {
+    auto* s = static_cast<Subscription*>(ctx);
+    try {
+      Event event(raw);
+      Tx tx(s->shared, txn, true);
+      s->handler(event, tx);
+      return GV_OK;
+    } catch (const SqlFailure& e) {
+      return e.status;
+    } catch (const std::exception& e) {
+      s->shared->api->txn_fail(txn, to_gv(e.what()));
+      return GV_ERR_INTERNAL;
+    } catch (...) {
+      return GV_ERR_INTERNAL;
+    }
+  }
+};
+
+struct JobEntry {
+  const Shared* shared;
+  std::string name, cron;
+  Job job;
+  static gv_status trampoline(void* ctx) {
+    auto* j = static_cast<JobEntry*>(ctx);
+    try {
+      j->job();
+      return GV_OK;
+    } catch (const std::exception& e) {
+      log_error(j->shared, "job " + j->name + ": " + e.what());
+    } catch (...) {
+    }
+    return GV_ERR_INTERNAL;
+  }
+};
+
+struct Keep {
+  std::deque<Subscription> subscriptions;
+  std::deque<JobEntry> jobs;
+};
+
+}  // namespace detail
 
 // The result of an in-process call to another operation.
 struct CallResult {
@@ -223,6 +726,52 @@ class ServiceContext {
     return shared_->api->leave_channel(shared_->host, connection_id, to_gv(channel)) == GV_OK;
   }
 
+  // Subscribes to events whose type matches pattern ("post.created",
+  // "post.*", "*"). Only in the plugin's constructor. handler runs in a
+  // write transaction on this plugin's database, in order per key, and its
+  // effect happens once: hand the Tx to the DAL.
+  void subscribe(std::string_view pattern, EventHandler handler) const {
+    auto* entry = &shared_->keep->subscriptions.emplace_back(
+        detail::Subscription{shared_, std::string(pattern), std::move(handler)});
+    gv_subscription_v1 raw{};
+    raw.struct_size = sizeof raw;
+    raw.pattern = entry->pattern.c_str();
+    raw.handler = &detail::Subscription::trampoline;
+    raw.handler_ctx = entry;
+    if (shared_->api->subscribe(shared_->host, &raw) != GV_OK)
+      throw std::invalid_argument("host refused subscription " + entry->pattern);
+  }
+
+  // Runs job every interval (never overlapping itself). Only in the
+  // plugin's constructor. The job's name appears as "plugin.name" in
+  // /metrics and in the admin operation that runs a job now.
+  void every(std::string_view name, std::chrono::milliseconds interval, Job job) const {
+    add_job(name, interval.count(), "", std::move(job));
+  }
+  // Runs job at the times of a 5-field cron expression, UTC.
+  void cron(std::string_view name, std::string_view expression, Job job) const {
+    add_job(name, 0, expression, std::move(job));
+  }
+  // Runs fn once after delay (any time after start). Returns false when
+  // the host refused (shutting down).
+  bool run_later(std::chrono::milliseconds delay, Job fn) const {
+    auto* once = new Job(std::move(fn));
+    gv_status rc = shared_->api->run_later(
+        shared_->host, delay.count(),
+        [](void* ctx) -> gv_status {
+          std::unique_ptr<Job> job(static_cast<Job*>(ctx));
+          try {
+            (*job)();
+            return GV_OK;
+          } catch (...) {
+            return GV_ERR_INTERNAL;
+          }
+        },
+        once);
+    if (rc != GV_OK) delete once;
+    return rc == GV_OK;
+  }
+
   // Signs an access token with the host's key; ttl 0: the configured one.
   std::string sign_access_token(std::string_view user_id, std::string_view roles,
                                 int64_t ttl_seconds = 0, const json& extra = json::object()) const {
@@ -249,6 +798,20 @@ class ServiceContext {
     result.status = status;
     result.body = sink.out.empty() ? json() : json::parse(sink.out, nullptr, false);
     return result;
+  }
+
+  void add_job(std::string_view name, int64_t interval_ms, std::string_view cron, Job job) const {
+    auto* entry = &shared_->keep->jobs.emplace_back(
+        detail::JobEntry{shared_, std::string(name), std::string(cron), std::move(job)});
+    gv_job_v1 raw{};
+    raw.struct_size = sizeof raw;
+    raw.name = entry->name.c_str();
+    raw.interval_ms = interval_ms;
+    raw.cron = cron.empty() ? nullptr : entry->cron.c_str();
+    raw.run = &detail::JobEntry::trampoline;
+    raw.ctx = entry;
+    if (shared_->api->add_job(shared_->host, &raw) != GV_OK)
+      throw std::invalid_argument("host refused job " + entry->name);
   }
 
   const detail::Shared* shared_;
@@ -320,7 +883,7 @@ class Registry {
 class PluginContext {
  public:
   PluginContext(const gv_host_api_v1* api, gv_host* host, json config)
-      : shared_{api, host}, config_(std::move(config)) {}
+      : shared_{api, host, &keep_}, config_(std::move(config)) {}
   PluginContext(const PluginContext&) = delete;
   PluginContext& operator=(const PluginContext&) = delete;
 
@@ -331,6 +894,7 @@ class PluginContext {
   Log log() const { return Log(&shared_); }
 
  private:
+  detail::Keep keep_;
   detail::Shared shared_;
   json config_;
   Registry registry_{&shared_};

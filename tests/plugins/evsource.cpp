@@ -1,0 +1,119 @@
+// A test plugin that writes rows and publishes one event per row, in the
+// same transaction (the "A" of the events tests). Also exercises the cache
+// and blob store through the ABI.
+#include <grapevine/sdk.hpp>
+
+namespace {
+
+using grapevine::json;
+using grapevine::Request;
+using grapevine::Response;
+
+json object_schema(json properties, json required = json::array()) {
+  return {{"type", "object"}, {"properties", std::move(properties)}, {"required", required}};
+}
+
+class EvSource : public grapevine::Plugin {
+ public:
+  explicit EvSource(grapevine::PluginContext& ctx)
+      : db_(ctx.dal().db()), cache_(ctx.dal().cache()), blobs_(ctx.dal().blobs()) {
+    ctx.dal().migration(1,
+                        "CREATE TABLE items (id INTEGER PRIMARY KEY, k TEXT NOT NULL, "
+                        "n BIGINT NOT NULL, UNIQUE (k, n))");
+    if (ctx.config().value("second_step", false))
+      ctx.dal().migration(2, ctx.config().value("second_step_sql", "CREATE TABLE extra (x TEXT)"));
+    auto& r = ctx.registry();
+    r.add({.name = "evsource.write",
+           .http_method = "POST",
+           .http_path = "/api/v1/evsource/items",
+           .input_schema = object_schema({{"key", {{"type", "string"}, {"minLength", 1}}},
+                                          {"n", {{"type", "integer"}}}},
+                                         {"key", "n"})},
+          [this](const Request& req) {
+            std::string key = req.input()["key"];
+            int64_t n = req.input()["n"];
+            auto id = db_.write([&](grapevine::Tx& tx) {
+              auto row = tx.query_one("INSERT INTO items (k, n) VALUES ($1, $2) RETURNING id",
+                                      {key, n});
+              int64_t id = (*row)["id"].as_int();
+              tx.publish("item.created", key, {{"id", id}, {"key", key}, {"n", n}});
+              return id;
+            });
+            return Response::created({{"id", id}});
+          });
+    r.add({.name = "evsource.count", .http_method = "GET", .http_path = "/api/v1/evsource/count"},
+          [this](const Request&) {
+            return Response(db_.read([](grapevine::Tx& tx) {
+              return json{{"rows", tx.query_one("SELECT COUNT(*) AS c FROM items")->operator[](
+                                       "c").as_int()}};
+            }));
+          });
+    // Which of the given ids exist.
+    r.add({.name = "evsource.present",
+           .http_method = "POST",
+           .http_path = "/api/v1/evsource/present",
+           .input_schema = object_schema(
+               {{"ids", {{"type", "array"}, {"items", {{"type", "integer"}}}}}}, {"ids"})},
+          [this](const Request& req) {
+            std::vector<int64_t> ids = req.input()["ids"];
+            int64_t present = db_.read([&](grapevine::Tx& tx) {
+              int64_t found = 0;
+              for (int64_t id : ids)
+                found += tx.query("SELECT 1 FROM items WHERE id = $1", {id}).size();
+              return found;
+            });
+            return Response(json{{"present", present}});
+          });
+    r.add({.name = "evsource.cache",
+           .http_method = "POST",
+           .http_path = "/api/v1/evsource/cache",
+           .input_schema = object_schema({{"key", {{"type", "string"}}},
+                                          {"value", {{"type", "string"}}},
+                                          {"ttl_ms", {{"type", "integer"}}},
+                                          {"incr", {{"type", "integer"}}}},
+                                         {"key"})},
+          [this](const Request& req) {
+            const json& in = req.input();
+            std::string key = in["key"];
+            grapevine::Cache::Ttl ttl(in.value("ttl_ms", 0));
+            json out = json::object();
+            if (in.contains("value")) out["set"] = cache_.set(key, in["value"].get<std::string>(), ttl);
+            if (in.contains("incr")) out["incr"] = *cache_.incr(key, in["incr"].get<int64_t>(), ttl);
+            auto v = cache_.get(key);
+            out["value"] = v ? json(*v) : json();
+            return Response(out);
+          });
+    r.add({.name = "evsource.blob_put",
+           .http_method = "PUT",
+           .http_path = "/api/v1/evsource/blobs",
+           .input_schema = object_schema(
+               {{"key", {{"type", "string"}}}, {"text", {{"type", "string"}}}}, {"key", "text"})},
+          [this](const Request& req) {
+            blobs_.put(req.input()["key"].get<std::string>(),
+                       req.input()["text"].get<std::string>());
+            return Response::no_content();
+          });
+    r.add({.name = "evsource.blob_get",
+           .http_method = "GET",
+           .http_path = "/api/v1/evsource/blobs",
+           .input_schema = object_schema({{"key", {{"type", "string"}}}}, {"key"})},
+          [this](const Request& req) {
+            auto v = blobs_.get(req.input()["key"].get<std::string>());
+            if (!v) throw grapevine::Error::not_found("no such blob");
+            auto listing = blobs_.list("");
+            return Response(json{{"text", *v}, {"keys", listing.keys}});
+          });
+  }
+
+ private:
+  grapevine::Database db_;
+  grapevine::Cache cache_;
+  grapevine::Blobs blobs_;
+};
+
+}  // namespace
+
+GRAPEVINE_PLUGIN(EvSource, "evsource", "1.0.0", "",
+                 R"({"type":"object","properties":{
+                      "second_step":{"type":"boolean"},
+                      "second_step_sql":{"type":"string"}}})")
