@@ -254,6 +254,7 @@ TEST_CASE("a job never overlaps itself; skipped ticks are counted", "[scheduler]
   CHECK(s.stop(1s));
   CHECK(most == 1);
   auto j = info(s, "t.slow");
+  CHECK_FALSE(j.queued);
   CHECK(j.skipped_running >= 3);
   CHECK(j.skipped_queue_full == 0);
   CHECK_FALSE(j.running);
@@ -354,25 +355,36 @@ TEST_CASE("run_later fires once after its delay", "[scheduler]") {
 
 TEST_CASE("stop waits for a running job and prevents further runs", "[scheduler]") {
   Pool pool;
-  std::atomic<int> ran{0};
+  std::promise<void> release_p;
+  auto release = release_p.get_future().share();
+  std::atomic<int> ran{0}, pending{0};
   std::atomic<bool> inside{false}, finished{false};
   gv::Scheduler s(pool.submit(), nullptr);
   REQUIRE(s.add({"t.long", 10ms, "",
-                 [&] {
+                 [&, release] {
                    ++ran;
                    inside = true;
-                   std::this_thread::sleep_for(150ms);
+                   release.wait();
                    finished = true;
                  }},
                 nullptr));
-  REQUIRE(s.run_later(50ms, "t.pending", [&] { ++ran; }));
   s.start();
   REQUIRE(eventually([&] { return inside.load(); }));
-  CHECK(s.stop(2s));
+  REQUIRE(s.run_later(100ms, "t.pending", [&] { ++pending; }));
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(200ms);
+    release_p.set_value();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(s.stop(5s));
   CHECK(finished);  // stop returned only after the run did
+  CHECK(std::chrono::steady_clock::now() - t0 >= 150ms);
+  releaser.join();
   CHECK(ran == 1);
+  CHECK_FALSE(info(s, "t.long").running);
   std::this_thread::sleep_for(100ms);
   CHECK(ran == 1);
+  CHECK(pending == 0);  // was due while stop waited
   CHECK(s.stop(10ms));  // idempotent
   std::string error;
   CHECK_FALSE(s.add({"t.new", 1s, "", [] {}}, &error));

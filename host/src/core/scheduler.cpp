@@ -269,6 +269,7 @@ struct Entry {
   Clock::time_point due;
   int64_t due_wall_ms = 0;  // cron: the minute due stands for
   bool in_flight = false;   // handed to the executor, not yet returned
+  bool executing = false;   // its run has started and not yet returned
   Counters counters;
   int64_t last_start_ms = 0, last_duration_ms = -1;
   std::string last_error;
@@ -389,6 +390,7 @@ void execute(Ticket& t) {
       return;
     }
     ++s.executing;
+    e.executing = true;
     ++e.counters.runs;
     e.last_start_ms = wall_ms();
   }
@@ -413,6 +415,7 @@ void execute(Ticket& t) {
   }
   std::lock_guard lock(s.mutex);
   e.in_flight = false;
+  e.executing = false;
   e.last_duration_ms = took;
   if (failed) {
     ++e.counters.failures;
@@ -577,7 +580,9 @@ std::vector<Scheduler::JobInfo> Scheduler::jobs() const {
     j.failures = e.counters.failures;
     j.skipped_running = e.counters.skipped_running;
     j.skipped_queue_full = e.counters.skipped_queue_full;
-    j.running = e.in_flight;
+    j.running = e.executing;
+    // Queued runs are dropped once stopping.
+    j.queued = e.in_flight && !e.executing && !state_->stopping;
     j.last_start_ms = e.last_start_ms;
     j.last_duration_ms = e.last_duration_ms;
     if (e.scheduled && !state_->stopping)

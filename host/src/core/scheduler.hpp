@@ -140,7 +140,8 @@ class Scheduler {
     int64_t failures = 0;
     int64_t skipped_running = 0;     // ticks skipped because it was in flight
     int64_t skipped_queue_full = 0;  // ticks (and run_now calls) refused by submit
-    bool running = false;            // in flight: queued in the executor or running
+    bool running = false;            // its run has started and not yet returned
+    bool queued = false;             // handed to the executor, not started yet
     int64_t last_start_ms = 0;       // UTC ms since epoch; 0 = never ran
     int64_t last_duration_ms = -1;   // -1 = no run finished yet
     int64_t next_run_ms = 0;         // UTC ms since epoch; 0 = not scheduled
