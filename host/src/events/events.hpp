@@ -138,6 +138,7 @@ struct InProcessBrokerOptions {
   int busy_timeout_ms = 5000;
   std::string synchronous = "NORMAL";
   int64_t retention_events = 100000;  // consumed events kept in the log for inspection
+  std::chrono::milliseconds retention_every{5000};  // how often consumed events are deleted
 };
 
 // The embedded broker: a durable partitioned log in its own SQLite file,

@@ -39,7 +39,7 @@
 // it was and ends the thread's delivery. A handler that throws is logged;
 // its offset stays and the pair is retried after kThrowRetry.
 //
-// Retention: thread 0, every kRetentionEvery, deletes per partition the log
+// Retention: thread 0, every retention_every, deletes per partition the log
 // rows below (lowest committed offset over the groups) minus the partition's
 // share of retention_events (with no groups, below next offset minus that
 // share). A group without an offsets row starts at offset 0, that is at the
@@ -72,7 +72,6 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kReadBatch = 256;
 constexpr auto kIdleWait = std::chrono::milliseconds(1000);
 constexpr auto kThrowRetry = std::chrono::milliseconds(1000);
-constexpr auto kRetentionEvery = std::chrono::seconds(5);
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -384,7 +383,7 @@ void InProcessBroker::run(int thread_index) {
     try {
       go_on = deliver_pass(thread_index, &progressed);
       store_offsets(thread_index);
-      if (thread_index == 0 && Clock::now() - last_retention >= kRetentionEvery) {
+      if (thread_index == 0 && Clock::now() - last_retention >= options_.retention_every) {
         retention();
         last_retention = Clock::now();
       }
@@ -395,8 +394,14 @@ void InProcessBroker::run(int thread_index) {
     }
     if (!go_on) break;
     if (progressed) continue;
+    // Thread 0 also wakes for retention.
+    auto idle = thread_index == 0
+                    ? std::min<Clock::duration>(
+                          kIdleWait, std::max<Clock::duration>(options_.retention_every,
+                                                               std::chrono::milliseconds(1)))
+                    : Clock::duration(kIdleWait);
     std::unique_lock lock(wake_mutex_);
-    wake_.wait_for(lock, kIdleWait, [&] { return stopping_ || produced_ != seen; });
+    wake_.wait_for(lock, idle, [&] { return stopping_ || produced_ != seen; });
   }
   try {
     store_offsets(thread_index);  // what the last handlers finished
@@ -413,8 +418,9 @@ bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
     for (int p = thread_index; p < partitions_; p += threads_count_) {
       if (stop_flag_) return false;
       const auto up = static_cast<size_t>(p);
-      int64_t committed = std::max(g.committed[p].load(), int64_t{0});
-      if (committed >= next_[p].load()) continue;
+      const int64_t committed = std::max(g.committed[p].load(), int64_t{0});
+      const int64_t next = next_[p].load();  // every row below is committed
+      if (committed >= next) continue;
       if (Clock::now() < g.retry_after[up]) continue;
       SqlRows rows;
       SqlStatus s = db_->read([&](SqlTransaction& tx) {
@@ -431,8 +437,10 @@ bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
         continue;
       }
       if (rows.rows.empty()) {
-        // Retention dropped what this group had not reached: skip ahead.
-        g.committed[p] = next_[p].load();
+        // Nothing left below next (cannot happen while retention keeps
+        // every row at or above the lowest committed offset): skip ahead,
+        // but not past rows produced since next was read.
+        g.committed[p] = next;
         *progressed = true;
         continue;
       }
