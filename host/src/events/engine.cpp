@@ -34,6 +34,8 @@
 // (or a failed read) the rows stay and the source waits retry_backoff,
 // doubling up to retry_backoff_max, before the next try; if the delete
 // fails the next pass sends the rows again (consumers drop duplicates).
+// (Once stop() is under way the wait for done is bounded by kDrainWait:
+// an unanswered batch stays in the outbox for the next start.)
 // When idle the thread sleeps until notify_published() or relay_poll. It
 // also prunes gv_consumed rows older than consumed_retention (every
 // kPruneEvery, kPruneChunk rows per transaction) and refreshes the backlog
@@ -73,6 +75,7 @@
 //
 // No exception leaves the relay thread or the runner: both catch and log.
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -195,6 +198,7 @@ struct EventEngine::Impl {
   std::condition_variable backoff_cv;
   bool wake_relay = false;
   bool stopping_relay = false;
+  std::atomic<bool> relay_stop{false};  // stopping_relay, readable without mutex
   bool stopping_consumers = false;
   bool started = false;
   bool metrics_registered = false;
@@ -330,6 +334,7 @@ bool EventEngine::start(std::string* error) {
     m.stopping_relay = false;
     m.stopping_consumers = false;
   }
+  m.relay_stop = false;
   if (!m.broker.start(error)) return false;
   m.started = true;
   m.relay = std::thread([&m] { m.relay_loop(); });
@@ -351,6 +356,7 @@ void EventEngine::stop() {
     std::lock_guard lock(m.mutex);
     m.stopping_relay = true;
   }
+  m.relay_stop = true;
   m.relay_cv.notify_all();
   if (m.relay.joinable()) m.relay.join();  // after its last drain pass
   {
@@ -528,12 +534,16 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
     done->cv.notify_all();
   });
   {
+    // Wait for done; once stop() is under way, at most kDrainWait more (the
+    // rows stay in the outbox if the broker never answers).
+    auto deadline = final_pass ? Clock::now() + kDrainWait : Clock::time_point::max();
     std::unique_lock lock(done->m);
-    if (final_pass) {
-      if (!done->cv.wait_for(lock, kDrainWait, [&] { return done->done; }))
+    while (!done->done) {
+      done->cv.wait_for(lock, std::chrono::milliseconds(100));
+      if (deadline == Clock::time_point::max() && relay_stop.load())
+        deadline = Clock::now() + kDrainWait;
+      if (!done->done && Clock::now() >= deadline)
         return fail("the broker did not confirm the batch before stop");
-    } else {
-      done->cv.wait(lock, [&] { return done->done; });
     }
     if (!done->ok) return fail(done->error);
   }
