@@ -45,11 +45,11 @@ namespace gv::events {
 // ---- envelope ----
 
 struct Envelope {
-  std::string id;      // sortable unique id: 26-char ULID (Crockford base32)
-  std::string type;    // "post.created"
-  std::string key;     // ordering key ("post:123"); order holds per key
-  int64_t time_ms = 0; // publish time, Unix milliseconds
-  std::string source;  // publishing plugin
+  std::string id;       // sortable unique id: 26-char ULID (Crockford base32)
+  std::string type;     // "post.created"
+  std::string key;      // ordering key ("post:123"); order holds per key
+  int64_t time_ms = 0;  // publish time, Unix milliseconds
+  std::string source;   // publishing plugin
   int schema_version = 1;
   std::string payload;  // a JSON document (object), as text
 
@@ -57,6 +57,12 @@ struct Envelope {
   // nullopt when j lacks a member or has a wrong type.
   static std::optional<Envelope> from_json(const nlohmann::json& j);
 };
+
+// Bounds publish() enforces (and from_json does not: a broker hands back
+// what was published).
+constexpr size_t kMaxKeyBytes = 256;
+constexpr size_t kMaxPayloadBytes = 256 * 1024;
+constexpr size_t kMaxTypeBytes = 128;
 
 // A new ULID: 48-bit millisecond time + 80 random bits, monotonic within
 // the process (same millisecond: previous + 1), so ids sort by creation.
@@ -69,6 +75,12 @@ bool valid_pattern(std::string_view pattern);
 bool valid_type(std::string_view type);
 bool type_matches(std::string_view pattern, std::string_view type);
 
+// The partition of key among partitions (> 0): FNV-1a 64 of the key's bytes
+// modulo partitions. Stable across processes, versions and platforms: the
+// in-process log relies on it after a restart.
+uint64_t fnv1a64(std::string_view bytes);
+int partition_of(std::string_view key, int partitions);
+
 // ---- broker interface (shaped for Kafka) ----
 
 // One event handed to a consumer group.
@@ -79,9 +91,9 @@ struct Delivery {
 };
 
 struct BrokerStats {
-  bool connected = true;       // Kafka: the cluster is reachable
-  int64_t stored_events = 0;   // events held by the broker (in-process log length)
-  int64_t consumer_lag = 0;    // events not yet consumed, summed over groups
+  bool connected = true;      // Kafka: the cluster is reachable
+  int64_t stored_events = 0;  // events held by the broker (in-process log length)
+  int64_t consumer_lag = 0;   // events not yet consumed, summed over groups
 };
 
 class Broker {
@@ -101,15 +113,19 @@ class Broker {
   // type matches one of patterns, one at a time and in offset order. An
   // offset is committed only after handler returns for it; after a restart
   // delivery resumes at the first uncommitted offset (at least once).
-  // handler may block (it retries); it must return only when the event is
-  // applied or parked. Register every group before start().
-  using ConsumerFn = std::function<void(const Delivery&)>;
+  // handler may block (it retries); it returns true when the event is
+  // applied or parked (its offset may be committed), false when it gave up
+  // because the broker is stopping (the offset is not committed, nothing
+  // more is delivered on that partition, and the event is delivered again
+  // after a restart). If handler throws, the offset is not committed and
+  // the event is delivered again later. Register every group before start().
+  using ConsumerFn = std::function<bool(const Delivery&)>;
   virtual void subscribe(const std::string& group, std::vector<std::string> patterns,
                          ConsumerFn handler) = 0;
 
   virtual bool start(std::string* error) = 0;
   // Stops delivering: a handler in progress finishes, its offset is
-  // committed; nothing else runs after stop returns.
+  // committed if it returned true; nothing else runs after stop returns.
   virtual void stop() = 0;
 
   virtual BrokerStats stats() const = 0;
@@ -122,6 +138,7 @@ struct InProcessBrokerOptions {
   int busy_timeout_ms = 5000;
   std::string synchronous = "NORMAL";
   int64_t retention_events = 100000;  // consumed events kept in the log for inspection
+  std::chrono::milliseconds retention_every{5000};  // how often consumed events are deleted
 };
 
 // The embedded broker: a durable partitioned log in its own SQLite file,
@@ -132,12 +149,12 @@ std::unique_ptr<Broker> make_in_process_broker(const InProcessBrokerOptions& opt
 // ---- engine ----
 
 struct EngineOptions {
-  int relay_batch = 500;                           // outbox rows per produce
-  std::chrono::milliseconds relay_poll{200};       // relay wakes at least this often
-  int max_attempts = 5;                            // handler runs before parking
-  std::chrono::milliseconds retry_backoff{100};    // first retry delay, doubling
+  int relay_batch = 500;                         // outbox rows per produce
+  std::chrono::milliseconds relay_poll{200};     // relay wakes at least this often
+  int max_attempts = 5;                          // handler runs before parking
+  std::chrono::milliseconds retry_backoff{100};  // first retry delay, doubling
   std::chrono::milliseconds retry_backoff_max{10000};
-  std::chrono::hours consumed_retention{24 * 7};   // gv_consumed rows kept this long
+  std::chrono::hours consumed_retention{24 * 7};  // gv_consumed rows kept this long
 };
 
 // The consumer's handler, run inside the write transaction that also
@@ -150,7 +167,7 @@ using EventHandler =
 struct DeadLetter {
   Envelope event;
   int attempts = 0;
-  std::string error;     // the last failure
+  std::string error;  // the last failure
   int64_t parked_ms = 0;
 };
 
@@ -194,8 +211,8 @@ class EventEngine {
   // parked event of the plugin, oldest first). Each that succeeds is applied
   // once and unparked; one that fails stays parked with the new error.
   // *replayed / *failed receive the counts. not found: invalid with a message.
-  stores::SqlStatus replay(const std::string& plugin, const std::string& event_id,
-                           int* replayed, int* failed);
+  stores::SqlStatus replay(const std::string& plugin, const std::string& event_id, int* replayed,
+                           int* failed);
 
   // For /readyz and /metrics.
   int64_t outbox_backlog() const;  // unsent outbox rows, as of the last relay pass

@@ -1,0 +1,813 @@
+// The event engine: outboxes in, consumer handlers out (events.hpp has the
+// flow). This file holds the host tables, publish(), the relay thread, the
+// consumer runner and the admin operations.
+//
+// Host tables, created in every plugin database by prepare_database() with
+// SQL both SQLite and PostgreSQL run (BIGINT/INTEGER/TEXT, IF NOT EXISTS,
+// ON CONFLICT, RETURNING):
+//   gv_outbox_seq(id INTEGER PK, last_seq BIGINT)   one row: the outbox counter
+//   gv_outbox(seq BIGINT PK, id, type, key, time_ms, source, schema_version,
+//             payload)                              unsent events
+//   gv_consumed(event_id TEXT PK, consumed_ms BIGINT) + index on consumed_ms
+//   gv_dead_letters(event_id TEXT PK, envelope TEXT (Envelope::to_json),
+//                   attempts INTEGER, error TEXT, parked_ms BIGINT)
+// The outbox sequence comes from the counter row
+// (UPDATE gv_outbox_seq SET last_seq = last_seq + 1 ... RETURNING last_seq)
+// rather than an auto-increment column: it is the same SQL on both
+// backends, and because the row stays locked until the publishing
+// transaction ends, seq order is commit order even on PostgreSQL. (With a
+// SEQUENCE, seq 5 may commit before seq 4; the relay would send 5 and its
+// "DELETE ... WHERE seq <= 5" would then delete 4 unsent.) The cost is that
+// publishing transactions of one plugin serialize on that row, which SQLite
+// does anyway.
+//
+// publish() checks type (valid_type), key (1..kMaxKeyBytes bytes), source
+// (non-empty), schema_version (>= 1) and payload (a JSON object of at most
+// kMaxPayloadBytes), then appends the row in the caller's transaction.
+//
+// Relay: one thread. Each pass, for each source not in backoff, it reads up
+// to relay_batch rows in seq order (read snapshot), hands them to
+// Broker::produce and waits for done; on done(true) it deletes them
+// (DELETE ... WHERE seq <= last) and, if the batch was full, goes on
+// without sleeping. So a source has one batch in flight at a time and its
+// rows reach the broker in seq order: order per key holds. On done(false)
+// (or a failed read) the rows stay and the source waits retry_backoff,
+// doubling up to retry_backoff_max, before the next try; if the delete
+// fails the next pass sends the rows again (consumers drop duplicates).
+// (Once stop() is under way the wait for done is bounded by kDrainWait:
+// an unanswered batch stays in the outbox for the next start.)
+// When idle the thread sleeps until notify_published() or relay_poll. It
+// also prunes gv_consumed rows older than consumed_retention (every
+// kPruneEvery, kPruneChunk rows per transaction) and refreshes the backlog
+// and lag gauges. stop() wakes it for a last drain pass before it exits.
+//
+// Consumer runner (the Broker::ConsumerFn of each consuming plugin, group =
+// plugin name), per delivery, attempt = 1..max_attempts:
+//   write transaction on the consumer's database:
+//     INSERT INTO gv_consumed ... ON CONFLICT (event_id) DO NOTHING
+//     0 rows -> a duplicate: commit (nothing changed), count it, done;
+//     else handler(event, attempt, tx), and on ok also drop a stale
+//     dead letter of the same id (an event parked, then redelivered after a
+//     crash and now applied), commit.
+//   A failed status, an exception or busy (write lock not obtained: counts
+//   as an attempt, so a locked database cannot hold a partition forever)
+//   rolls back; the runner waits retry_backoff (doubling, capped at
+//   retry_backoff_max) and tries again. After max_attempts the event is
+//   parked in gv_dead_letters in its own transaction (upsert) and the
+//   partition moves on. If parking itself fails the runner keeps retrying
+//   the park with backoff: the event must not be lost. stop() wakes a
+//   runner waiting for backoff at once; it returns false so the broker
+//   leaves the event uncommitted, to be delivered after the restart.
+//
+// Admin: dead_letters() pages by event id (ULIDs sort by creation time);
+// replay() reruns each chosen dead letter's handler in one transaction
+// that also records gv_consumed and deletes the dead letter; a failure
+// updates attempts and error in a second transaction.
+//
+// Metrics (when a Metrics is given; figures live in a shared_ptr the
+// callbacks hold, so a scrape after the engine is gone reads the last
+// values): grapevine_events_relayed_total, grapevine_events_outbox_backlog,
+// grapevine_events_consumer_lag, and per plugin (label plugin=...)
+// grapevine_events_consumed_total, grapevine_events_duplicates_total,
+// grapevine_events_retries_total, grapevine_events_dead_letters_total
+// (events parked, a counter) and grapevine_events_dead_letters_held (events
+// parked now, a gauge, recounted at start, after a park and after replay).
+//
+// No exception leaves the relay thread or the runner: both catch and log.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+#include "events/events.hpp"
+
+namespace gv::events {
+
+namespace {
+
+using stores::SqlCode;
+using stores::SqlDatabase;
+using stores::SqlRows;
+using stores::SqlStatus;
+using stores::SqlTransaction;
+using stores::SqlValue;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kPruneEvery = std::chrono::minutes(10);
+constexpr int64_t kPruneChunk = 10000;
+constexpr size_t kMaxDeadLetterPage = 1000;
+constexpr auto kDrainWait = std::chrono::seconds(10);  // for done() during stop
+
+constexpr const char* kHostTables = R"sql(
+CREATE TABLE IF NOT EXISTS gv_outbox_seq (id INTEGER PRIMARY KEY, last_seq BIGINT NOT NULL);
+INSERT INTO gv_outbox_seq(id, last_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS gv_outbox (
+  seq BIGINT PRIMARY KEY,
+  id TEXT NOT NULL,
+  type TEXT NOT NULL,
+  key TEXT NOT NULL,
+  time_ms BIGINT NOT NULL,
+  source TEXT NOT NULL,
+  schema_version INTEGER NOT NULL,
+  payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gv_consumed (
+  event_id TEXT PRIMARY KEY,
+  consumed_ms BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS gv_consumed_by_time ON gv_consumed(consumed_ms);
+CREATE TABLE IF NOT EXISTS gv_dead_letters (
+  event_id TEXT PRIMARY KEY,
+  envelope TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  error TEXT NOT NULL,
+  parked_ms BIGINT NOT NULL)
+)sql";
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+SqlStatus invalid(std::string message) {
+  return SqlStatus::failure(SqlCode::invalid, std::move(message));
+}
+
+int64_t int_at(const std::vector<SqlValue>& row, size_t i) {
+  return stores::sql_int(row.at(i)).value_or(0);
+}
+std::string text_at(const std::vector<SqlValue>& row, size_t i) {
+  auto t = stores::sql_text(row.at(i));
+  return t ? std::string(*t) : std::string();
+}
+
+std::string escape_label(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+// Counters of one consuming plugin; shared with the metrics callbacks.
+struct ConsumerStats {
+  std::atomic<int64_t> consumed{0}, duplicates{0}, retries{0}, parked{0}, parked_now{0};
+};
+
+struct EngineStats {
+  std::atomic<int64_t> relayed{0}, backlog{0}, lag{0};
+  std::vector<std::pair<std::string, std::shared_ptr<ConsumerStats>>>
+      consumers;  // set before start
+};
+
+}  // namespace
+
+struct EventEngine::Impl {
+  struct Source {
+    std::string plugin;
+    SqlDatabase* db;
+    Clock::time_point retry_at{};
+    std::chrono::milliseconds backoff{0};
+    int64_t backlog = 0;
+  };
+  struct Consumer {
+    std::string plugin;
+    SqlDatabase* db;
+    std::vector<std::string> patterns;
+    EventHandler handler;
+    std::shared_ptr<ConsumerStats> stats = std::make_shared<ConsumerStats>();
+  };
+
+  Broker& broker;
+  EngineOptions options;
+  Metrics* metrics;
+  std::shared_ptr<EngineStats> stats = std::make_shared<EngineStats>();
+  std::vector<Source> sources;
+  std::map<std::string, std::unique_ptr<Consumer>> consumers;
+
+  std::mutex mutex;  // guards wake_relay, stopping_relay, stopping_consumers
+  std::condition_variable relay_cv;
+  std::condition_variable backoff_cv;
+  bool wake_relay = false;
+  bool stopping_relay = false;
+  std::atomic<bool> relay_stop{false};  // stopping_relay, readable without mutex
+  bool stopping_consumers = false;
+  bool started = false;
+  bool metrics_registered = false;
+  std::thread relay;
+  Clock::time_point last_prune{};
+
+  Impl(Broker& b, const EngineOptions& o, Metrics* m) : broker(b), options(o), metrics(m) {
+    if (options.relay_batch < 1) options.relay_batch = 1;
+    if (options.max_attempts < 1) options.max_attempts = 1;
+    if (options.retry_backoff < std::chrono::milliseconds(1))
+      options.retry_backoff = std::chrono::milliseconds(1);
+    options.retry_backoff_max = std::max(options.retry_backoff_max, options.retry_backoff);
+    if (options.relay_poll < std::chrono::milliseconds(1))
+      options.relay_poll = std::chrono::milliseconds(1);
+  }
+
+  void register_metrics();
+  void relay_loop();
+  bool relay_pass(bool final_pass);  // true if some source has more to send now
+  bool relay_source(Source& s, bool final_pass);
+  void prune_consumed();
+  bool run_consumer(Consumer& c, const Delivery& d);
+  SqlStatus apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate);
+  SqlStatus park(Consumer& c, const Envelope& e, int attempts, const std::string& error);
+  void recount_dead_letters(Consumer& c);
+  // Waits d unless consumers are stopping; false when they are.
+  bool backoff_wait(std::chrono::milliseconds d) {
+    std::unique_lock lock(mutex);
+    return !backoff_cv.wait_for(lock, d, [&] { return stopping_consumers; });
+  }
+  bool consumers_stopping() {
+    std::lock_guard lock(mutex);
+    return stopping_consumers;
+  }
+};
+
+// ---- tables and publish ----
+
+stores::SqlStatus EventEngine::prepare_database(stores::SqlDatabase& db) {
+  return db.write([](SqlTransaction& tx) { return tx.exec_script(kHostTables); });
+}
+
+stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_view source,
+                                       std::string_view type, std::string_view key,
+                                       std::string_view payload_json, int schema_version,
+                                       std::string* id) {
+  if (!valid_type(type))
+    return invalid("event type \"" + std::string(type.substr(0, kMaxTypeBytes)) +
+                   "\" is not valid: segments of [a-z0-9_] separated by '.', at most " +
+                   std::to_string(kMaxTypeBytes) + " bytes");
+  if (key.empty() || key.size() > kMaxKeyBytes)
+    return invalid("event key must be 1.." + std::to_string(kMaxKeyBytes) + " bytes, got " +
+                   std::to_string(key.size()));
+  if (source.empty()) return invalid("event source (the publishing plugin) is empty");
+  if (schema_version < 1)
+    return invalid("event schema_version must be at least 1, got " +
+                   std::to_string(schema_version));
+  if (payload_json.size() > kMaxPayloadBytes)
+    return invalid("event payload is " + std::to_string(payload_json.size()) +
+                   " bytes, more than the limit of " + std::to_string(kMaxPayloadBytes));
+  auto parsed = nlohmann::json::parse(payload_json, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded() || !parsed.is_object())
+    return invalid("event payload must be a JSON object");
+
+  auto seq =
+      tx.query("UPDATE gv_outbox_seq SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq");
+  if (!seq.ok()) return seq.status;
+  if (seq.value.rows.empty())
+    return invalid("the database has no event outbox: call EventEngine::prepare_database first");
+  std::string event_id = new_event_id();
+  auto r = tx.exec(
+      "INSERT INTO gv_outbox(seq, id, type, key, time_ms, source, schema_version, payload) "
+      "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+      {int_at(seq.value.rows[0], 0), event_id, std::string(type), std::string(key), now_ms(),
+       std::string(source), static_cast<int64_t>(schema_version), std::string(payload_json)});
+  if (!r.ok()) return r.status;
+  if (id) *id = std::move(event_id);
+  return SqlStatus::success();
+}
+
+// ---- engine ----
+
+EventEngine::EventEngine(Broker& broker, const EngineOptions& options, Metrics* metrics)
+    : impl_(std::make_unique<Impl>(broker, options, metrics)) {}
+
+EventEngine::~EventEngine() { stop(); }
+
+void EventEngine::add_source(const std::string& plugin, stores::SqlDatabase& db) {
+  if (impl_->started) {
+    log::error("events: add_source after start is ignored", {{"plugin", plugin}});
+    return;
+  }
+  impl_->sources.push_back({plugin, &db});
+}
+
+void EventEngine::add_consumer(const std::string& plugin, stores::SqlDatabase& db,
+                               std::vector<std::string> patterns, EventHandler handler) {
+  if (impl_->started) {
+    log::error("events: add_consumer after start is ignored", {{"plugin", plugin}});
+    return;
+  }
+  if (impl_->consumers.count(plugin)) {
+    log::error("events: a plugin registers as consumer once; the second is ignored",
+               {{"plugin", plugin}});
+    return;
+  }
+  for (auto& p : patterns)
+    if (!valid_pattern(p))
+      log::warn("events: pattern matches nothing", {{"plugin", plugin}, {"pattern", p}});
+  auto c = std::make_unique<Impl::Consumer>();
+  c->plugin = plugin;
+  c->db = &db;
+  c->patterns = patterns;
+  c->handler = std::move(handler);
+  Impl::Consumer* raw = c.get();
+  impl_->stats->consumers.emplace_back(plugin, c->stats);
+  impl_->consumers.emplace(plugin, std::move(c));
+  Impl* impl = impl_.get();
+  impl_->broker.subscribe(plugin, std::move(patterns),
+                          [impl, raw](const Delivery& d) { return impl->run_consumer(*raw, d); });
+}
+
+bool EventEngine::start(std::string* error) {
+  Impl& m = *impl_;
+  if (m.started) {
+    if (error) *error = "the event engine is already started";
+    return false;
+  }
+  m.register_metrics();
+  for (auto& [name, c] : m.consumers) m.recount_dead_letters(*c);
+  {
+    std::lock_guard lock(m.mutex);
+    m.stopping_relay = false;
+    m.stopping_consumers = false;
+  }
+  m.relay_stop = false;
+  if (!m.broker.start(error)) return false;
+  m.started = true;
+  m.relay = std::thread([&m] { m.relay_loop(); });
+  return true;
+}
+
+void EventEngine::notify_published() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->wake_relay = true;
+  }
+  impl_->relay_cv.notify_one();
+}
+
+void EventEngine::stop() {
+  Impl& m = *impl_;
+  if (!m.started) return;
+  {
+    std::lock_guard lock(m.mutex);
+    m.stopping_relay = true;
+  }
+  m.relay_stop = true;
+  m.relay_cv.notify_all();
+  if (m.relay.joinable()) m.relay.join();  // after its last drain pass
+  {
+    std::lock_guard lock(m.mutex);
+    m.stopping_consumers = true;
+  }
+  m.backoff_cv.notify_all();
+  m.broker.stop();
+  m.started = false;
+}
+
+int64_t EventEngine::outbox_backlog() const { return impl_->stats->backlog.load(); }
+
+BrokerStats EventEngine::broker_stats() const { return impl_->broker.stats(); }
+
+bool EventEngine::has_consumer(const std::string& plugin) const {
+  return impl_->consumers.count(plugin) != 0;
+}
+
+// ---- metrics ----
+
+void EventEngine::Impl::register_metrics() {
+  if (!metrics || metrics_registered) return;
+  metrics_registered = true;
+  auto st = stats;
+  auto one = [st](std::atomic<int64_t> EngineStats::*field) {
+    return [st, field]() -> Metrics::Samples {
+      return {{"", static_cast<double>(((*st).*field).load())}};
+    };
+  };
+  metrics->add_family("grapevine_events_relayed_total", "Events moved from outboxes to the broker.",
+                      "counter", one(&EngineStats::relayed));
+  metrics->add_family("grapevine_events_outbox_backlog",
+                      "Unsent outbox rows over every source, as of the last relay pass.", "gauge",
+                      one(&EngineStats::backlog));
+  metrics->add_family("grapevine_events_consumer_lag",
+                      "Events in the broker not yet consumed, summed over consumer groups.",
+                      "gauge", one(&EngineStats::lag));
+  auto per_plugin = [st](std::atomic<int64_t> ConsumerStats::*field) {
+    return [st, field]() -> Metrics::Samples {
+      Metrics::Samples out;
+      for (auto& [plugin, cs] : st->consumers)
+        out.emplace_back("plugin=\"" + escape_label(plugin) + "\"",
+                         static_cast<double>(((*cs).*field).load()));
+      return out;
+    };
+  };
+  metrics->add_family("grapevine_events_consumed_total",
+                      "Events applied by a consuming plugin's handler.", "counter",
+                      per_plugin(&ConsumerStats::consumed));
+  metrics->add_family("grapevine_events_duplicates_total",
+                      "Events delivered again and skipped (already consumed).", "counter",
+                      per_plugin(&ConsumerStats::duplicates));
+  metrics->add_family("grapevine_events_retries_total",
+                      "Failed handler attempts (each one is retried or parked).", "counter",
+                      per_plugin(&ConsumerStats::retries));
+  metrics->add_family("grapevine_events_dead_letters_total",
+                      "Events parked in gv_dead_letters after max_attempts.", "counter",
+                      per_plugin(&ConsumerStats::parked));
+  metrics->add_family("grapevine_events_dead_letters_held", "Events parked now, awaiting replay.",
+                      "gauge", per_plugin(&ConsumerStats::parked_now));
+}
+
+// ---- relay ----
+
+void EventEngine::Impl::relay_loop() {
+  for (;;) {
+    bool stopping;
+    {
+      std::lock_guard lock(mutex);
+      stopping = stopping_relay;
+      wake_relay = false;
+    }
+    bool more = false;
+    try {
+      more = relay_pass(stopping);
+      if (!stopping && Clock::now() - last_prune >= kPruneEvery) {
+        prune_consumed();
+        last_prune = Clock::now();
+      }
+      stats->lag = broker.stats().consumer_lag;
+    } catch (const std::exception& e) {
+      log::error("events: relay pass failed", {{"error", e.what()}});
+    } catch (...) {
+      log::error("events: relay pass failed", {{"error", "unknown exception"}});
+    }
+    if (stopping) return;
+    if (more) continue;
+    // Sleep until a publish, relay_poll, or the earliest retry of a source.
+    auto until = Clock::now() + options.relay_poll;
+    for (auto& s : sources)
+      if (s.retry_at > Clock::now()) until = std::min(until, s.retry_at);
+    std::unique_lock lock(mutex);
+    relay_cv.wait_until(lock, until, [&] { return wake_relay || stopping_relay; });
+  }
+}
+
+bool EventEngine::Impl::relay_pass(bool final_pass) {
+  bool more = false;
+  int64_t backlog = 0;
+  for (auto& s : sources) {
+    if (final_pass || Clock::now() >= s.retry_at) {
+      if (relay_source(s, final_pass)) more = true;
+    }
+    backlog += s.backlog;
+  }
+  stats->backlog = backlog;
+  return more;
+}
+
+// One batch of one source. True when the batch was full and was sent (more
+// may be waiting).
+bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
+  const int64_t limit = options.relay_batch;
+  std::vector<Envelope> batch;
+  int64_t last_seq = 0, total = 0;
+  auto fail = [&](const std::string& why) {
+    s.backoff = s.backoff.count() == 0 ? options.retry_backoff
+                                       : std::min(s.backoff * 2, options.retry_backoff_max);
+    s.retry_at = Clock::now() + s.backoff;
+    log::warn("events: relay failed; outbox rows kept for a retry",
+              {{"plugin", s.plugin},
+               {"error", why},
+               {"retry_in_ms", static_cast<int64_t>(s.backoff.count())}});
+    return false;
+  };
+  SqlStatus st = s.db->read([&](SqlTransaction& tx) -> SqlStatus {
+    auto r = tx.query(
+        "SELECT seq, id, type, key, time_ms, source, schema_version, payload FROM gv_outbox "
+        "ORDER BY seq LIMIT $1",
+        {limit});
+    if (!r.ok()) return r.status;
+    for (auto& row : r.value.rows) {
+      Envelope e;
+      last_seq = int_at(row, 0);
+      e.id = text_at(row, 1);
+      e.type = text_at(row, 2);
+      e.key = text_at(row, 3);
+      e.time_ms = int_at(row, 4);
+      e.source = text_at(row, 5);
+      e.schema_version = static_cast<int>(int_at(row, 6));
+      e.payload = text_at(row, 7);
+      batch.push_back(std::move(e));
+    }
+    total = static_cast<int64_t>(batch.size());
+    if (total == limit) {  // count the rest only when there is a rest
+      auto c = tx.query("SELECT count(*) FROM gv_outbox");
+      if (!c.ok()) return c.status;
+      total = int_at(c.value.rows.at(0), 0);
+    }
+    return SqlStatus::success();
+  });
+  if (!st.ok()) return fail("cannot read the outbox: " + st.message);
+  s.backlog = total;
+  if (batch.empty()) {
+    s.backoff = std::chrono::milliseconds(0);
+    return false;
+  }
+
+  struct Done {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false, ok = false;
+    std::string error;
+  };
+  auto done = std::make_shared<Done>();
+  const auto n = static_cast<int64_t>(batch.size());
+  broker.produce(std::move(batch), [done](bool ok, const std::string& error) {
+    {
+      std::lock_guard lock(done->m);
+      done->done = true;
+      done->ok = ok;
+      done->error = error;
+    }
+    done->cv.notify_all();
+  });
+  {
+    // Wait for done; once stop() is under way, at most kDrainWait more (the
+    // rows stay in the outbox if the broker never answers).
+    auto deadline = final_pass ? Clock::now() + kDrainWait : Clock::time_point::max();
+    std::unique_lock lock(done->m);
+    while (!done->done) {
+      done->cv.wait_for(lock, std::chrono::milliseconds(100));
+      if (deadline == Clock::time_point::max() && relay_stop.load())
+        deadline = Clock::now() + kDrainWait;
+      if (!done->done && Clock::now() >= deadline)
+        return fail("the broker did not confirm the batch before stop");
+    }
+    if (!done->ok) return fail(done->error);
+  }
+  SqlStatus del = s.db->write([&](SqlTransaction& tx) {
+    return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {last_seq}).status;
+  });
+  stats->relayed += n;
+  if (!del.ok())
+    return fail("relayed, but cannot delete from the outbox (will send again): " + del.message);
+  s.backoff = std::chrono::milliseconds(0);
+  s.backlog = std::max<int64_t>(0, total - n);
+  return n == limit;
+}
+
+void EventEngine::Impl::prune_consumed() {
+  const int64_t cutoff =
+      now_ms() -
+      std::chrono::duration_cast<std::chrono::milliseconds>(options.consumed_retention).count();
+  for (auto& [name, c] : consumers) {
+    for (int round = 0; round < 1000; ++round) {
+      int64_t deleted = 0;
+      SqlStatus s = c->db->write([&](SqlTransaction& tx) -> SqlStatus {
+        auto r = tx.exec(
+            "DELETE FROM gv_consumed WHERE event_id IN "
+            "(SELECT event_id FROM gv_consumed WHERE consumed_ms < $1 LIMIT $2)",
+            {cutoff, kPruneChunk});
+        deleted = r.value;
+        return r.status;
+      });
+      if (!s.ok()) {
+        log::warn("events: cannot prune gv_consumed", {{"plugin", name}, {"error", s.message}});
+        break;
+      }
+      if (deleted < kPruneChunk) break;
+    }
+  }
+}
+
+// ---- consumer runner ----
+
+SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate) {
+  *duplicate = false;
+  try {
+    return c.db->write([&](SqlTransaction& tx) -> SqlStatus {
+      auto r = tx.exec(
+          "INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2) "
+          "ON CONFLICT (event_id) DO NOTHING",
+          {e.id, now_ms()});
+      if (!r.ok()) return r.status;
+      if (r.value == 0) {
+        *duplicate = true;
+        return SqlStatus::success();
+      }
+      SqlStatus h = c.handler(e, attempt, tx);
+      if (!h.ok()) {
+        if (h.message.empty())
+          h.message = "the handler failed (" + std::string(to_string(h.code)) + ")";
+        return h;
+      }
+      auto d = tx.exec("DELETE FROM gv_dead_letters WHERE event_id = $1", {e.id});
+      return d.status;
+    });
+  } catch (const std::exception& ex) {
+    *duplicate = false;
+    return invalid(std::string("the handler threw: ") + ex.what());
+  } catch (...) {
+    *duplicate = false;
+    return invalid("the handler threw an unknown exception");
+  }
+}
+
+bool EventEngine::Impl::run_consumer(Consumer& c, const Delivery& d) {
+  try {
+    const Envelope& e = d.event;
+    auto backoff = options.retry_backoff;
+    std::string last_error;
+    for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
+      bool duplicate = false;
+      SqlStatus s = apply(c, e, attempt, &duplicate);
+      if (s.ok()) {
+        if (duplicate)
+          ++c.stats->duplicates;
+        else
+          ++c.stats->consumed;
+        return true;
+      }
+      last_error = std::string(to_string(s.code)) + ": " + s.message;
+      ++c.stats->retries;
+      log::warn("events: handler failed", {{"plugin", c.plugin},
+                                           {"event_id", e.id},
+                                           {"type", e.type},
+                                           {"attempt", attempt},
+                                           {"error", last_error}});
+      if (attempt == options.max_attempts) break;
+      if (!backoff_wait(backoff)) return false;  // stopping: redelivered after restart
+      backoff = std::min(backoff * 2, options.retry_backoff_max);
+    }
+    // Park, and keep trying to park: the event must not be dropped.
+    for (;;) {
+      SqlStatus p;
+      try {
+        p = park(c, e, options.max_attempts, last_error);
+      } catch (...) {
+        p = invalid("parking threw");
+      }
+      if (p.ok()) break;
+      log::error("events: cannot park a failed event; retrying",
+                 {{"plugin", c.plugin}, {"event_id", e.id}, {"error", p.message}});
+      if (!backoff_wait(backoff)) return false;
+      backoff = std::min(backoff * 2, options.retry_backoff_max);
+    }
+    ++c.stats->parked;
+    log::error("events: event parked in gv_dead_letters after max_attempts",
+               {{"plugin", c.plugin},
+                {"event_id", e.id},
+                {"type", e.type},
+                {"attempts", options.max_attempts},
+                {"error", last_error}});
+    recount_dead_letters(c);
+    return true;
+  } catch (const std::exception& ex) {  // logging or allocation: leave it for redelivery
+    log::error("events: consumer runner failed", {{"plugin", c.plugin}, {"error", ex.what()}});
+    throw;
+  }
+}
+
+SqlStatus EventEngine::Impl::park(Consumer& c, const Envelope& e, int attempts,
+                                  const std::string& error) {
+  const std::string envelope = e.to_json().dump();
+  return c.db->write([&](SqlTransaction& tx) {
+    return tx
+        .exec(
+            "INSERT INTO gv_dead_letters(event_id, envelope, attempts, error, parked_ms) "
+            "VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (event_id) DO UPDATE SET envelope = excluded.envelope, "
+            "attempts = excluded.attempts, error = excluded.error, parked_ms = excluded.parked_ms",
+            {e.id, envelope, static_cast<int64_t>(attempts), error, now_ms()})
+        .status;
+  });
+}
+
+void EventEngine::Impl::recount_dead_letters(Consumer& c) {
+  int64_t n = 0;
+  SqlStatus s = c.db->read([&](SqlTransaction& tx) -> SqlStatus {
+    auto r = tx.query("SELECT count(*) FROM gv_dead_letters");
+    if (!r.ok()) return r.status;
+    n = int_at(r.value.rows.at(0), 0);
+    return SqlStatus::success();
+  });
+  if (s.ok()) c.stats->parked_now = n;
+}
+
+// ---- admin ----
+
+stores::SqlResult<std::vector<DeadLetter>> EventEngine::dead_letters(const std::string& plugin,
+                                                                     size_t limit,
+                                                                     const std::string& after) {
+  stores::SqlResult<std::vector<DeadLetter>> out;
+  auto it = impl_->consumers.find(plugin);
+  if (it == impl_->consumers.end()) {
+    out.status = invalid("no consuming plugin named \"" + plugin + "\"");
+    return out;
+  }
+  limit = std::clamp<size_t>(limit, 1, kMaxDeadLetterPage);
+  out.status = it->second->db->read([&](SqlTransaction& tx) -> SqlStatus {
+    auto r = tx.query(
+        "SELECT event_id, envelope, attempts, error, parked_ms FROM gv_dead_letters "
+        "WHERE event_id > $1 ORDER BY event_id LIMIT $2",
+        {after, static_cast<int64_t>(limit)});
+    if (!r.ok()) return r.status;
+    for (auto& row : r.value.rows) {
+      DeadLetter d;
+      auto j = nlohmann::json::parse(text_at(row, 1), nullptr, false);
+      auto e = j.is_discarded() ? std::nullopt : Envelope::from_json(j);
+      if (e)
+        d.event = std::move(*e);
+      else
+        d.event.id = text_at(row, 0);  // unreadable envelope: show at least the id
+      d.attempts = static_cast<int>(int_at(row, 2));
+      d.error = text_at(row, 3);
+      d.parked_ms = int_at(row, 4);
+      out.value.push_back(std::move(d));
+    }
+    return SqlStatus::success();
+  });
+  if (!out.ok()) out.value.clear();
+  return out;
+}
+
+stores::SqlStatus EventEngine::replay(const std::string& plugin, const std::string& event_id,
+                                      int* replayed, int* failed) {
+  if (replayed) *replayed = 0;
+  if (failed) *failed = 0;
+  auto it = impl_->consumers.find(plugin);
+  if (it == impl_->consumers.end()) return invalid("no consuming plugin named \"" + plugin + "\"");
+  Impl::Consumer& c = *it->second;
+
+  // The chosen dead letters, oldest first, read page by page.
+  std::vector<DeadLetter> chosen;
+  if (!event_id.empty()) {
+    std::vector<DeadLetter> one;
+    SqlStatus s = c.db->read([&](SqlTransaction& tx) -> SqlStatus {
+      auto r = tx.query("SELECT envelope, attempts FROM gv_dead_letters WHERE event_id = $1",
+                        {event_id});
+      if (!r.ok()) return r.status;
+      for (auto& row : r.value.rows) {
+        auto j = nlohmann::json::parse(text_at(row, 0), nullptr, false);
+        auto e = j.is_discarded() ? std::nullopt : Envelope::from_json(j);
+        if (!e) return invalid("dead letter " + event_id + " has an unreadable envelope");
+        DeadLetter d;
+        d.event = std::move(*e);
+        d.attempts = static_cast<int>(int_at(row, 1));
+        one.push_back(std::move(d));
+      }
+      return SqlStatus::success();
+    });
+    if (!s.ok()) return s;
+    if (one.empty())
+      return invalid("event " + event_id + " is not parked for plugin \"" + plugin + "\"");
+    chosen = std::move(one);
+  } else {
+    std::string after;
+    for (;;) {
+      auto page = dead_letters(plugin, kMaxDeadLetterPage, after);
+      if (!page.ok()) return page.status;
+      if (page.value.empty()) break;
+      after = page.value.back().event.id;
+      for (auto& d : page.value) chosen.push_back(std::move(d));
+      if (page.value.size() < kMaxDeadLetterPage) break;
+    }
+  }
+
+  SqlStatus last_failure;
+  for (auto& d : chosen) {
+    const int attempt = d.attempts + 1;
+    bool duplicate = false;
+    SqlStatus s = impl_->apply(c, d.event, attempt, &duplicate);
+    if (s.ok() && duplicate) {
+      // Applied before (redelivered and consumed after it was parked):
+      // only the dead letter is left to drop.
+      s = c.db->write([&](SqlTransaction& tx) {
+        return tx.exec("DELETE FROM gv_dead_letters WHERE event_id = $1", {d.event.id}).status;
+      });
+    }
+    if (s.ok()) {
+      if (replayed) ++*replayed;
+      if (!duplicate) ++c.stats->consumed;
+      continue;
+    }
+    if (failed) ++*failed;
+    ++c.stats->retries;
+    const std::string error = std::string(to_string(s.code)) + ": " + s.message;
+    log::warn("events: replayed event failed again",
+              {{"plugin", plugin}, {"event_id", d.event.id}, {"error", error}});
+    SqlStatus u = c.db->write([&](SqlTransaction& tx) {
+      return tx
+          .exec("UPDATE gv_dead_letters SET attempts = $2, error = $3 WHERE event_id = $1",
+                {d.event.id, static_cast<int64_t>(attempt), error})
+          .status;
+    });
+    if (!u.ok()) last_failure = u;
+  }
+  impl_->recount_dead_letters(c);
+  return last_failure;
+}
+
+}  // namespace gv::events

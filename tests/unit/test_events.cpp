@@ -1,0 +1,771 @@
+// Events: ids, patterns, the in-process broker and the engine, on real
+// SQLite files. Backoffs and polls are short so the whole [events] run
+// stays within seconds.
+#include <stdlib.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/metrics.hpp"
+#include "events/events.hpp"
+#include "stores/sqlite_database.hpp"
+
+namespace fs = std::filesystem;
+using namespace gv::events;
+using namespace gv::stores;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A fresh folder under /tmp, removed with everything in it at scope exit.
+struct TempDir {
+  fs::path dir;
+  TempDir() {
+    char pattern[] = "/tmp/gv-events-test-XXXXXX";
+    REQUIRE(::mkdtemp(pattern) != nullptr);
+    dir = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+};
+
+std::unique_ptr<SqliteDatabase> open_db(const fs::path& path) {
+  auto opened = SqliteDatabase::open(path);
+  INFO(opened.status.message);
+  REQUIRE(opened.ok());
+  return std::move(opened.value);
+}
+
+// A database with the host tables and the caller's DDL.
+std::unique_ptr<SqliteDatabase> plugin_db(const fs::path& path, std::string_view ddl = {}) {
+  auto db = open_db(path);
+  SqlStatus s = EventEngine::prepare_database(*db);
+  INFO(s.message);
+  REQUIRE(s.ok());
+  if (!ddl.empty()) {
+    s = db->write([&](SqlTransaction& tx) { return tx.exec_script(ddl); });
+    INFO(s.message);
+    REQUIRE(s.ok());
+  }
+  return db;
+}
+
+int64_t scalar(SqlDatabase& db, std::string_view sql, std::vector<SqlValue> params = {}) {
+  int64_t v = -1;
+  SqlStatus s = db.read([&](SqlTransaction& tx) -> SqlStatus {
+    auto r = tx.query(sql, params);
+    if (!r.ok()) return r.status;
+    if (!r.value.rows.empty()) v = sql_int(r.value.rows[0][0]).value_or(-1);
+    return SqlStatus::success();
+  });
+  INFO(s.message);
+  REQUIRE(s.ok());
+  return v;
+}
+
+template <class F>
+bool eventually(F&& f, std::chrono::milliseconds timeout = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return f();
+}
+
+Envelope make_event(std::string type, std::string key, std::string payload = "{}") {
+  Envelope e;
+  e.id = new_event_id();
+  e.type = std::move(type);
+  e.key = std::move(key);
+  e.time_ms = 1;
+  e.source = "test";
+  e.payload = std::move(payload);
+  return e;
+}
+
+bool produce_sync(Broker& b, std::vector<Envelope> batch, std::string* error = nullptr) {
+  bool result = false;
+  b.produce(std::move(batch), [&](bool ok, const std::string& why) {
+    result = ok;
+    if (error) *error = why;
+  });
+  return result;
+}
+
+InProcessBrokerOptions broker_options(const TempDir& tmp, int partitions = 4, int threads = 2) {
+  InProcessBrokerOptions o;
+  o.file = tmp.dir / "broker" / "events.db";  // the folder does not exist yet
+  o.partitions = partitions;
+  o.consumer_threads = threads;
+  return o;
+}
+
+EngineOptions fast_options() {
+  EngineOptions o;
+  o.relay_poll = 20ms;
+  o.retry_backoff = 2ms;
+  o.retry_backoff_max = 10ms;
+  o.max_attempts = 5;
+  return o;
+}
+
+// Publishes one event in its own write transaction, with a business row.
+std::string publish_one(SqlDatabase& db, std::string type, std::string key, std::string payload) {
+  std::string id;
+  SqlStatus s = db.write([&](SqlTransaction& tx) -> SqlStatus {
+    auto r = tx.exec("INSERT INTO things(name) VALUES ($1)", {key});
+    if (!r.ok()) return r.status;
+    return EventEngine::publish(tx, "source", type, key, payload, 1, &id);
+  });
+  INFO(s.message);
+  REQUIRE(s.ok());
+  return id;
+}
+
+constexpr const char* kThings = "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL)";
+constexpr const char* kCounters =
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, n BIGINT NOT NULL)";
+
+SqlStatus bump(SqlTransaction& tx, const std::string& name) {
+  return tx
+      .exec(
+          "INSERT INTO counters(name, n) VALUES ($1, 1) "
+          "ON CONFLICT (name) DO UPDATE SET n = counters.n + 1",
+          {name})
+      .status;
+}
+
+int64_t counter(SqlDatabase& db, const std::string& name) {
+  int64_t n = scalar(db, "SELECT n FROM counters WHERE name = $1", {name});
+  return n < 0 ? 0 : n;
+}
+
+}  // namespace
+
+// ---- ids, types, envelopes ----
+
+TEST_CASE("events: ULIDs are 26 sortable characters, unique and increasing per thread",
+          "[events]") {
+  const std::string id = new_event_id();
+  REQUIRE(id.size() == 26);
+  for (char c : id)
+    REQUIRE(std::string_view("0123456789ABCDEFGHJKMNPQRSTVWXYZ").find(c) != std::string_view::npos);
+  // The first 10 characters are the time: decode and compare with now.
+  uint64_t t = 0;
+  for (int i = 0; i < 10; ++i)
+    t = t * 32 + std::string_view("0123456789ABCDEFGHJKMNPQRSTVWXYZ").find(id[size_t(i)]);
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  REQUIRE(std::llabs(static_cast<long long>(t) - now) < 5000);
+
+  constexpr int kThreads = 4, kPer = 25000;
+  std::vector<std::vector<std::string>> ids(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      ids[size_t(t)].reserve(kPer);
+      for (int i = 0; i < kPer; ++i) ids[size_t(t)].push_back(new_event_id());
+    });
+  for (auto& th : threads) th.join();
+  std::set<std::string> all;
+  for (auto& list : ids) {
+    for (size_t i = 1; i < list.size(); ++i) REQUIRE(list[i - 1] < list[i]);
+    all.insert(list.begin(), list.end());
+  }
+  REQUIRE(all.size() == size_t(kThreads * kPer));
+  // Later ids sort after earlier ones across threads too.
+  REQUIRE(new_event_id() > *all.rbegin());
+}
+
+TEST_CASE("events: types and patterns", "[events]") {
+  CHECK(valid_type("post.created"));
+  CHECK(valid_type("post"));
+  CHECK(valid_type("a_1.b_2.c3"));
+  CHECK_FALSE(valid_type(""));
+  CHECK_FALSE(valid_type("Post.created"));
+  CHECK_FALSE(valid_type("post..created"));
+  CHECK_FALSE(valid_type(".post"));
+  CHECK_FALSE(valid_type("post."));
+  CHECK_FALSE(valid_type("post.*"));
+  CHECK_FALSE(valid_type("post-created"));
+  CHECK_FALSE(valid_type(std::string(kMaxTypeBytes + 1, 'a')));
+
+  CHECK(valid_pattern("*"));
+  CHECK(valid_pattern("post.*"));
+  CHECK(valid_pattern("post.created"));
+  CHECK_FALSE(valid_pattern("*.created"));
+  CHECK_FALSE(valid_pattern("post.*.x"));
+  CHECK_FALSE(valid_pattern(".*"));
+  CHECK_FALSE(valid_pattern("post*"));
+  CHECK_FALSE(valid_pattern(""));
+
+  CHECK(type_matches("post.created", "post.created"));
+  CHECK_FALSE(type_matches("post.created", "post.deleted"));
+  CHECK(type_matches("post.*", "post.created"));
+  CHECK(type_matches("post.*", "post.edit.v2"));
+  CHECK_FALSE(type_matches("post.*", "post"));
+  CHECK_FALSE(type_matches("post.*", "postal.created"));
+  CHECK_FALSE(type_matches("post.*", "user.created"));
+  CHECK(type_matches("*", "anything.at.all"));
+  CHECK_FALSE(type_matches("*", "Not Valid"));
+  CHECK_FALSE(type_matches("post.created", "post.created.more"));
+}
+
+TEST_CASE("events: envelope JSON round trip and FNV-1a partitioning", "[events]") {
+  Envelope e = make_event("post.created", "post:1", R"({"a":1,"b":"x"})");
+  e.time_ms = 1732350000000;
+  e.schema_version = 3;
+  auto j = e.to_json();
+  CHECK(j["payload"]["b"] == "x");
+  auto back = Envelope::from_json(j);
+  REQUIRE(back);
+  CHECK(back->id == e.id);
+  CHECK(back->type == e.type);
+  CHECK(back->key == e.key);
+  CHECK(back->time_ms == e.time_ms);
+  CHECK(back->source == e.source);
+  CHECK(back->schema_version == 3);
+  CHECK(nlohmann::json::parse(back->payload) == nlohmann::json::parse(e.payload));
+  j.erase("key");
+  CHECK_FALSE(Envelope::from_json(j));
+  CHECK_FALSE(Envelope::from_json(nlohmann::json::array()));
+
+  CHECK(fnv1a64("") == 0xcbf29ce484222325ULL);
+  CHECK(fnv1a64("a") == 0xaf63dc4c8601ec8cULL);
+  CHECK(partition_of("a", 8) == int(0xaf63dc4c8601ec8cULL % 8));
+  CHECK(partition_of("anything", 1) == 0);
+}
+
+TEST_CASE("events: publish validates and appends to the outbox in the caller's transaction",
+          "[events]") {
+  TempDir tmp;
+  auto db = plugin_db(tmp.dir / "p.db", kThings);
+  auto try_publish = [&](std::string_view type, std::string_view key, std::string_view payload) {
+    return db->write([&](SqlTransaction& tx) {
+      return EventEngine::publish(tx, "p", type, key, payload, 1, nullptr);
+    });
+  };
+  CHECK(try_publish("Bad Type", "k", "{}").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "", "{}").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", std::string(kMaxKeyBytes + 1, 'k'), "{}").code ==
+        SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", "[1,2]").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", "{not json").code == SqlCode::invalid);
+  const std::string big = "{\"x\":\"" + std::string(kMaxPayloadBytes, 'x') + "\"}";
+  CHECK(try_publish("post.created", "k", big).code == SqlCode::invalid);
+  CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 0);
+
+  // Rolled back with the caller's work: no row.
+  SqlStatus s = db->write([&](SqlTransaction& tx) -> SqlStatus {
+    EventEngine::publish(tx, "p", "post.created", "k", "{}", 1, nullptr);
+    return SqlStatus::failure(SqlCode::constraint, "the business change failed");
+  });
+  CHECK_FALSE(s.ok());
+  CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 0);
+
+  std::string id1 = publish_one(*db, "post.created", "k", R"({"n":1})");
+  std::string id2 = publish_one(*db, "post.created", "k", R"({"n":2})");
+  CHECK(id1.size() == 26);
+  CHECK(id1 < id2);
+  CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 2);
+  CHECK(scalar(*db, "SELECT count(*) FROM things") == 2);
+
+  // A database without the host tables is refused, not half-written.
+  auto bare = open_db(tmp.dir / "bare.db");
+  s = bare->write([&](SqlTransaction& tx) {
+    return EventEngine::publish(tx, "p", "post.created", "k", "{}", 1, nullptr);
+  });
+  CHECK_FALSE(s.ok());
+  // prepare_database twice is harmless.
+  CHECK(EventEngine::prepare_database(*db).ok());
+  CHECK(scalar(*db, "SELECT last_seq FROM gv_outbox_seq") == 2);
+}
+
+// ---- broker ----
+
+namespace {
+
+// A group's received events, thread-safe.
+struct Received {
+  std::mutex m;
+  std::vector<Envelope> events;
+  void add(const Envelope& e) {
+    std::lock_guard l(m);
+    events.push_back(e);
+  }
+  size_t size() {
+    std::lock_guard l(m);
+    return events.size();
+  }
+  std::vector<Envelope> copy() {
+    std::lock_guard l(m);
+    return events;
+  }
+};
+
+Broker::ConsumerFn collect(Received& r) {
+  return [&r](const Delivery& d) {
+    r.add(d.event);
+    return true;
+  };
+}
+
+}  // namespace
+
+TEST_CASE("events: the in-process broker is durable and resumes at committed offsets", "[events]") {
+  TempDir tmp;
+  auto options = broker_options(tmp, 4, 2);
+  std::vector<Envelope> first;
+  for (int i = 0; i < 40; ++i)
+    first.push_back(make_event(i % 2 ? "post.created" : "user.created",
+                               "key" + std::to_string(i % 5), "{\"i\":" + std::to_string(i) + "}"));
+  {
+    auto broker = make_in_process_broker(options, nullptr);
+    std::string error;
+    REQUIRE(broker->start(&error));
+    REQUIRE(fs::exists(options.file));
+    REQUIRE(produce_sync(*broker, first, &error));
+    CHECK(broker->stats().stored_events == 40);
+    broker->stop();
+    std::string why;
+    CHECK_FALSE(produce_sync(*broker, {make_event("post.created", "k")}, &why));
+    CHECK_FALSE(why.empty());
+  }
+
+  Received all, posts;
+  {
+    // Reopened: a new group gets everything from offset 0, in order per key.
+    auto broker = make_in_process_broker(options, nullptr);
+    broker->subscribe("all", {"*"}, collect(all));
+    broker->subscribe("posts", {"post.*"}, collect(posts));
+    std::string error;
+    REQUIRE(broker->start(&error));
+    REQUIRE(eventually([&] { return all.size() == 40 && posts.size() == 20; }));
+    REQUIRE(eventually([&] { return broker->stats().consumer_lag == 0; }));
+    broker->stop();
+  }
+  {
+    auto got = all.copy();
+    std::map<std::string, std::vector<int>> by_key;
+    for (auto& e : got) by_key[e.key].push_back(nlohmann::json::parse(e.payload)["i"].get<int>());
+    REQUIRE(by_key.size() == 5);
+    for (auto& [key, list] : by_key) {
+      CHECK(list.size() == 8);
+      CHECK(std::is_sorted(list.begin(), list.end()));
+    }
+    for (auto& e : posts.copy()) CHECK(e.type == "post.created");
+  }
+
+  // Reopened again: the committed group resumes after its offset; a new
+  // group still starts at 0.
+  Received all_again, fresh;
+  {
+    auto broker = make_in_process_broker(options, nullptr);
+    broker->subscribe("all", {"*"}, collect(all_again));
+    broker->subscribe("fresh", {"*"}, collect(fresh));
+    std::string error;
+    REQUIRE(broker->start(&error));
+    std::vector<Envelope> more;
+    for (int i = 0; i < 5; ++i)
+      more.push_back(make_event("post.created", "new" + std::to_string(i)));
+    REQUIRE(produce_sync(*broker, more, &error));
+    REQUIRE(eventually([&] { return all_again.size() == 5 && fresh.size() == 45; }));
+    std::this_thread::sleep_for(50ms);
+    CHECK(all_again.size() == 5);
+    for (auto& e : all_again.copy()) CHECK(e.key.rfind("new", 0) == 0);
+    CHECK(broker->stats().stored_events == 45);
+    broker->stop();
+  }
+
+  // A different partition count is refused with a clear error.
+  {
+    auto other = options;
+    other.partitions = 8;
+    auto broker = make_in_process_broker(other, nullptr);
+    std::string error;
+    CHECK_FALSE(broker->start(&error));
+    CHECK_THAT(error, Catch::Contains("4 partitions") && Catch::Contains("asks for 8"));
+  }
+}
+
+TEST_CASE("events: retention keeps retention_events consumed events", "[events]") {
+  TempDir tmp;
+  auto options = broker_options(tmp, 1, 1);
+  options.retention_events = 3;
+  options.retention_every = 10ms;
+  std::vector<Envelope> batch;
+  for (int i = 0; i < 10; ++i)
+    batch.push_back(make_event("a.b", "k", "{\"i\":" + std::to_string(i) + "}"));
+  {
+    Received r;
+    auto broker = make_in_process_broker(options, nullptr);
+    broker->subscribe("g", {"*"}, collect(r));
+    std::string error;
+    REQUIRE(broker->start(&error));
+    REQUIRE(produce_sync(*broker, batch, &error));
+    REQUIRE(eventually([&] { return r.size() == 10; }));
+    REQUIRE(eventually([&] { return broker->stats().stored_events == 3; }));
+    std::this_thread::sleep_for(30ms);
+    CHECK(broker->stats().stored_events == 3);
+    broker->stop();
+  }
+  // A group that joins later starts at the oldest event kept; offsets go on.
+  Received g, late;
+  auto broker = make_in_process_broker(options, nullptr);
+  broker->subscribe("g", {"*"}, collect(g));
+  broker->subscribe("late", {"*"}, collect(late));
+  std::string error;
+  REQUIRE(broker->start(&error));
+  CHECK(broker->stats().stored_events == 3);
+  REQUIRE(eventually([&] { return late.size() == 3; }));
+  REQUIRE(produce_sync(*broker, {make_event("a.b", "k", R"({"i":10})")}, &error));
+  REQUIRE(eventually([&] { return late.size() == 4 && g.size() == 1; }));
+  std::vector<int> seen;
+  for (auto& e : late.copy()) seen.push_back(nlohmann::json::parse(e.payload)["i"].get<int>());
+  CHECK(seen == std::vector<int>{7, 8, 9, 10});
+  broker->stop();
+}
+
+TEST_CASE("events: a consumer that gives up at stop leaves its offset uncommitted", "[events]") {
+  TempDir tmp;
+  auto options = broker_options(tmp, 1, 1);
+  std::atomic<int> calls{0};
+  {
+    auto broker = make_in_process_broker(options, nullptr);
+    broker->subscribe("g", {"*"}, [&](const Delivery&) {
+      ++calls;
+      return false;  // as if stop() interrupted its retries
+    });
+    std::string error;
+    REQUIRE(broker->start(&error));
+    REQUIRE(produce_sync(*broker, {make_event("a.b", "k"), make_event("a.b", "k")}, &error));
+    REQUIRE(eventually([&] { return calls.load() == 1; }));
+    std::this_thread::sleep_for(50ms);
+    CHECK(calls.load() == 1);  // that thread delivers nothing more
+    broker->stop();
+  }
+  Received r;
+  auto broker = make_in_process_broker(options, nullptr);
+  broker->subscribe("g", {"*"}, collect(r));
+  std::string error;
+  REQUIRE(broker->start(&error));
+  REQUIRE(eventually([&] { return r.size() == 2; }));
+  broker->stop();
+}
+
+// ---- engine ----
+
+TEST_CASE("events: end to end, each event applied exactly once", "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  gv::Metrics metrics;
+  auto broker = make_in_process_broker(broker_options(tmp), &metrics);
+  EventEngine engine(*broker, fast_options(), &metrics);
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"thing.*"},
+                      [](const Envelope& e, int, SqlTransaction& tx) { return bump(tx, e.type); });
+  CHECK(engine.has_consumer("sink"));
+  CHECK_FALSE(engine.has_consumer("source"));
+  std::string error;
+  REQUIRE(engine.start(&error));
+
+  constexpr int kEvents = 300;
+  for (int i = 0; i < kEvents; ++i) {
+    publish_one(*source, "thing.made", "thing:" + std::to_string(i % 7),
+                "{\"i\":" + std::to_string(i) + "}");
+    publish_one(*source, "other.made", "x", "{}");  // matches no pattern
+    if (i % 50 == 0) engine.notify_published();
+  }
+  engine.notify_published();
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == kEvents; }));
+  REQUIRE(eventually([&] { return scalar(*source, "SELECT count(*) FROM gv_outbox") == 0; }));
+  REQUIRE(eventually([&] { return engine.broker_stats().consumer_lag == 0; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(counter(*sink, "thing.made") == kEvents);
+  CHECK(counter(*sink, "other.made") == 0);
+  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == kEvents);
+  CHECK(scalar(*source, "SELECT count(*) FROM things") == 2 * kEvents);
+
+  // Exactly once: the same event handed to the broker again, twice.
+  Envelope dup = make_event("thing.dup", "d");
+  REQUIRE(produce_sync(*broker, {dup, dup}, &error));
+  REQUIRE(produce_sync(*broker, {dup}, &error));
+  REQUIRE(eventually(
+      [&] { return counter(*sink, "thing.dup") == 1 && engine.broker_stats().consumer_lag == 0; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(counter(*sink, "thing.dup") == 1);
+
+  REQUIRE(eventually([&] { return engine.outbox_backlog() == 0; }));
+  const std::string text = metrics.render();
+  CHECK_THAT(text,
+             Catch::Contains("grapevine_events_relayed_total " + std::to_string(2 * kEvents)));
+  CHECK_THAT(text, Catch::Contains("grapevine_events_consumed_total{plugin=\"sink\"} " +
+                                   std::to_string(kEvents + 1)));
+  CHECK_THAT(text, Catch::Contains("grapevine_events_duplicates_total{plugin=\"sink\"} 2"));
+  CHECK_THAT(text, Catch::Contains("grapevine_events_outbox_backlog 0"));
+  CHECK_THAT(text, Catch::Contains("# TYPE grapevine_events_consumer_lag gauge"));
+  engine.stop();
+}
+
+TEST_CASE("events: retries, dead letters and replay", "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  gv::Metrics metrics;
+  auto broker = make_in_process_broker(broker_options(tmp, 2, 1), &metrics);
+  EventEngine engine(*broker, fast_options(), &metrics);
+  std::mutex m;
+  std::vector<int> flaky_attempts;
+  std::atomic<bool> healed{false};
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"},
+                      [&](const Envelope& e, int attempt, SqlTransaction& tx) -> SqlStatus {
+                        // The handler's writes are rolled back with a failed attempt.
+                        if (auto s = bump(tx, e.type + ".tries"); !s.ok()) return s;
+                        if (e.type == "flaky.one") {
+                          {
+                            std::lock_guard l(m);
+                            flaky_attempts.push_back(attempt);
+                          }
+                          if (attempt == 2) throw std::runtime_error("boom");
+                          if (attempt <= 3) return SqlStatus::failure(SqlCode::invalid, "not yet");
+                        }
+                        if (e.type == "broken.one" && !healed)
+                          return SqlStatus::failure(SqlCode::invalid, "broken handler");
+                        return bump(tx, e.type);
+                      });
+  std::string error;
+  REQUIRE(engine.start(&error));
+
+  publish_one(*source, "flaky.one", "k", "{}");
+  const std::string broken_id = publish_one(*source, "broken.one", "k", R"({"why":"test"})");
+  publish_one(*source, "after.one", "k", "{}");  // same key: waits for the park, then runs
+  engine.notify_published();
+
+  REQUIRE(eventually([&] { return counter(*sink, "after.one") == 1; }));
+  CHECK(counter(*sink, "flaky.one") == 1);
+  CHECK(counter(*sink, "flaky.one.tries") == 1);  // failed attempts rolled back
+  {
+    std::lock_guard l(m);
+    CHECK(flaky_attempts == std::vector<int>{1, 2, 3, 4});
+  }
+  CHECK(counter(*sink, "broken.one") == 0);
+  CHECK(counter(*sink, "broken.one.tries") == 0);
+
+  auto parked = engine.dead_letters("sink", 10, "");
+  REQUIRE(parked.ok());
+  REQUIRE(parked.value.size() == 1);
+  CHECK(parked.value[0].event.id == broken_id);
+  CHECK(parked.value[0].event.type == "broken.one");
+  CHECK(nlohmann::json::parse(parked.value[0].event.payload)["why"] == "test");
+  CHECK(parked.value[0].attempts == 5);
+  CHECK_THAT(parked.value[0].error, Catch::Contains("broken handler"));
+  CHECK(parked.value[0].parked_ms > 0);
+  CHECK(engine.dead_letters("sink", 10, broken_id).value.empty());  // paging past it
+  CHECK_FALSE(engine.dead_letters("nobody", 10, "").ok());
+  CHECK_THAT(metrics.render(),
+             Catch::Contains("grapevine_events_dead_letters_total{plugin=\"sink\"} 1"));
+  CHECK_THAT(metrics.render(),
+             Catch::Contains("grapevine_events_dead_letters_held{plugin=\"sink\"} 1"));
+
+  // Replay while still broken: stays parked with one more attempt.
+  int replayed = -1, failed = -1;
+  REQUIRE(engine.replay("sink", broken_id, &replayed, &failed).ok());
+  CHECK(replayed == 0);
+  CHECK(failed == 1);
+  parked = engine.dead_letters("sink", 10, "");
+  REQUIRE(parked.value.size() == 1);
+  CHECK(parked.value[0].attempts == 6);
+
+  CHECK(engine.replay("sink", "01NOTPARKED000000000000000", &replayed, &failed).code ==
+        SqlCode::invalid);
+  CHECK(engine.replay("nobody", "", &replayed, &failed).code == SqlCode::invalid);
+
+  healed = true;
+  REQUIRE(engine.replay("sink", "", &replayed, &failed).ok());
+  CHECK(replayed == 1);
+  CHECK(failed == 0);
+  CHECK(counter(*sink, "broken.one") == 1);
+  CHECK(engine.dead_letters("sink", 10, "").value.empty());
+  REQUIRE(engine.replay("sink", "", &replayed, &failed).ok());  // nothing left
+  CHECK(replayed == 0);
+  CHECK(counter(*sink, "broken.one") == 1);
+  CHECK_THAT(metrics.render(),
+             Catch::Contains("grapevine_events_dead_letters_held{plugin=\"sink\"} 0"));
+  engine.stop();
+}
+
+TEST_CASE("events: stop wakes a handler in backoff and the event is redelivered", "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  auto options = fast_options();
+  options.retry_backoff = 30s;  // would block the test if stop did not wake it
+  options.retry_backoff_max = 30s;
+  std::atomic<int> attempts{0};
+  {
+    auto broker = make_in_process_broker(broker_options(tmp), nullptr);
+    EventEngine engine(*broker, options, nullptr);
+    engine.add_source("source", *source);
+    engine.add_consumer("sink", *sink, {"*"}, [&](const Envelope&, int, SqlTransaction&) {
+      ++attempts;
+      return SqlStatus::failure(SqlCode::io, "down");
+    });
+    std::string error;
+    REQUIRE(engine.start(&error));
+    publish_one(*source, "thing.made", "k", "{}");
+    engine.notify_published();
+    REQUIRE(eventually([&] { return attempts.load() == 1; }));
+    auto t0 = std::chrono::steady_clock::now();
+    engine.stop();
+    CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+    CHECK(attempts.load() == 1);
+    CHECK(engine.dead_letters("sink", 10, "").value.empty());
+  }
+  // After the restart the event comes again, and now it is applied.
+  auto broker = make_in_process_broker(broker_options(tmp), nullptr);
+  EventEngine engine(*broker, fast_options(), nullptr);
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"},
+                      [&](const Envelope& e, int, SqlTransaction& tx) { return bump(tx, e.type); });
+  std::string error;
+  REQUIRE(engine.start(&error));
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 1; }));
+  engine.stop();
+}
+
+namespace {
+
+// A broker that refuses the first produce calls, then passes them on.
+class FlakyBroker final : public Broker {
+ public:
+  FlakyBroker(Broker& inner, int failures) : inner_(inner), failures_(failures) {}
+  void produce(std::vector<Envelope> batch,
+               std::function<void(bool, const std::string&)> done) override {
+    ++calls;
+    if (failures_-- > 0) return done(false, "broker unavailable");
+    inner_.produce(std::move(batch), std::move(done));
+  }
+  void subscribe(const std::string& g, std::vector<std::string> p, ConsumerFn h) override {
+    inner_.subscribe(g, std::move(p), std::move(h));
+  }
+  bool start(std::string* error) override { return inner_.start(error); }
+  void stop() override { inner_.stop(); }
+  BrokerStats stats() const override { return inner_.stats(); }
+  std::atomic<int> calls{0};
+
+ private:
+  Broker& inner_;
+  std::atomic<int> failures_;
+};
+
+}  // namespace
+
+TEST_CASE("events: the relay keeps outbox rows until the broker has them", "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  auto inner = make_in_process_broker(broker_options(tmp), nullptr);
+  FlakyBroker broker(*inner, 3);
+  EventEngine engine(broker, fast_options(), nullptr);
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"},
+                      [&](const Envelope& e, int, SqlTransaction& tx) { return bump(tx, e.type); });
+  std::string error;
+  REQUIRE(engine.start(&error));
+  for (int i = 0; i < 10; ++i) publish_one(*source, "thing.made", "k", "{}");
+  engine.notify_published();
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 10; }));
+  CHECK(broker.calls.load() >= 4);
+  REQUIRE(eventually([&] { return scalar(*source, "SELECT count(*) FROM gv_outbox") == 0; }));
+  engine.stop();
+}
+
+TEST_CASE("events: order per key holds with 8 partitions and 2 consumer threads", "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db",
+                          "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"
+                          "CREATE TABLE seqs (key TEXT PRIMARY KEY, n BIGINT NOT NULL)");
+  auto sink = plugin_db(tmp.dir / "sink.db",
+                        "CREATE TABLE last (key TEXT PRIMARY KEY, n BIGINT NOT NULL);"
+                        "CREATE TABLE seen (key TEXT NOT NULL, n BIGINT NOT NULL,"
+                        " PRIMARY KEY (key, n));"
+                        "CREATE TABLE violations (key TEXT NOT NULL, n BIGINT NOT NULL,"
+                        " last BIGINT NOT NULL)");
+  auto broker = make_in_process_broker(broker_options(tmp, 8, 2), nullptr);
+  EventEngine engine(*broker, fast_options(), nullptr);
+  engine.add_source("source", *source);
+  engine.add_consumer(
+      "sink", *sink, {"seq.*"}, [](const Envelope& e, int, SqlTransaction& tx) -> SqlStatus {
+        auto p = nlohmann::json::parse(e.payload);
+        const std::string key = p["key"];
+        const int64_t n = p["n"];
+        if (key != e.key) return SqlStatus::failure(SqlCode::invalid, "key mismatch");
+        auto last = tx.query("SELECT n FROM last WHERE key = $1", {key});
+        if (!last.ok()) return last.status;
+        int64_t prev = last.value.rows.empty() ? 0 : *sql_int(last.value.rows[0][0]);
+        if (n != prev + 1) {
+          auto v =
+              tx.exec("INSERT INTO violations(key, n, last) VALUES ($1, $2, $3)", {key, n, prev});
+          if (!v.ok()) return v.status;
+        }
+        auto u = tx.exec(
+            "INSERT INTO last(key, n) VALUES ($1, $2) "
+            "ON CONFLICT (key) DO UPDATE SET n = excluded.n",
+            {key, n});
+        if (!u.ok()) return u.status;
+        return tx.exec("INSERT INTO seen(key, n) VALUES ($1, $2)", {key, n}).status;
+      });
+  std::string error;
+  REQUIRE(engine.start(&error));
+
+  constexpr int kThreads = 4, kPer = 2500, kKeys = 4;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> publishers;
+  for (int t = 0; t < kThreads; ++t)
+    publishers.emplace_back([&, t] {
+      for (int i = 0; i < kPer; ++i) {
+        const std::string key = "key:" + std::to_string((t + i) % kKeys);
+        SqlStatus s = source->write([&](SqlTransaction& tx) -> SqlStatus {
+          // The per-key sequence number, taken in the publishing transaction.
+          auto r = tx.query(
+              "INSERT INTO seqs(key, n) VALUES ($1, 1) "
+              "ON CONFLICT (key) DO UPDATE SET n = seqs.n + 1 RETURNING n",
+              {key});
+          if (!r.ok()) return r.status;
+          nlohmann::json payload = {{"key", key}, {"n", *sql_int(r.value.rows[0][0])}};
+          return EventEngine::publish(tx, "source", "seq.step", key, payload.dump(), 1, nullptr);
+        });
+        if (!s.ok()) ++failures;
+        if (i % 100 == 0) engine.notify_published();
+      }
+    });
+  for (auto& th : publishers) th.join();
+  engine.notify_published();
+  REQUIRE(failures.load() == 0);
+  REQUIRE(eventually([&] { return scalar(*sink, "SELECT count(*) FROM seen") == kThreads * kPer; },
+                     30s));
+  CHECK(scalar(*sink, "SELECT count(*) FROM violations") == 0);
+  for (int k = 0; k < kKeys; ++k) {
+    const std::string key = "key:" + std::to_string(k);
+    CHECK(scalar(*sink, "SELECT n FROM last WHERE key = $1", {key}) ==
+          scalar(*source, "SELECT n FROM seqs WHERE key = $1", {key}));
+    CHECK(scalar(*sink, "SELECT count(*) FROM seen WHERE key = $1", {key}) ==
+          kThreads * kPer / kKeys);
+  }
+  REQUIRE(eventually([&] { return scalar(*source, "SELECT count(*) FROM gv_outbox") == 0; }));
+  engine.stop();
+}
