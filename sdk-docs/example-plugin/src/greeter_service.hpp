@@ -18,7 +18,7 @@ class GreeterService {
       : store_(store), ctx_(ctx), greeting_(ctx.config().value("greeting", std::string("Hello"))) {}
 
   grapevine::json greet(const std::string& name) {
-    int count = store_.record(name);
+    int64_t count = store_.record(name);
     return {{"message", greeting_ + ", " + name + "!"}, {"count", count}};
   }
 
