@@ -1,0 +1,166 @@
+// bench_sqlite_write [seconds per run, default 2] [folder, default /tmp]
+//
+// Small write transactions per second, at synchronous=NORMAL and FULL:
+// - reference: raw sqlite3, one thread, one single-row INSERT per
+//   transaction (autocommit), WAL;
+// - SqliteDatabase::write from 1, 4 and 16 threads, each transaction one
+//   business row plus one outbox row, with group commit (and, for
+//   comparison, 16 threads with max_group_size = 1).
+// Each run uses a fresh database in a temporary folder, removed at exit.
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "stores/sqlite_database.hpp"
+
+namespace fs = std::filesystem;
+using gv::stores::SqlDatabase;
+using gv::stores::SqliteDatabase;
+using gv::stores::SqliteOptions;
+using gv::stores::SqlStatus;
+using gv::stores::SqlTransaction;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+const std::string kPayload(100, 'x');  // a small message body
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+bool ok(int rc, sqlite3* db, const char* what) {
+  if (rc == SQLITE_OK || rc == SQLITE_DONE) return true;
+  std::fprintf(stderr, "%s: %s\n", what, sqlite3_errmsg(db));
+  return false;
+}
+
+// Raw sqlite3: one row per transaction, one thread. Transactions/s.
+double reference(const fs::path& file, const std::string& synchronous, double seconds) {
+  sqlite3* db = nullptr;
+  if (!ok(sqlite3_open(file.c_str(), &db), db, "open")) return 0;
+  const std::string setup = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + synchronous +
+                            "; CREATE TABLE item (id INTEGER PRIMARY KEY, author INTEGER, "
+                            "body TEXT)";
+  if (!ok(sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr), db, "setup")) return 0;
+  sqlite3_stmt* insert = nullptr;
+  sqlite3_prepare_v2(db, "INSERT INTO item (author, body) VALUES (?1, ?2)", -1, &insert, nullptr);
+  long done = 0;
+  const auto start = Clock::now();
+  while (seconds_since(start) < seconds) {
+    sqlite3_bind_int64(insert, 1, done % 1000);
+    sqlite3_bind_text(insert, 2, kPayload.data(), static_cast<int>(kPayload.size()), SQLITE_STATIC);
+    if (!ok(sqlite3_step(insert), db, "insert")) break;
+    sqlite3_reset(insert);
+    ++done;
+  }
+  const double rate = done / seconds_since(start);
+  sqlite3_finalize(insert);
+  sqlite3_close(db);
+  return rate;
+}
+
+struct Run {
+  double rate = 0;    // acknowledged transactions per second
+  double group = 0;   // mean works per commit
+  long failures = 0;  // writes that did not return ok
+};
+
+// SqliteDatabase::write from threads threads, each transaction a business
+// row and an outbox row.
+Run grouped(const fs::path& file, const std::string& synchronous, int threads, int max_group,
+            double seconds) {
+  auto opened = SqliteDatabase::open(
+      file, {.synchronous = synchronous, .reader_connections = 1, .max_group_size = max_group});
+  if (!opened.ok()) {
+    std::fprintf(stderr, "open: %s\n", opened.status.message.c_str());
+    return {};
+  }
+  SqliteDatabase& db = *opened.value;
+  SqlStatus created = db.write([](SqlTransaction& tx) {
+    return tx.exec_script(
+        "CREATE TABLE item (id INTEGER PRIMARY KEY, author INTEGER, body TEXT);"
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic TEXT, item INTEGER, body TEXT)");
+  });
+  if (!created.ok()) {
+    std::fprintf(stderr, "schema: %s\n", created.message.c_str());
+    return {};
+  }
+  const auto before = db.write_stats();
+  std::atomic<long> acked{0}, failures{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> pool;
+  const auto start = Clock::now();
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        SqlStatus s = db.write([&](SqlTransaction& tx) {
+          auto item = tx.query("INSERT INTO item (author, body) VALUES ($1, $2) RETURNING id",
+                               {int64_t{t}, kPayload});
+          if (!item.ok()) return item.status;
+          return tx
+              .exec("INSERT INTO outbox (topic, item, body) VALUES ($1, $2, $3)",
+                    {"item.created", item.value.rows.at(0).at(0), kPayload})
+              .status;
+        });
+        (s.ok() ? acked : failures).fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& th : pool) th.join();
+  const double elapsed = seconds_since(start);
+  const auto after = db.write_stats();
+  Run run;
+  run.rate = acked / elapsed;
+  run.failures = failures;
+  const auto commits = after.commits - before.commits;
+  run.group = commits ? double(after.works - before.works) / double(commits) : 0;
+  return run;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const double seconds = argc > 1 ? std::atof(argv[1]) : 2.0;
+  std::string pattern =
+      (argc > 2 ? std::string(argv[2]) : std::string("/tmp")) + "/gv-bench-sqlite-XXXXXX";
+  if (!::mkdtemp(pattern.data())) {
+    std::perror("mkdtemp");
+    return 1;
+  }
+  const fs::path dir = pattern;
+  int file_number = 0;
+  auto fresh = [&] { return dir / ("bench" + std::to_string(++file_number) + ".db"); };
+
+  std::printf("%.1f s per run, folder %s, SQLite %s, %u hardware threads\n", seconds, dir.c_str(),
+              sqlite3_libversion(), std::thread::hardware_concurrency());
+  for (const std::string synchronous : {"NORMAL", "FULL"}) {
+    std::printf("\nsynchronous=%s\n", synchronous.c_str());
+    const double ref = reference(fresh(), synchronous, seconds);
+    std::printf("  %-44s %10.0f txn/s   1.00x\n", "raw sqlite3, 1 thread, 1 row per txn", ref);
+    struct Case {
+      int threads, max_group;
+    };
+    for (Case c : {Case{1, 64}, Case{4, 64}, Case{16, 64}, Case{16, 1}}) {
+      const Run run = grouped(fresh(), synchronous, c.threads, c.max_group, seconds);
+      char label[80];
+      std::snprintf(label, sizeof label, "write(), %2d thread%s, 2 rows per txn%s", c.threads,
+                    c.threads == 1 ? " " : "s", c.max_group == 1 ? ", no grouping" : "");
+      std::printf("  %-44s %10.0f txn/s %6.2fx   %5.1f works/commit%s\n", label, run.rate,
+                  ref > 0 ? run.rate / ref : 0.0, run.group,
+                  run.failures ? (", " + std::to_string(run.failures) + " failed").c_str() : "");
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  return 0;
+}
