@@ -1,4 +1,5 @@
 // bench_sqlite_write [seconds per run, default 2] [folder, default /tmp]
+//                    [NORMAL|FULL: only that level] [N: only write() from N threads]
 //
 // Small write transactions per second, at synchronous=NORMAL and FULL:
 // - reference: raw sqlite3, one thread, one single-row INSERT per
@@ -143,14 +144,19 @@ int main(int argc, char** argv) {
 
   std::printf("%.1f s per run, folder %s, SQLite %s, %u hardware threads\n", seconds, dir.c_str(),
               sqlite3_libversion(), std::thread::hardware_concurrency());
+  const std::string only_level = argc > 3 ? argv[3] : "";
+  const int only_threads = argc > 4 ? std::atoi(argv[4]) : 0;
   for (const std::string synchronous : {"NORMAL", "FULL"}) {
+    if (!only_level.empty() && only_level != synchronous) continue;
     std::printf("\nsynchronous=%s\n", synchronous.c_str());
-    const double ref = reference(fresh(), synchronous, seconds);
-    std::printf("  %-44s %10.0f txn/s   1.00x\n", "raw sqlite3, 1 thread, 1 row per txn", ref);
+    const double ref = only_threads ? 0 : reference(fresh(), synchronous, seconds);
+    if (!only_threads)
+      std::printf("  %-44s %10.0f txn/s   1.00x\n", "raw sqlite3, 1 thread, 1 row per txn", ref);
     struct Case {
       int threads, max_group;
     };
     for (Case c : {Case{1, 64}, Case{4, 64}, Case{16, 64}, Case{16, 1}}) {
+      if (only_threads && (c.threads != only_threads || c.max_group == 1)) continue;
       const Run run = grouped(fresh(), synchronous, c.threads, c.max_group, seconds);
       char label[80];
       std::snprintf(label, sizeof label, "write(), %2d thread%s, 2 rows per txn%s", c.threads,

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <list>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -697,8 +698,20 @@ void SqliteDatabase::end_turn(Group& group) {
   std::unique_lock lock(writer_mutex_);
   const auto now = Clock::now();
   if (++group.works == 1) group.first_done = now;
-  if (group.broken.ok() && writers_waiting_ > 0 && group.works < options_.max_group_size &&
-      now - group.first_done < kMaxCommitDelay) {
+  const bool may_grow = group.broken.ok() && group.works < options_.max_group_size &&
+                        now - group.first_done < kMaxCommitDelay;
+  if (may_grow && writers_waiting_ == 0) {
+    // Nobody waits yet, but writers are often about to: the members of the
+    // last group, woken by its COMMIT, are runnable and will call write()
+    // again. Letting them run once first (a system call when no thread is
+    // runnable) turns one commit per work into one per group, at
+    // synchronous=NORMAL too, where a COMMIT is too short for them to
+    // arrive during it.
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
+  if (may_grow && writers_waiting_ > 0) {
     // The waiter takes the writer: its wait rechecks writer_taken_ under
     // writer_mutex_, whether notified or timed out.
     writer_taken_ = false;

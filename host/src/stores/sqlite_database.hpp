@@ -31,7 +31,11 @@
 //   fewer than max_group_size works and its first work ended less than
 //   kMaxCommitDelay ago, the caller hands the lock to one of them without
 //   committing. Otherwise it commits the group (or rolls it back if it is
-//   broken) and wakes its members.
+//   broken) and wakes its members. When nobody waits yet, the caller first
+//   yields the CPU once (std::this_thread::yield): the members of the last
+//   group, just woken, are usually about to write again, and this lets them
+//   queue up (without it, groups stay near one work at synchronous=NORMAL,
+//   where a COMMIT is shorter than a thread's wake-up).
 // - A member whose work succeeded returns only once the group's COMMIT is
 //   done, with its result: nothing acknowledged is lost at the configured
 //   synchronous level. A failed COMMIT is rolled back and fails every
