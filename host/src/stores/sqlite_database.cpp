@@ -576,14 +576,14 @@ SqlStatus group_failure(const SqlStatus& broken) {
 
 // One group commit: the write transaction open on the writer connection
 // and the write() works run in it. Shared by its members, which wait for
-// ended; fields other than works, ended and result are only touched by the
-// writer's holder.
+// ended. broken is only touched by the writer's holder; result is written
+// before ended is set and read after.
 struct SqliteDatabase::Group {
-  SqlStatus broken;              // why its transaction cannot go on; ok while it can
-  int works = 0;                 // works run in it so far (under writer_mutex_)
-  Clock::time_point first_done;  // when its first work ended (under writer_mutex_)
-  bool ended = false;            // committed or rolled back (under writer_mutex_)
-  SqlStatus result;              // for members whose work succeeded (under writer_mutex_)
+  SqlStatus broken;                // why its transaction cannot go on; ok while it can
+  int works = 0;                   // works run in it so far (under writer_mutex_)
+  Clock::time_point first_done;    // when its first work ended (under writer_mutex_)
+  std::atomic<bool> ended{false};  // committed or rolled back
+  SqlStatus result;                // for members whose work succeeded
 };
 
 SqliteDatabase::SqliteDatabase(std::filesystem::path path, const SqliteOptions& options)
@@ -732,18 +732,19 @@ void SqliteDatabase::end_turn(Group& group) {
   }
   open_group_.reset();
   lock.lock();
-  group.ended = true;
-  group.result = std::move(result);
   writer_taken_ = false;
   lock.unlock();
-  group_ended_.notify_all();
   writer_freed_.notify_one();
+  // The members wait on the flag itself, not on writer_mutex_, so that
+  // waking them does not contend with the writers taking the lock.
+  group.result = std::move(result);
+  group.ended.store(true, std::memory_order_release);
+  group.ended.notify_all();
 }
 
 // Waits until the group has ended and returns its result.
 SqlStatus SqliteDatabase::await_commit(Group& group) {
-  std::unique_lock lock(writer_mutex_);
-  group_ended_.wait(lock, [&] { return group.ended; });
+  group.ended.wait(false, std::memory_order_acquire);
   return group.result;
 }
 

@@ -154,9 +154,8 @@ class SqliteDatabase final : public SqlDatabase {
   // std::timed_mutex: waits are bounded the same way, the number of
   // waiters is known (group commit hands over only when someone waits),
   // and thread sanitizers understand condition variables.
-  std::mutex writer_mutex_;  // guards writer_taken_, writers_waiting_, Group
+  std::mutex writer_mutex_;  // guards writer_taken_, writers_waiting_
   std::condition_variable writer_freed_;
-  std::condition_variable group_ended_;
   bool writer_taken_ = false;
   int writers_waiting_ = 0;
   std::unique_ptr<Connection> writer_;
