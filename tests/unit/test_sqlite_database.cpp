@@ -680,3 +680,36 @@ TEST_CASE("sqlite: another process's write lock makes each waiting writer busy, 
   CHECK(pairs_in(*db, "item") == expected);
   CHECK(pairs_in(*db, "outbox") == expected);
 }
+
+TEST_CASE("sqlite: a work undoing the whole transaction fails its waiting group-mates",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (k INTEGER UNIQUE ON CONFLICT ROLLBACK)").ok());
+  REQUIRE(exec_one(*db, "INSERT INTO t VALUES (0)").ok());
+
+  // The first write holds the lock until the second waits for it, so both
+  // run in one group; the second's conflict rolls back the transaction.
+  std::atomic<bool> holding{false}, second_started{false};
+  auto first = std::async(std::launch::async, [&] {
+    return db->write([&](SqlTransaction& tx) {
+      holding = true;
+      while (!second_started) std::this_thread::sleep_for(1ms);
+      std::this_thread::sleep_for(150ms);
+      return tx.exec("INSERT INTO t VALUES (1)").status;
+    });
+  });
+  while (!holding) std::this_thread::sleep_for(1ms);
+  auto second = std::async(std::launch::async, [&] {
+    second_started = true;
+    return exec_one(*db, "INSERT INTO t VALUES (0)");
+  });
+  const SqlStatus second_status = second.get(), first_status = first.get();
+  CHECK(second_status.code == SqlCode::constraint);
+  CHECK(first_status.code == SqlCode::busy);  // retry: it was not at fault
+  CHECK(first_status.message.find("commit group") != std::string::npos);
+  CHECK(count(*db, "t") == 1);
+  // The next writes open a new group.
+  CHECK(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
+  CHECK(count(*db, "t") == 2);
+}
