@@ -4,7 +4,7 @@
 // Small write transactions per second, at synchronous=NORMAL and FULL:
 // - reference: raw sqlite3, one thread, one single-row INSERT per
 //   transaction (autocommit), WAL;
-// - SqliteDatabase::write from 1, 4 and 16 threads, each transaction one
+// - SqliteDatabase::write from 1, 4, 8 and 16 threads, each transaction one
 //   business row plus one outbox row, with group commit (and, for
 //   comparison, 16 threads with max_group_size = 1).
 // Each run uses a fresh database in a temporary folder, removed at exit.
@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
     struct Case {
       int threads, max_group;
     };
-    for (Case c : {Case{1, 64}, Case{4, 64}, Case{16, 64}, Case{16, 1}}) {
+    for (Case c : {Case{1, 64}, Case{4, 64}, Case{8, 64}, Case{16, 64}, Case{16, 1}}) {
       if (only_threads && (c.threads != only_threads || c.max_group == 1)) continue;
       const Run run = grouped(fresh(), synchronous, c.threads, c.max_group, seconds);
       char label[80];

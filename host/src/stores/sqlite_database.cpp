@@ -700,13 +700,15 @@ void SqliteDatabase::end_turn(Group& group) {
   if (++group.works == 1) group.first_done = now;
   const bool may_grow = group.broken.ok() && group.works < options_.max_group_size &&
                         now - group.first_done < kMaxCommitDelay;
-  if (may_grow && writers_waiting_ == 0) {
-    // Nobody waits yet, but writers are often about to: the members of the
+  const bool concurrent = group.works > 1 || last_group_works_ > 1;
+  if (may_grow && writers_waiting_ == 0 && concurrent) {
+    // Nobody waits yet, but with concurrent writers (this group or the
+    // last one had several) some are often about to: the members of the
     // last group, woken by its COMMIT, are runnable and will call write()
-    // again. Letting them run once first (a system call when no thread is
-    // runnable) turns one commit per work into one per group, at
-    // synchronous=NORMAL too, where a COMMIT is too short for them to
-    // arrive during it.
+    // again. Letting them run first turns one commit per work into one per
+    // group, at synchronous=NORMAL too, where a COMMIT is too short for
+    // them to arrive during it. Not done for a lone writer, whose yield
+    // could only hand the CPU to unrelated threads.
     lock.unlock();
     std::this_thread::yield();
     lock.lock();
@@ -732,6 +734,7 @@ void SqliteDatabase::end_turn(Group& group) {
   }
   open_group_.reset();
   lock.lock();
+  last_group_works_ = group.works;
   writer_taken_ = false;
   lock.unlock();
   writer_freed_.notify_one();

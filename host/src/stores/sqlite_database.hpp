@@ -31,11 +31,13 @@
 //   fewer than max_group_size works and its first work ended less than
 //   kMaxCommitDelay ago, the caller hands the lock to one of them without
 //   committing. Otherwise it commits the group (or rolls it back if it is
-//   broken) and wakes its members. When nobody waits yet, the caller first
-//   yields the CPU once (std::this_thread::yield): the members of the last
-//   group, just woken, are usually about to write again, and this lets them
-//   queue up (without it, groups stay near one work at synchronous=NORMAL,
-//   where a COMMIT is shorter than a thread's wake-up).
+//   broken) and wakes its members. When nobody waits yet but writers are
+//   concurrent (this group or the last one ran several works), the caller
+//   first yields the CPU once (std::this_thread::yield): the members of the
+//   last group, just woken, are usually about to write again, and this lets
+//   them queue up. Without it, groups stay near one work at
+//   synchronous=NORMAL, where a COMMIT is shorter than a thread's wake-up.
+//   A lone writer never yields (that could only give the CPU away).
 // - A member whose work succeeded returns only once the group's COMMIT is
 //   done, with its result: nothing acknowledged is lost at the configured
 //   synchronous level. A failed COMMIT is rolled back and fails every
@@ -154,10 +156,11 @@ class SqliteDatabase final : public SqlDatabase {
   // std::timed_mutex: waits are bounded the same way, the number of
   // waiters is known (group commit hands over only when someone waits),
   // and thread sanitizers understand condition variables.
-  std::mutex writer_mutex_;  // guards writer_taken_, writers_waiting_
+  std::mutex writer_mutex_;  // guards the three ints below
   std::condition_variable writer_freed_;
   bool writer_taken_ = false;
   int writers_waiting_ = 0;
+  int last_group_works_ = 0;  // how many works the last group ran
   std::unique_ptr<Connection> writer_;
   // The group whose transaction is open on writer_, if any; only the
   // writer's holder reads or changes this pointer.
