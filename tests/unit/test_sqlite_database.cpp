@@ -1,6 +1,7 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -75,7 +76,7 @@ SqlResult<SqlRows> query_in_write(SqlDatabase& db, std::string_view sql,
 
 }  // namespace
 
-TEST_CASE("sqlite: every type round-trips", "[sql]") {
+TEST_CASE("sqlite: every type round-trips", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n TEXT)").ok());
@@ -108,7 +109,7 @@ TEST_CASE("sqlite: every type round-trips", "[sql]") {
   CHECK(sql_real(first[0]) == static_cast<double>(INT64_MAX));
 }
 
-TEST_CASE("sqlite: text must be UTF-8 without NUL, reals not NaN", "[sql]") {
+TEST_CASE("sqlite: text must be UTF-8 without NUL, reals not NaN", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   for (std::string bad : {std::string("a\0b", 3), std::string("\xC3"), std::string("\xC0\xAF"),
@@ -121,7 +122,7 @@ TEST_CASE("sqlite: text must be UTF-8 without NUL, reals not NaN", "[sql]") {
   CHECK(query_in_write(*db, "SELECT $1", {SqlBlob(std::string("a\0b", 3))}).ok());
 }
 
-TEST_CASE("sqlite: placeholders are $1..$N, bound by number", "[sql]") {
+TEST_CASE("sqlite: placeholders are $1..$N, bound by number", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   auto r = query_in_write(*db, "SELECT $2 AS a, $1 AS b, $2 AS c", {int64_t{1}, "two"});
@@ -140,7 +141,7 @@ TEST_CASE("sqlite: placeholders are $1..$N, bound by number", "[sql]") {
   }
 }
 
-TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql]") {
+TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   SqlStatus s = db->write([](SqlTransaction& tx) {
@@ -163,7 +164,7 @@ TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql]") {
   CHECK(count(*db, "p") == 1);
 }
 
-TEST_CASE("sqlite: write rolls back on a failure status and on an exception", "[sql]") {
+TEST_CASE("sqlite: write rolls back on a failure status and on an exception", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
@@ -189,7 +190,7 @@ TEST_CASE("sqlite: write rolls back on a failure status and on an exception", "[
   CHECK(count(*db, "t") == 1);
 }
 
-TEST_CASE("sqlite: violations are constraint and fail the transaction", "[sql]") {
+TEST_CASE("sqlite: violations are constraint and fail the transaction", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(db->write([](SqlTransaction& tx) {
@@ -225,7 +226,7 @@ TEST_CASE("sqlite: violations are constraint and fail the transaction", "[sql]")
             .ok());
 }
 
-TEST_CASE("sqlite: bad SQL and host-owned statements are invalid", "[sql]") {
+TEST_CASE("sqlite: bad SQL and host-owned statements are invalid", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
@@ -246,7 +247,7 @@ TEST_CASE("sqlite: bad SQL and host-owned statements are invalid", "[sql]") {
   CHECK(select(*db, "SELECT 1; -- trailing comment").rows.size() == 1);
 }
 
-TEST_CASE("sqlite: transactions do not nest, reads do not write", "[sql]") {
+TEST_CASE("sqlite: transactions do not nest, reads do not write", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
@@ -281,7 +282,7 @@ TEST_CASE("sqlite: transactions do not nest, reads do not write", "[sql]") {
   CHECK(count(*db, "t") == 1);
 }
 
-TEST_CASE("sqlite: concurrent writers all land", "[sql]") {
+TEST_CASE("sqlite: concurrent writers all land", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (thread INTEGER, n INTEGER, UNIQUE (thread, n))").ok());
@@ -305,7 +306,7 @@ TEST_CASE("sqlite: concurrent writers all land", "[sql]") {
   CHECK(count(*db, "t") == 2000);
 }
 
-TEST_CASE("sqlite: readers see committed data while a write is open", "[sql]") {
+TEST_CASE("sqlite: readers see committed data while a write is open", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
@@ -327,7 +328,8 @@ TEST_CASE("sqlite: readers see committed data while a write is open", "[sql]") {
   CHECK(count(*db, "t") == 2);
 }
 
-TEST_CASE("sqlite: another process's write lock makes write busy, then it succeeds", "[sql]") {
+TEST_CASE("sqlite: another process's write lock makes write busy, then it succeeds",
+          "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file(), {.busy_timeout_ms = 200});
   REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
@@ -350,7 +352,7 @@ TEST_CASE("sqlite: another process's write lock makes write busy, then it succee
   sqlite3_close(other);
 }
 
-TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too", "[sql]") {
+TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file(), {.busy_timeout_ms = 200, .reader_connections = 1});
   auto hold = [](SqlTransaction&) {
@@ -371,7 +373,7 @@ TEST_CASE("sqlite: waits for the in-process lock and readers are bounded too", "
   CHECK(db->read(noop).ok());
 }
 
-TEST_CASE("sqlite: cached statements survive schema changes and eviction", "[sql]") {
+TEST_CASE("sqlite: cached statements survive schema changes and eviction", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file(), {.reader_connections = 1});
   REQUIRE(exec_one(*db, "CREATE TABLE t (a INTEGER)").ok());
@@ -392,7 +394,7 @@ TEST_CASE("sqlite: cached statements survive schema changes and eviction", "[sql
   CHECK(select(*db, all).rows.size() == 1);
 }
 
-TEST_CASE("sqlite: exec_script runs every statement or fails", "[sql]") {
+TEST_CASE("sqlite: exec_script runs every statement or fails", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   CHECK(db->write([](SqlTransaction& tx) {
@@ -417,7 +419,7 @@ TEST_CASE("sqlite: exec_script runs every statement or fails", "[sql]") {
   CHECK(count(*db, "a") == 3);
 }
 
-TEST_CASE("sqlite: open checks options, the file and reports integrity", "[sql]") {
+TEST_CASE("sqlite: open checks options, the file and reports integrity", "[sql][sqlite]") {
   TempDir tmp;
   CHECK(SqliteDatabase::open(tmp.file(), {.synchronous = "OFF"}).status.code == SqlCode::invalid);
   CHECK(SqliteDatabase::open(tmp.file(), {.reader_connections = 0}).status.code ==
@@ -440,4 +442,274 @@ TEST_CASE("sqlite: open checks options, the file and reports integrity", "[sql]"
   REQUIRE(check.ok());
   CHECK(check.value == "ok");
   CHECK(fs::exists(tmp.dir / "plugin.db-wal"));  // WAL mode
+}
+
+// ---- group commit ----
+
+namespace {
+
+// The schema of the group commit tests: a business table and its outbox,
+// written together by every write.
+void create_business_tables(SqlDatabase& db) {
+  REQUIRE(db.write([](SqlTransaction& tx) {
+              return tx.exec_script(
+                  "CREATE TABLE item (thread INTEGER, n INTEGER, PRIMARY KEY (thread, n));"
+                  "CREATE TABLE outbox (id INTEGER PRIMARY KEY, thread INTEGER, n INTEGER,"
+                  "                     UNIQUE (thread, n));");
+            }).ok());
+}
+
+SqlStatus insert_both(SqlTransaction& tx, int64_t thread, int64_t n) {
+  if (auto s = tx.exec("INSERT INTO item VALUES ($1, $2)", {thread, n}).status; !s.ok()) return s;
+  return tx.exec("INSERT INTO outbox (thread, n) VALUES ($1, $2)", {thread, n}).status;
+}
+
+// The (thread, n) pairs in table, sorted.
+std::vector<std::pair<int64_t, int64_t>> pairs_in(SqlDatabase& db, const std::string& table) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& row : select(db, "SELECT thread, n FROM " + table + " ORDER BY thread, n").rows)
+    out.emplace_back(*sql_int(row.at(0)), *sql_int(row.at(1)));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sqlite: group commit keeps every acknowledged write and isolates failures",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  create_business_tables(*db);
+  constexpr int kThreads = 16, kWrites = 500;
+  std::vector<std::vector<int64_t>> acked(kThreads);
+  std::atomic<int> unexpected{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int64_t n = 0; n < kWrites; ++n) {
+        // Every 10th write fails half-way: its business row is in, then its
+        // outbox row collides with a row of the same thread. Every 10th
+        // (other) one returns a failure after both inserts.
+        const bool collide = n % 10 == 3 && n > 0, refuse = n % 10 == 7;
+        SqlStatus s = db->write([&](SqlTransaction& tx) {
+          if (collide) {
+            if (SqlStatus i = tx.exec("INSERT INTO item VALUES ($1, $2)", {int64_t{t}, n}).status;
+                !i.ok())
+              return i;
+            return tx.exec("INSERT INTO outbox (thread, n) VALUES ($1, $2)", {int64_t{t}, n - 1})
+                .status;
+          }
+          SqlStatus both = insert_both(tx, t, n);
+          if (both.ok() && refuse) return SqlStatus::failure(SqlCode::invalid, "refused");
+          return both;
+        });
+        if (s.ok()) acked[t].push_back(n);
+        const SqlCode expected = collide  ? SqlCode::constraint
+                                 : refuse ? SqlCode::invalid
+                                          : SqlCode::ok;
+        if (s.code != expected) ++unexpected;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(unexpected == 0);
+
+  std::vector<std::pair<int64_t, int64_t>> expected;
+  for (int t = 0; t < kThreads; ++t)
+    for (int64_t n : acked[t]) expected.emplace_back(t, n);
+  CHECK(expected.size() == size_t{kThreads} * (kWrites - kWrites / 5));
+  CHECK(pairs_in(*db, "item") == expected);  // acknowledged rows, and nothing else
+  CHECK(pairs_in(*db, "outbox") == expected);
+  const auto stats = db->write_stats();
+  INFO("works " << stats.works << ", commits " << stats.commits);
+  CHECK(stats.works == 1 + size_t{kThreads} * kWrites);
+  CHECK(db->integrity_check().value == "ok");
+}
+
+TEST_CASE("sqlite: a group shares one commit; a failing member leaves no trace", "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  create_business_tables(*db);
+  const auto before = db->write_stats();
+
+  // Member 0 holds the write lock until the others have called write()
+  // (and then some), so they queue up and run as one group after it.
+  constexpr int kMembers = 8;
+  enum Role { plain, refuse, collide, throws };
+  const Role role[kMembers] = {plain, plain, refuse, plain, collide, throws, plain, plain};
+  std::atomic<int> started{0};
+  std::atomic<bool> holding{false};
+  std::vector<SqlStatus> status(kMembers);
+  std::vector<int> threw(kMembers, 0);
+  std::vector<std::thread> threads;
+  for (int m = 0; m < kMembers; ++m) {
+    if (m == 1)
+      while (!holding) std::this_thread::sleep_for(1ms);
+    threads.emplace_back([&, m] {
+      ++started;
+      try {
+        status[m] = db->write([&](SqlTransaction& tx) {
+          if (m == 0) {
+            holding = true;
+            while (started < kMembers) std::this_thread::sleep_for(1ms);
+            std::this_thread::sleep_for(150ms);  // they are all waiting now
+          }
+          SqlStatus s = insert_both(tx, m, 1);
+          if (role[m] == refuse) return SqlStatus::failure(SqlCode::constraint, "refused");
+          if (role[m] == collide) {
+            // Fails (already present); the work ignores it, as a careless
+            // DAL might: the write still fails and is undone.
+            (void)insert_both(tx, m, 1);
+            return SqlStatus::success();
+          }
+          if (role[m] == throws) throw std::runtime_error("member " + std::to_string(m));
+          return s;
+        });
+      } catch (const std::runtime_error& e) {
+        threw[m] = e.what() == "member " + std::to_string(m) ? 1 : -1;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+
+  std::vector<std::pair<int64_t, int64_t>> kept;
+  for (int m = 0; m < kMembers; ++m) {
+    INFO("member " << m << ": " << status[m].message);
+    CHECK(threw[m] == (role[m] == throws ? 1 : 0));  // only to its own caller
+    if (role[m] == plain) {
+      CHECK(status[m].ok());
+      kept.emplace_back(m, 1);
+    }
+  }
+  CHECK(status[2].code == SqlCode::constraint);
+  CHECK(status[2].message == "refused");
+  CHECK(status[4].code == SqlCode::constraint);
+  CHECK(pairs_in(*db, "item") == kept);
+  CHECK(pairs_in(*db, "outbox") == kept);
+
+  const auto after = db->write_stats();
+  const auto works = after.works - before.works, commits = after.commits - before.commits;
+  INFO("works " << works << ", commits " << commits);
+  CHECK(works == kMembers);
+  CHECK(commits < works);
+  CHECK(commits <= 3);  // normally 1: the others queued behind member 0
+}
+
+TEST_CASE("sqlite: max_group_size 1 commits every write alone", "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file(), {.max_group_size = 1});
+  create_business_tables(*db);
+  CHECK(SqliteDatabase::open(tmp.dir / "x.db", {.max_group_size = 0}).status.code ==
+        SqlCode::invalid);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int64_t n = 0; n < 100; ++n)
+        (void)db->write([&](SqlTransaction& tx) { return insert_both(tx, t, n); });
+    });
+  for (auto& th : threads) th.join();
+  CHECK(count(*db, "outbox") == 400);
+  const auto stats = db->write_stats();
+  CHECK(stats.commits == stats.works);
+}
+
+TEST_CASE("sqlite: another process's write lock makes each waiting writer busy, losing nothing",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file(), {.busy_timeout_ms = 200});
+  create_business_tables(*db);
+
+  sqlite3* other = nullptr;
+  REQUIRE(sqlite3_open(tmp.file().c_str(), &other) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  const auto locked_at = std::chrono::steady_clock::now();
+
+  // Writers keep writing while the other connection holds the lock for
+  // 800 ms, and for a while after.
+  constexpr int kThreads = 8;
+  std::atomic<bool> released{false};
+  std::vector<std::vector<int64_t>> acked(kThreads);
+  std::vector<int> busy(kThreads, 0), other_failures(kThreads, 0);
+  std::vector<std::chrono::steady_clock::duration> longest_busy(kThreads),
+      shortest_busy(kThreads, 1h);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      int64_t n = 0;
+      auto stop = std::chrono::steady_clock::time_point::max();
+      while (std::chrono::steady_clock::now() < stop) {
+        const auto start = std::chrono::steady_clock::now();
+        SqlStatus s = db->write([&](SqlTransaction& tx) { return insert_both(tx, t, n); });
+        const auto waited = std::chrono::steady_clock::now() - start;
+        if (s.ok()) {
+          acked[t].push_back(n);
+        } else if (s.code == SqlCode::busy) {
+          ++busy[t];
+          longest_busy[t] = std::max(longest_busy[t], waited);
+          shortest_busy[t] = std::min(shortest_busy[t], waited);
+        } else {
+          ++other_failures[t];
+        }
+        ++n;
+        if (released && stop == std::chrono::steady_clock::time_point::max())
+          stop = std::chrono::steady_clock::now() + 300ms;
+      }
+    });
+  }
+  std::this_thread::sleep_for(800ms);
+  CHECK(count(*db, "item") == 0);  // reads go on meanwhile
+  REQUIRE(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  const auto held = std::chrono::steady_clock::now() - locked_at;
+  released = true;
+  for (auto& th : threads) th.join();
+  sqlite3_close(other);
+
+  std::vector<std::pair<int64_t, int64_t>> expected;
+  for (int t = 0; t < kThreads; ++t) {
+    INFO("thread " << t);
+    CHECK(other_failures[t] == 0);
+    CHECK(busy[t] >= 2);  // 800 ms held, 200 ms each
+    CHECK(busy[t] <= 1 + held / 150ms);
+    // Each busy write gave up after about the timeout, not before and not
+    // much later.
+    CHECK(shortest_busy[t] >= 150ms);
+    CHECK(longest_busy[t] < 600ms);
+    CHECK(acked[t].size() > 0);  // writes resumed after the release
+    for (int64_t n : acked[t]) expected.emplace_back(t, n);
+  }
+  std::sort(expected.begin(), expected.end());
+  CHECK(pairs_in(*db, "item") == expected);
+  CHECK(pairs_in(*db, "outbox") == expected);
+}
+
+TEST_CASE("sqlite: a work undoing the whole transaction fails its waiting group-mates",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (k INTEGER UNIQUE ON CONFLICT ROLLBACK)").ok());
+  REQUIRE(exec_one(*db, "INSERT INTO t VALUES (0)").ok());
+
+  // The first write holds the lock until the second waits for it, so both
+  // run in one group; the second's conflict rolls back the transaction.
+  std::atomic<bool> holding{false}, second_started{false};
+  auto first = std::async(std::launch::async, [&] {
+    return db->write([&](SqlTransaction& tx) {
+      holding = true;
+      while (!second_started) std::this_thread::sleep_for(1ms);
+      std::this_thread::sleep_for(150ms);
+      return tx.exec("INSERT INTO t VALUES (1)").status;
+    });
+  });
+  while (!holding) std::this_thread::sleep_for(1ms);
+  auto second = std::async(std::launch::async, [&] {
+    second_started = true;
+    return exec_one(*db, "INSERT INTO t VALUES (0)");
+  });
+  const SqlStatus second_status = second.get(), first_status = first.get();
+  CHECK(second_status.code == SqlCode::constraint);
+  CHECK(first_status.code == SqlCode::busy);  // retry: it was not at fault
+  CHECK(first_status.message.find("commit group") != std::string::npos);
+  CHECK(count(*db, "t") == 1);
+  // The next writes open a new group.
+  CHECK(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
+  CHECK(count(*db, "t") == 2);
 }

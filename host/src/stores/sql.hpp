@@ -200,6 +200,16 @@ class SqlDatabase {
   // within the busy timeout. Returns invalid, without calling work, when
   // called from inside write() or read() on the same database and thread
   // (no nesting: it would wait on itself).
+  // Work runs on the calling thread. An implementation may commit the works
+  // of several concurrent write() calls together (group commit): each work
+  // still sees the changes of the works before it and is undone alone when
+  // it fails or throws, and write() returns ok only once its changes are
+  // committed. A failure of the shared COMMIT, or of another work that
+  // undoes the whole transaction (an ON CONFLICT ROLLBACK clause, a
+  // trigger's RAISE(ROLLBACK), an I/O error), fails every write() whose
+  // work was waiting for that COMMIT (busy, or io for the medium). So keep
+  // works short, and never make one wait for another thread's write() to
+  // return: that thread may be waiting for this work's COMMIT.
   virtual SqlStatus write(const SqlWork& work) = 0;
 
   // Runs work in a read-only snapshot: every query sees the database as of

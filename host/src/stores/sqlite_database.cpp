@@ -8,6 +8,7 @@
 #include <cmath>
 #include <list>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -234,9 +235,14 @@ struct SqliteDatabase::Connection {
   // authorizer refuses to plugin SQL.
   bool host_statement = false;
   StatementCache cache;
+  // The host's own transaction statements (BEGIN, SAVEPOINT, COMMIT...),
+  // prepared once, keyed by their literal SQL. Apart from cache, so that
+  // plugin SQL never reaches one of them past the authorizer.
+  std::unordered_map<std::string_view, StatementPtr> host_statements;
 
   ~Connection() {
     cache.clear();  // statements before the connection
+    host_statements.clear();
     sqlite3_close_v2(db);
   }
 };
@@ -273,6 +279,27 @@ int host_exec(Connection& c, const char* sql, std::string* first_value = nullptr
   int rc = sqlite3_exec(c.db, sql, keep_first, first_value, nullptr);
   c.host_statement = false;
   return rc;
+}
+
+// Runs one of the host's transaction statements (sql: a string literal)
+// past the authorizer, preparing it on first use. Returns SQLITE_OK or the
+// error; sqlite3_errmsg(c.db) then describes it.
+int host_run(Connection& c, std::string_view sql) {
+  c.host_statement = true;  // a re-prepare after a schema change authorizes
+  ScopeExit done{[&] { c.host_statement = false; }};
+  auto it = c.host_statements.find(sql);
+  if (it == c.host_statements.end()) {
+    sqlite3_stmt* raw = nullptr;
+    int rc = sqlite3_prepare_v3(c.db, sql.data(), static_cast<int>(sql.size()),
+                                SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+    StatementPtr st(raw);
+    if (rc != SQLITE_OK) return rc;
+    it = c.host_statements.emplace(sql, std::move(st)).first;
+  }
+  sqlite3_stmt* st = it->second.get();
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
 SqlResult<std::unique_ptr<Connection>> open_connection(const std::filesystem::path& path,
@@ -494,7 +521,7 @@ SqlStatus nested_refusal(const char* call) {
 }
 
 void rollback(Connection& c) {
-  if (!sqlite3_get_autocommit(c.db)) host_exec(c, "ROLLBACK");
+  if (!sqlite3_get_autocommit(c.db)) host_run(c, "ROLLBACK");
 }
 
 // Opens a transaction, letting SQLite wait for the file's lock until
@@ -503,7 +530,7 @@ SqlStatus begin(Connection& c, const char* sql, Clock::time_point deadline, int 
   rollback(c);  // in case an earlier ROLLBACK failed and left one open
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   sqlite3_busy_timeout(c.db, static_cast<int>(std::max<int64_t>(left.count(), 0)));
-  int rc = host_exec(c, sql);
+  int rc = host_run(c, sql);
   if (rc == SQLITE_OK) return {};
   SqlStatus s = failure(c.db, rc);
   if (s.code == SqlCode::busy)
@@ -512,7 +539,7 @@ SqlStatus begin(Connection& c, const char* sql, Clock::time_point deadline, int 
   return s;
 }
 
-// Runs work in the transaction begun on c, then commits or rolls back.
+// Runs work in the read transaction begun on c, then ends it.
 SqlStatus run_transaction(Connection& c, bool writable, const SqlWork& work) {
   SqliteTransaction tx(c, writable);
   SqlStatus status;
@@ -527,16 +554,37 @@ SqlStatus run_transaction(Connection& c, bool writable, const SqlWork& work) {
     rollback(c);
     return status;
   }
-  if (int rc = host_exec(c, "COMMIT"); rc != SQLITE_OK) {
+  if (int rc = host_run(c, "COMMIT"); rc != SQLITE_OK) {
     status = failure(c.db, rc);
     rollback(c);
   }
   return status;
 }
 
+// What the members of a broken group that were waiting for its COMMIT
+// get: io if the medium failed, else busy (another write undid theirs; a
+// retry runs in a new group).
+SqlStatus group_failure(const SqlStatus& broken) {
+  return SqlStatus::failure(
+      broken.code == SqlCode::io ? SqlCode::io : SqlCode::busy,
+      "rolled back with the other writes of its commit group: " + broken.message);
+}
+
 }  // namespace
 
 // ---- the database ----
+
+// One group commit: the write transaction open on the writer connection
+// and the write() works run in it. Shared by its members, which wait for
+// ended. broken is only touched by the writer's holder; result is written
+// before ended is set and read after.
+struct SqliteDatabase::Group {
+  SqlStatus broken;                // why its transaction cannot go on; ok while it can
+  int works = 0;                   // works run in it so far (under writer_mutex_)
+  Clock::time_point first_done;    // when its first work ended (under writer_mutex_)
+  std::atomic<bool> ended{false};  // committed or rolled back
+  SqlStatus result;                // for members whose work succeeded
+};
 
 SqliteDatabase::SqliteDatabase(std::filesystem::path path, const SqliteOptions& options)
     : path_(std::move(path)), options_(options) {}
@@ -552,6 +600,7 @@ SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(const std::files
     return {invalid("synchronous must be NORMAL or FULL, not \"" + options.synchronous + "\"")};
   if (o.busy_timeout_ms < 0) return {invalid("busy_timeout_ms must not be negative")};
   if (o.reader_connections < 1) return {invalid("reader_connections must be at least 1")};
+  if (o.max_group_size < 1) return {invalid("max_group_size must be at least 1")};
   std::unique_ptr<SqliteDatabase> db(new SqliteDatabase(path, o));
   if (SqlStatus s = db->open_connections(); !s.ok()) return {s};
   return {{}, std::move(db)};
@@ -580,10 +629,130 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
     return SqlStatus::failure(SqlCode::busy,
                               "other writers in this process hold the write lock; gave up after " +
                                   std::to_string(options_.busy_timeout_ms) + " ms");
-  ScopeExit give_back{[&] { give_back_writer(); }};
-  if (SqlStatus s = begin(*writer_, "BEGIN IMMEDIATE", deadline, options_.busy_timeout_ms); !s.ok())
-    return s;
-  return run_transaction(*writer_, true, work);
+  // This caller holds the writer: it joins the open group or opens one.
+  if (!open_group_) {
+    try {
+      open_group_ = std::make_shared<Group>();
+    } catch (...) {
+      give_back_writer();
+      throw;
+    }
+    if (SqlStatus s = begin(*writer_, "BEGIN IMMEDIATE", deadline, options_.busy_timeout_ms);
+        !s.ok()) {
+      open_group_.reset();
+      give_back_writer();
+      return s;
+    }
+  }
+  std::shared_ptr<Group> group = open_group_;
+  std::exception_ptr thrown;
+  const SqlStatus status = run_member(*group, work, thrown);
+  end_turn(*group);  // gives back the writer
+  if (thrown) std::rethrow_exception(thrown);
+  if (!status.ok()) return status;  // nothing of it is left to commit
+  return await_commit(*group);
+}
+
+// Runs work in its own savepoint of the group's transaction, keeping its
+// changes only if it returns ok and none of its statements failed. Returns
+// its status, and stores in thrown what it threw. Marks the group broken if
+// its transaction cannot go on.
+SqlStatus SqliteDatabase::run_member(Group& group, const SqlWork& work,
+                                     std::exception_ptr& thrown) {
+  Connection& c = *writer_;
+  if (int rc = host_run(c, "SAVEPOINT gv_write"); rc != SQLITE_OK) {
+    group.broken = failure(c.db, rc);
+    return group.broken;
+  }
+  SqliteTransaction tx(c, true);
+  SqlStatus status;
+  try {
+    status = work(tx);
+  } catch (...) {
+    thrown = std::current_exception();
+  }
+  works_.fetch_add(1, std::memory_order_relaxed);
+  if (status.ok()) status = tx.failed();
+  if (sqlite3_get_autocommit(c.db)) {
+    // SQLite rolled back the whole transaction (ON CONFLICT ROLLBACK, an
+    // I/O error...): the group's earlier works are gone too.
+    group.broken =
+        status.ok() ? SqlStatus::failure(SqlCode::io, "the transaction was rolled back") : status;
+    return group.broken;
+  }
+  const bool keep = status.ok() && !thrown;
+  int rc = SQLITE_OK;
+  if (!keep) rc = host_run(c, "ROLLBACK TO gv_write");
+  if (rc == SQLITE_OK) rc = host_run(c, "RELEASE gv_write");
+  if (rc != SQLITE_OK) {
+    group.broken = failure(c.db, rc);
+    if (keep) status = group.broken;
+  }
+  return status;
+}
+
+// Ends the caller's turn with the writer after its work: hands the writer
+// to a waiting writer and leaves the group open, or ends the group (COMMIT,
+// or ROLLBACK if broken), wakes its members and gives the writer back.
+void SqliteDatabase::end_turn(Group& group) {
+  std::unique_lock lock(writer_mutex_);
+  const auto now = Clock::now();
+  if (++group.works == 1) group.first_done = now;
+  const bool may_grow = group.broken.ok() && group.works < options_.max_group_size &&
+                        now - group.first_done < kMaxCommitDelay;
+  const bool concurrent = group.works > 1 || last_group_works_ > 1;
+  if (may_grow && writers_waiting_ == 0 && concurrent) {
+    // Nobody waits yet, but with concurrent writers (this group or the
+    // last one had several) some are often about to: the members of the
+    // last group, woken by its COMMIT, are runnable and will call write()
+    // again. Letting them run first turns one commit per work into one per
+    // group, at synchronous=NORMAL too, where a COMMIT is too short for
+    // them to arrive during it. Not done for a lone writer, whose yield
+    // could only hand the CPU to unrelated threads.
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
+  if (may_grow && writers_waiting_ > 0) {
+    // The waiter takes the writer: its wait rechecks writer_taken_ under
+    // writer_mutex_, whether notified or timed out.
+    writer_taken_ = false;
+    lock.unlock();
+    writer_freed_.notify_one();
+    return;
+  }
+  lock.unlock();  // writers queue up while this one commits
+  SqlStatus result;
+  if (!group.broken.ok()) {
+    rollback(*writer_);
+    result = group_failure(group.broken);
+  } else if (int rc = host_run(*writer_, "COMMIT"); rc != SQLITE_OK) {
+    result = failure(writer_->db, rc);
+    rollback(*writer_);
+  } else {
+    commits_.fetch_add(1, std::memory_order_relaxed);
+  }
+  open_group_.reset();
+  lock.lock();
+  last_group_works_ = group.works;
+  writer_taken_ = false;
+  lock.unlock();
+  writer_freed_.notify_one();
+  // The members wait on the flag itself, not on writer_mutex_, so that
+  // waking them does not contend with the writers taking the lock.
+  group.result = std::move(result);
+  group.ended.store(true, std::memory_order_release);
+  group.ended.notify_all();
+}
+
+// Waits until the group has ended and returns its result.
+SqlStatus SqliteDatabase::await_commit(Group& group) {
+  group.ended.wait(false, std::memory_order_acquire);
+  return group.result;
+}
+
+SqliteWriteStats SqliteDatabase::write_stats() const {
+  return {works_.load(std::memory_order_relaxed), commits_.load(std::memory_order_relaxed)};
 }
 
 SqlStatus SqliteDatabase::read(const SqlWork& work) {
@@ -622,9 +791,11 @@ SqlResult<std::string> SqliteDatabase::integrity_check() {
 
 bool SqliteDatabase::take_writer(Clock::time_point deadline) {
   std::unique_lock lock(writer_mutex_);
-  if (!writer_freed_.wait_until(lock, deadline, [&] { return !writer_taken_; })) return false;
-  writer_taken_ = true;
-  return true;
+  ++writers_waiting_;  // counted so that group commit hands over to it
+  const bool taken = writer_freed_.wait_until(lock, deadline, [&] { return !writer_taken_; });
+  --writers_waiting_;
+  if (taken) writer_taken_ = true;
+  return taken;
 }
 
 void SqliteDatabase::give_back_writer() {
