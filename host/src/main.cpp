@@ -182,7 +182,10 @@ int run(const Args& args) {
       }
     }
   }
+  gv::auth::Revocations revocations(cfg.auth.access_token_ttl + cfg.auth.leeway);
+  dispatcher.set_revocations(&revocations);
   gv::plugins::HostServices services{&cfg, &registry, &dispatcher, &hub, &metrics, keys.get()};
+  services.revocations = &revocations;
   gv::plugins::PluginHost plugins(services);
 
   if (args.command == "check") {

@@ -279,3 +279,44 @@ TEST_CASE("Expect: 100-continue is answered in any letter case", "[http]") {
   std::string rest = conn.read_until_closed(std::chrono::seconds(5), &closed);
   CHECK(rest.find("201 Created") != std::string::npos);
 }
+
+TEST_CASE("a revoked session or user stops working at once, on open sockets too",
+          "[http][auth][revoke]") {
+  Host host;
+  REQUIRE(host.started());
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  std::string s1 = make_token({{"sid", "s1"}, {"iat", now - 10}});
+  std::string s2 = make_token({{"sid", "s2"}, {"iat", now - 10}});
+  Headers h1 = {{"Authorization", "Bearer " + s1}};
+  Headers h2 = {{"Authorization", "Bearer " + s2}};
+  auto r = host.request("GET", "/api/v1/testkit/client", "", h1);
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body()["client_address"] == "127.0.0.1");
+  CHECK(r.json_body()["session_id"] == "s1");
+  WebSocket ws(host.port(), "/ws?access_token=" + s1);
+  CHECK(ws.call("testkit.client")["ok"] == true);
+
+  REQUIRE(host.request("POST", "/api/v1/testkit/revoke", "", h1).status == 204);
+  r = host.request("GET", "/api/v1/testkit/client", "", h1);
+  CHECK(r.status == 401);
+  CHECK(r.json_body()["error"]["message"] == "the access token was revoked");
+  // Even a public operation refuses it, like any bad token.
+  CHECK(host.request("GET", "/api/v1/hello/greetings/x", "", h1).status == 401);
+  json reply = ws.call("testkit.client");
+  CHECK(reply["ok"] == false);
+  CHECK(reply["error"]["code"] == "unauthorized");
+  // Another session of the same user goes on.
+  CHECK(host.request("GET", "/api/v1/testkit/client", "", h2).status == 200);
+
+  // Every token of the user issued until now.
+  REQUIRE(host.request("POST", "/api/v1/testkit/revoke", R"({"all":true})", h2).status == 204);
+  CHECK(host.request("GET", "/api/v1/testkit/client", "", h2).status == 401);
+  std::string later = make_token({{"sid", "s3"}, {"iat", now + 5}});
+  CHECK(host.request("GET", "/api/v1/testkit/client", "", {{"Authorization", "Bearer " + later}})
+            .status == 200);
+  std::string other = make_token({{"sub", "bob"}, {"iat", now - 10}});
+  CHECK(host.request("GET", "/api/v1/testkit/client", "", {{"Authorization", "Bearer " + other}})
+            .status == 200);
+}

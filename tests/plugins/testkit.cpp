@@ -59,6 +59,32 @@ class TestKit : public grapevine::Plugin {
           [](const Request&) {
             return Response(json{{"ignored", "body"}}, 304);
           });
+    r.add({.name = "testkit.client",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/client",
+           .access = grapevine::Access::signed_in},
+          [](const Request& req) {
+            return Response(json{{"client_address", req.client_address()},
+                                 {"session_id", req.session_id()},
+                                 {"user_id", req.user_id()}});
+          });
+    // Logout-like: ends the caller's session; with all=true every token of
+    // the caller issued until now.
+    r.add({.name = "testkit.revoke",
+           .http_method = "POST",
+           .http_path = "/api/v1/testkit/revoke",
+           .input_schema = {{"type", "object"}, {"properties", {{"all", {{"type", "boolean"}}}}}},
+           .access = grapevine::Access::signed_in},
+          [this](const Request& req) {
+            if (req.input().value("all", false))
+              service_->revoke_user_tokens(
+                  req.user_id(), std::chrono::duration_cast<std::chrono::seconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count());
+            else
+              service_->revoke_session(req.session_id());
+            return Response::no_content();
+          });
     service_.emplace(ctx.service());
   }
 

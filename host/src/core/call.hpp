@@ -26,6 +26,7 @@ struct Call {
   nlohmann::json input = nlohmann::json::object();  // WebSocket data, or {}
   PathParams params;  // path and query parameters, strings until coerced
   uint64_t connection_id = 0;
+  std::string client_address;  // the peer's IP address; "" for in-process calls
   std::vector<std::pair<std::string, std::string>> headers;
   int depth = 0;  // nesting of in-process calls
 };

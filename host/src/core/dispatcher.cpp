@@ -88,6 +88,10 @@ Reply Dispatcher::run(Call& call) const {
 
 std::optional<Reply> Dispatcher::check_access(const Call& call) const {
   const Operation& op = *call.op;
+  // A revoked token is refused like any bad token, even on public
+  // operations, and on sockets that authenticated before the revocation.
+  if (!call.system && call.identity && revocations_ && revocations_->revoked(*call.identity))
+    return error_reply(401, "unauthorized", "the access token was revoked", call.request_id);
   if (call.system || op.access == GV_ACCESS_ANYONE) return std::nullopt;
   if (!call.identity)
     return error_reply(401, "unauthorized", "this operation needs a valid access token",
@@ -138,6 +142,13 @@ Reply Dispatcher::invoke(Call& call) const {
   req.user_id = {user_id.data(), user_id.size()};
   req.roles = {roles.data(), roles.size()};
   req.connection_id = call.connection_id;
+  req.client_address = {call.client_address.data(), call.client_address.size()};
+  std::string sid;
+  if (call.identity) {
+    auto it = call.identity->claims.find("sid");
+    if (it != call.identity->claims.end() && it->is_string()) sid = it->get<std::string>();
+  }
+  req.session_id = {sid.data(), sid.size()};
   req.header = &header_lookup;
   req.host_data = &call;
   gv_response response;

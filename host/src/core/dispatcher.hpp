@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 
+#include "auth/revocations.hpp"
 #include "core/call.hpp"
 #include "core/metrics.hpp"
 #include "core/worker_pool.hpp"
@@ -16,6 +17,9 @@ namespace gv {
 class Dispatcher {
  public:
   Dispatcher(WorkerPool& pool, unsigned json_depth) : pool_(pool), json_depth_(json_depth) {}
+
+  // Tokens revoked before they expire (logout); checked on every call.
+  void set_revocations(const auth::Revocations* r) { revocations_ = r; }
 
   // Queues call on the worker pool; done runs there with the reply. False
   // when the queue is full: nothing was queued and done is never called.
@@ -37,6 +41,7 @@ class Dispatcher {
   WorkerPool& pool_;
   unsigned json_depth_;
   std::atomic<int64_t> in_flight_{0};
+  const auth::Revocations* revocations_ = nullptr;
 };
 
 }  // namespace gv

@@ -243,6 +243,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     auto call = std::make_shared<Call>();
     call->op = op;
     call->request_id = request_id_;
+    call->client_address = peer_address(stream_);
     call->params = std::move(params);
     for (auto p : url.params()) {
       for (const auto& [k, v] : call->params)

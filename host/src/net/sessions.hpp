@@ -67,6 +67,13 @@ struct ServerState {
 // Serves HTTP on a freshly accepted socket (and hands /ws upgrades over).
 void start_http_session(Socket socket, std::shared_ptr<ServerState> state);
 
+// The peer's IP address as text ("127.0.0.1", "::1"); "" when unknown.
+inline std::string peer_address(const Socket& socket) {
+  boost::system::error_code ec;
+  auto ep = socket.remote_endpoint(ec);
+  return ec ? std::string() : ep.address().to_string();
+}
+
 // Takes over an upgraded connection; identity is the verified caller.
 void start_websocket_session(Stream stream, http::request<http::string_body> upgrade,
                              std::shared_ptr<ServerState> state,

@@ -131,6 +131,7 @@ class WebSocketSession : public PushTarget,
     call->identity = identity_;
     call->input = std::move(data);
     call->connection_id = connection_id_;
+    call->client_address = peer_address(ws_.next_layer().socket());
     ++in_flight_;
     auto self = shared_from_this();
     bool queued = state_->deps.dispatcher->submit(call, [self, call, id, started](Reply reply) {

@@ -97,6 +97,7 @@ gv_status api_call(gv_host* host, const gv_request_v1* caller, gv_str operation,
       call.request_id = parent->request_id;
       call.identity = parent->identity;
       call.connection_id = parent->connection_id;
+      call.client_address = parent->client_address;
       call.system = parent->system;
       call.depth = parent->depth + 1;
     } else {
@@ -584,6 +585,16 @@ gv_status api_blob_list(gv_host* host, gv_str prefix, gv_str start_after, size_t
   });
 }
 
+gv_status api_revoke(gv_host* host, gv_str session_id, gv_str user_id, int64_t issued_before) {
+  return shield([&]() -> gv_status {
+    if (!host || (session_id.len == 0 && user_id.len == 0)) return GV_ERR_INVALID;
+    if (!host->services->revocations) return GV_ERR_UNAVAILABLE;
+    if (session_id.len) host->services->revocations->revoke_session(str(session_id));
+    if (user_id.len) host->services->revocations->revoke_user(str(user_id), issued_before);
+    return GV_OK;
+  });
+}
+
 void api_txn_fail(gv_txn* txn, gv_str message) {
   shield_void([&] {
     if (txn) txn->plugin_error = str(message).substr(0, 2000);
@@ -657,7 +668,8 @@ const gv_host_api_v1* host_api() {
                                      &api_blob_get,
                                      &api_blob_delete,
                                      &api_blob_list,
-                                     &api_txn_fail};
+                                     &api_txn_fail,
+                                     &api_revoke};
   return &api;
 }
 

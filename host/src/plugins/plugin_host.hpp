@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "auth/jwt.hpp"
+#include "auth/revocations.hpp"
 #include "config/host_config.hpp"
 #include "core/dispatcher.hpp"
 #include "core/hub.hpp"
@@ -46,6 +47,7 @@ struct HostServices {
   stores::BlobStore* blobs = nullptr;
   events::EventEngine* events = nullptr;
   Scheduler* scheduler = nullptr;
+  auth::Revocations* revocations = nullptr;
 };
 
 // plugin_dirs with "$ORIGIN" replaced by the folder of the running binary.

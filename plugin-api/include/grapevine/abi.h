@@ -94,6 +94,9 @@ typedef struct gv_request_v1 {
    * sets *value when present, 0 otherwise. */
   int (*header)(const struct gv_request_v1* req, const char* name, gv_str* value);
   void* host_data; /* the host's; do not touch */
+  /* ABI 1.1 (check struct_size): */
+  gv_str client_address; /* the peer's IP address ("" in process); for rate limits */
+  gv_str session_id;     /* the access token's "sid" claim, "" when none */
 } gv_request_v1;
 
 /* Where a handler writes its answer; the host copies what it is given. */
@@ -312,6 +315,14 @@ typedef struct gv_host_api_v1 {
   /* Says why a transaction function or event handler is about to fail; the
    * host keeps the message with a parked event and in its log. */
   void (*txn_fail)(gv_txn* txn, gv_str message);
+
+  /* Revokes access tokens before they expire, effective for the next call
+   * on every transport: those whose "sid" claim is session_id (if not
+   * empty), and those of user_id (if not empty) issued at or before
+   * issued_before_s (Unix seconds). Kept in memory for the access-token
+   * lifetime; a plugin re-asserts what it still needs after a restart. */
+  gv_status (*revoke_tokens)(gv_host* host, gv_str session_id, gv_str user_id,
+                             int64_t issued_before_s);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in

@@ -16,6 +16,7 @@
 #include <grapevine/abi.h>
 
 #include <chrono>
+#include <cstddef>
 #include <concepts>
 #include <cstring>
 #include <initializer_list>
@@ -100,6 +101,14 @@ class Request {
   }
   // WebSocket connection id; 0 over HTTP.
   uint64_t connection_id() const { return raw_->connection_id; }
+  // The client's IP address ("" for in-process calls), for rate limits.
+  std::string_view client_address() const {
+    return has_v11() ? from_gv(raw_->client_address) : std::string_view();
+  }
+  // The access token's "sid" claim (a session id the signer put there).
+  std::string_view session_id() const {
+    return has_v11() ? from_gv(raw_->session_id) : std::string_view();
+  }
   std::optional<std::string> header(const char* name) const {
     gv_str value{};
     if (raw_->header && raw_->header(raw_, name, &value)) return std::string(from_gv(value));
@@ -108,6 +117,9 @@ class Request {
   const gv_request_v1* raw() const { return raw_; }
 
  private:
+  bool has_v11() const {
+    return raw_->struct_size >= offsetof(gv_request_v1, session_id) + sizeof(gv_str);
+  }
   const gv_request_v1* raw_;
   mutable std::optional<json> input_;
 };
@@ -724,6 +736,19 @@ class ServiceContext {
   }
   bool leave_channel(uint64_t connection_id, std::string_view channel) const {
     return shared_->api->leave_channel(shared_->host, connection_id, to_gv(channel)) == GV_OK;
+  }
+
+  // Ends a session now: access tokens carrying "sid": session_id stop
+  // working on the next call (HTTP and open WebSockets).
+  void revoke_session(std::string_view session_id) const {
+    if (shared_->api->revoke_tokens(shared_->host, to_gv(session_id), {}, 0) != GV_OK)
+      throw std::runtime_error("token revocation failed");
+  }
+  // Every access token of user_id issued at or before issued_before_s
+  // (Unix seconds) stops working.
+  void revoke_user_tokens(std::string_view user_id, int64_t issued_before_s) const {
+    if (shared_->api->revoke_tokens(shared_->host, {}, to_gv(user_id), issued_before_s) != GV_OK)
+      throw std::runtime_error("token revocation failed");
   }
 
   // Subscribes to events whose type matches pattern ("post.created",
