@@ -72,7 +72,7 @@ Run reference(const fs::path& file, const std::string& synchronous, double secon
   sqlite3* db = nullptr;
   if (!ok(sqlite3_open(file.c_str(), &db), db, "open")) return {};
   const std::string setup = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + synchronous +
-                            "; CREATE TABLE item (id INTEGER PRIMARY KEY, author INTEGER, "
+                            "; CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, author INTEGER, "
                             "body TEXT)";
   if (!ok(sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr), db, "setup")) return {};
   sqlite3_stmt* insert = nullptr;
@@ -154,6 +154,14 @@ void print(const char* label, const Run& run, double reference_rate) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // bench_sqlite_write --reference FILE NORMAL|FULL SECONDS: only the raw
+  // reference loop, on an existing file (bench/events runs it on the
+  // plugin's own database); prints "reference_txn_per_s N".
+  if (argc == 5 && std::string(argv[1]) == "--reference") {
+    const Run run = reference(argv[2], argv[3], std::atof(argv[4]));
+    std::printf("reference_txn_per_s %.0f\n", run.rate);
+    return run.rate > 0 ? 0 : 1;
+  }
   const double seconds = argc > 1 ? std::atof(argv[1]) : 2.0;
   std::string pattern =
       (argc > 2 ? std::string(argv[2]) : std::string("/tmp")) + "/gv-bench-sqlite-XXXXXX";

@@ -3,7 +3,11 @@
 // and has scheduled jobs.
 #include <grapevine/sdk.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <vector>
 #include <stdexcept>
 
 namespace {
@@ -16,6 +20,7 @@ class EvSink : public grapevine::Plugin {
  public:
   explicit EvSink(grapevine::PluginContext& ctx) : db_(ctx.dal().db()) {
     fail_attempts_ = ctx.config().value("fail_attempts", 0);
+    track_latency_ = ctx.config().value("track_latency", false);
     poison_key_ = ctx.config().value("poison_key", "");
     ctx.dal().migration(1,
                         "CREATE TABLE applied (event_id TEXT PRIMARY KEY, k TEXT NOT NULL, "
@@ -42,6 +47,13 @@ class EvSink : public grapevine::Plugin {
       tx.exec("INSERT INTO applied (event_id, k, n, attempt) VALUES ($1, $2, $3, $4)",
               {std::string(e.id()), key, n, static_cast<int64_t>(e.attempt())});
       bump(tx, "applied");
+      if (track_latency_) {
+        int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+        std::lock_guard lock(latency_mutex_);
+        if (latencies_.size() < 10'000'000) latencies_.push_back(now - e.time_ms());
+      }
     });
     service.every("tick", std::chrono::milliseconds(100), [this] { ++ticks_; });
     service.every("manual", std::chrono::hours(24), [this] { ++manual_runs_; });
@@ -59,6 +71,17 @@ class EvSink : public grapevine::Plugin {
                                      .as_int();
               return o;
             });
+            {
+              std::lock_guard lock(latency_mutex_);
+              if (!latencies_.empty()) {
+                std::vector<int64_t> v = latencies_;
+                std::sort(v.begin(), v.end());
+                out["latency_ms"] = {{"count", v.size()},
+                                     {"p50", v[v.size() / 2]},
+                                     {"p99", v[v.size() * 99 / 100]},
+                                     {"max", v.back()}};
+              }
+            }
             out["ticks"] = ticks_.load();
             out["manual_runs"] = manual_runs_.load();
             return Response(out);
@@ -82,6 +105,9 @@ class EvSink : public grapevine::Plugin {
   int fail_attempts_ = 0;
   std::string poison_key_;
   std::atomic<bool> healed_{false};
+  bool track_latency_ = false;
+  std::mutex latency_mutex_;
+  std::vector<int64_t> latencies_;  // publish to effect, milliseconds
   std::atomic<int64_t> ticks_{0};
   std::atomic<int64_t> manual_runs_{0};
 };
@@ -91,4 +117,5 @@ class EvSink : public grapevine::Plugin {
 GRAPEVINE_PLUGIN(EvSink, "evsink", "1.0.0", "",
                  R"({"type":"object","properties":{
                       "fail_attempts":{"type":"integer","minimum":0},
-                      "poison_key":{"type":"string"}}})")
+                      "poison_key":{"type":"string"},
+                      "track_latency":{"type":"boolean"}}})")
