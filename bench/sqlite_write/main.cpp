@@ -71,9 +71,10 @@ bool ok(int rc, sqlite3* db, const char* what) {
 Run reference(const fs::path& file, const std::string& synchronous, double seconds) {
   sqlite3* db = nullptr;
   if (!ok(sqlite3_open(file.c_str(), &db), db, "open")) return {};
-  const std::string setup = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + synchronous +
-                            "; CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, author INTEGER, "
-                            "body TEXT)";
+  const std::string setup =
+      "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + synchronous +
+      "; CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, author INTEGER, "
+      "body TEXT)";
   if (!ok(sqlite3_exec(db, setup.c_str(), nullptr, nullptr, nullptr), db, "setup")) return {};
   sqlite3_stmt* insert = nullptr;
   sqlite3_prepare_v2(db, "INSERT INTO item (author, body) VALUES (?1, ?2)", -1, &insert, nullptr);

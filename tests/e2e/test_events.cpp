@@ -79,9 +79,7 @@ std::vector<fs::path> database_files(const fs::path& data) {
   return files;
 }
 
-std::string item(const std::string& key, int64_t n) {
-  return json{{"key", key}, {"n", n}}.dump();
-}
+std::string item(const std::string& key, int64_t n) { return json{{"key", key}, {"n", n}}.dump(); }
 
 }  // namespace
 
@@ -195,8 +193,8 @@ TEST_CASE("a handler that fails three times then succeeds is applied once", "[ev
 
 TEST_CASE("an event that always fails is parked, listed and replayed once", "[events]") {
   TempDir data;
-  Host host({.config = events_config(data.path / "d", {{"poison_key", "bad"}},
-                                     {{"max_attempts", 3}})});
+  Host host(
+      {.config = events_config(data.path / "d", {{"poison_key", "bad"}}, {{"max_attempts", 3}})});
   REQUIRE(host.started());
   Headers admin = {{"Authorization", "Bearer " + admin_token()}};
   REQUIRE(host.request("POST", "/api/v1/evsource/items", item("bad", 1)).status == 201);
@@ -227,8 +225,8 @@ TEST_CASE("an event that always fails is parked, listed and replayed once", "[ev
   CHECK(metrics.find("grapevine_events_dead_letters") != std::string::npos);
 
   // Replaying while still failing keeps it parked.
-  auto r = host.request("POST", "/api/v1/admin/events/replay", json{{"plugin", "evsink"}}.dump(),
-                        admin);
+  auto r =
+      host.request("POST", "/api/v1/admin/events/replay", json{{"plugin", "evsink"}}.dump(), admin);
   REQUIRE(r.status == 200);
   CHECK(r.json_body()["failed"] == 1);
   REQUIRE(host.request("POST", "/api/v1/evsink/heal").status == 200);
@@ -349,7 +347,8 @@ TEST_CASE("plugins reach their cache and blob store through the ABI", "[stores]"
   TempDir data;
   Host host({.config = events_config(data.path / "d")});
   REQUIRE(host.started());
-  auto r = host.request("POST", "/api/v1/evsource/cache", json{{"key", "a"}, {"value", "x"}}.dump());
+  auto r =
+      host.request("POST", "/api/v1/evsource/cache", json{{"key", "a"}, {"value", "x"}}.dump());
   CHECK(r.json_body()["value"] == "x");
   r = host.request("POST", "/api/v1/evsource/cache", json{{"key", "c"}, {"incr", 5}}.dump());
   CHECK(r.json_body()["incr"] == 5);
@@ -360,8 +359,9 @@ TEST_CASE("plugins reach their cache and blob store through the ABI", "[stores]"
   r = host.request("POST", "/api/v1/evsource/cache", json{{"key", "t"}}.dump());
   CHECK(r.json_body()["value"].is_null());
 
-  CHECK(host.request("PUT", "/api/v1/evsource/blobs", json{{"key", "a/b.txt"}, {"text", "hi"}}.dump())
-            .status == 204);
+  CHECK(
+      host.request("PUT", "/api/v1/evsource/blobs", json{{"key", "a/b.txt"}, {"text", "hi"}}.dump())
+          .status == 204);
   r = host.request("GET", "/api/v1/evsource/blobs?key=a/b.txt");
   CHECK(r.json_body()["text"] == "hi");
   CHECK(r.json_body()["keys"] == json{"a/b.txt"});

@@ -7,8 +7,8 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
-#include <vector>
 #include <stdexcept>
+#include <vector>
 
 namespace {
 
@@ -65,9 +65,11 @@ class EvSink : public grapevine::Plugin {
               json o = json::object();
               for (const auto& row : tx.query("SELECT name, value FROM counters"))
                 o[row["name"].as_text()] = row["value"].as_int();
-              o["rows"] = tx.query_one("SELECT COUNT(*) AS c FROM applied")->operator[]("c").as_int();
+              o["rows"] =
+                  tx.query_one("SELECT COUNT(*) AS c FROM applied")->operator[]("c").as_int();
               o["max_attempt"] = tx.query_one("SELECT COALESCE(MAX(attempt), 0) AS a FROM applied")
-                                     ->operator[]("a")
+                                     ->
+                                     operator[]("a")
                                      .as_int();
               return o;
             });

@@ -26,15 +26,15 @@ class EvSource : public grapevine::Plugin {
     r.add({.name = "evsource.write",
            .http_method = "POST",
            .http_path = "/api/v1/evsource/items",
-           .input_schema = object_schema({{"key", {{"type", "string"}, {"minLength", 1}}},
-                                          {"n", {{"type", "integer"}}}},
-                                         {"key", "n"})},
+           .input_schema = object_schema(
+               {{"key", {{"type", "string"}, {"minLength", 1}}}, {"n", {{"type", "integer"}}}},
+               {"key", "n"})},
           [this](const Request& req) {
             std::string key = req.input()["key"];
             int64_t n = req.input()["n"];
             auto id = db_.write([&](grapevine::Tx& tx) {
-              auto row = tx.query_one("INSERT INTO items (k, n) VALUES ($1, $2) RETURNING id",
-                                      {key, n});
+              auto row =
+                  tx.query_one("INSERT INTO items (k, n) VALUES ($1, $2) RETURNING id", {key, n});
               int64_t id = (*row)["id"].as_int();
               tx.publish("item.created", key, {{"id", id}, {"key", key}, {"n", n}});
               return id;
@@ -44,8 +44,9 @@ class EvSource : public grapevine::Plugin {
     r.add({.name = "evsource.count", .http_method = "GET", .http_path = "/api/v1/evsource/count"},
           [this](const Request&) {
             return Response(db_.read([](grapevine::Tx& tx) {
-              return json{{"rows", tx.query_one("SELECT COUNT(*) AS c FROM items")->operator[](
-                                       "c").as_int()}};
+              return json{
+                  {"rows",
+                   tx.query_one("SELECT COUNT(*) AS c FROM items")->operator[]("c").as_int()}};
             }));
           });
     // Which of the given ids exist.
@@ -77,8 +78,10 @@ class EvSource : public grapevine::Plugin {
             std::string key = in["key"];
             grapevine::Cache::Ttl ttl(in.value("ttl_ms", 0));
             json out = json::object();
-            if (in.contains("value")) out["set"] = cache_.set(key, in["value"].get<std::string>(), ttl);
-            if (in.contains("incr")) out["incr"] = *cache_.incr(key, in["incr"].get<int64_t>(), ttl);
+            if (in.contains("value"))
+              out["set"] = cache_.set(key, in["value"].get<std::string>(), ttl);
+            if (in.contains("incr"))
+              out["incr"] = *cache_.incr(key, in["incr"].get<int64_t>(), ttl);
             auto v = cache_.get(key);
             out["value"] = v ? json(*v) : json();
             return Response(out);

@@ -77,10 +77,10 @@ class TestKit : public grapevine::Plugin {
            .access = grapevine::Access::signed_in},
           [this](const Request& req) {
             if (req.input().value("all", false))
-              service_->revoke_user_tokens(
-                  req.user_id(), std::chrono::duration_cast<std::chrono::seconds>(
-                                     std::chrono::system_clock::now().time_since_epoch())
-                                     .count());
+              service_->revoke_user_tokens(req.user_id(),
+                                           std::chrono::duration_cast<std::chrono::seconds>(
+                                               std::chrono::system_clock::now().time_since_epoch())
+                                               .count());
             else
               service_->revoke_session(req.session_id());
             return Response::no_content();

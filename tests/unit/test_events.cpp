@@ -17,6 +17,7 @@
 #include "core/metrics.hpp"
 #include "events/events.hpp"
 #include "stores/sqlite_database.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace gv::events;
@@ -25,18 +26,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A fresh folder under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    char pattern[] = "/tmp/gv-events-test-XXXXXX";
-    REQUIRE(::mkdtemp(pattern) != nullptr);
-    dir = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
+struct TempDir : gvtest::TempDir {
+  TempDir() : gvtest::TempDir("gv-events-test") {}
 };
 
 std::unique_ptr<SqliteDatabase> open_db(const fs::path& path) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "stores/sqlite_database.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace gv::stores;
@@ -20,18 +21,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A fresh folder under /tmp, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    char pattern[] = "/tmp/gv-sql-test-XXXXXX";
-    REQUIRE(::mkdtemp(pattern) != nullptr);
-    dir = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
+struct TempDir : gvtest::TempDir {
+  TempDir() : gvtest::TempDir("gv-sql-test") {}
   fs::path file() const { return dir / "plugin.db"; }
 };
 

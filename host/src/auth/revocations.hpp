@@ -38,8 +38,9 @@ class Revocations {
 
   const std::chrono::seconds keep_;
   mutable std::shared_mutex mutex_;
-  std::unordered_map<std::string, int64_t> sessions_;                    // sid -> drop after
-  std::unordered_map<std::string, std::pair<int64_t, int64_t>> users_;  // user -> (before, drop after)
+  std::unordered_map<std::string, int64_t> sessions_;  // sid -> drop after
+  std::unordered_map<std::string, std::pair<int64_t, int64_t>>
+      users_;  // user -> (before, drop after)
   int64_t next_prune_ = 0;
 };
 

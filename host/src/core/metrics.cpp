@@ -6,7 +6,19 @@ namespace gv {
 namespace {
 
 // Label values are operation names we chose; escape anyway, per the format.
-std::string label(std::string_view v) {
+std::string label(std::string_view v) { return Metrics::label_value(v); }
+
+std::string number(double v) {
+  if (v == static_cast<double>(static_cast<int64_t>(v)) && v > -1e15 && v < 1e15)
+    return std::to_string(static_cast<int64_t>(v));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+}  // namespace
+
+std::string Metrics::label_value(std::string_view v) {
   std::string out;
   for (char c : v) {
     if (c == '\\' || c == '"') out += '\\';
@@ -18,16 +30,6 @@ std::string label(std::string_view v) {
   }
   return out;
 }
-
-std::string number(double v) {
-  if (v == static_cast<double>(static_cast<int64_t>(v)) && v > -1e15 && v < 1e15)
-    return std::to_string(static_cast<int64_t>(v));
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
-
-}  // namespace
 
 uint64_t Metrics::next_id() {
   static std::atomic<uint64_t> ids{1};

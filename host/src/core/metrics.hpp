@@ -40,6 +40,9 @@ class Metrics {
 
   std::string render() const;
 
+  // v escaped for a label value in the text format (\\, \" and \n).
+  static std::string label_value(std::string_view v);
+
   static constexpr std::array<double, 14> kBuckets = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 

@@ -290,18 +290,7 @@ bool valid_name(const std::string& name) {
   });
 }
 
-std::string label_value(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
+std::string label_value(std::string_view v) { return Metrics::label_value(v); }
 
 }  // namespace
 

@@ -144,18 +144,7 @@ std::string text_at(const std::vector<SqlValue>& row, size_t i) {
   return t ? std::string(*t) : std::string();
 }
 
-std::string escape_label(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
+std::string escape_label(std::string_view v) { return Metrics::label_value(v); }
 
 // Counters of one consuming plugin; shared with the metrics callbacks.
 struct ConsumerStats {

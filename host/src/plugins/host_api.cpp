@@ -172,7 +172,6 @@ gv_status api_sign(gv_host* host, gv_str user_id, gv_str roles, int64_t ttl, gv_
   });
 }
 
-
 // ---- ABI 1.1: SQL --------------------------------------------------------
 
 using stores::SqlCode;
@@ -339,14 +338,14 @@ gv_status api_sql_run(gv_txn* txn, gv_str sql, const gv_value* params, size_t np
 
 // ---- ABI 1.1: events -----------------------------------------------------
 
-gv_status api_publish(gv_txn* txn, gv_str type, gv_str key, gv_str payload,
-                      uint32_t schema_version, gv_sink_fn id_sink, void* id_ctx) {
+gv_status api_publish(gv_txn* txn, gv_str type, gv_str key, gv_str payload, uint32_t schema_version,
+                      gv_sink_fn id_sink, void* id_ctx) {
   return shield([&]() -> gv_status {
     if (!txn || !txn->tx || !txn->writable) return GV_ERR_INVALID;
     std::string id;
-    SqlStatus st = events::EventEngine::publish(*txn->tx, txn->host->plugin, str(type), str(key),
-                                                str(payload), static_cast<int>(schema_version),
-                                                &id);
+    SqlStatus st =
+        events::EventEngine::publish(*txn->tx, txn->host->plugin, str(type), str(key), str(payload),
+                                     static_cast<int>(schema_version), &id);
     if (!st.ok()) {
       log::warn("publish refused", {{"plugin", txn->host->plugin}, {"reason", st.message}});
       if (st.code != SqlCode::invalid && txn->first_failure.ok()) txn->first_failure = st;
@@ -452,12 +451,11 @@ gv_status api_cache_set(gv_host* host, gv_str key, gv_str value, int64_t ttl_ms)
 }
 
 gv_status api_cache_delete(gv_host* host, gv_str key) {
-  return with_cache(host,
-                    [&](stores::Cache& c) { return cache_status(c.del(cache_key(host, key)).status); });
+  return with_cache(
+      host, [&](stores::Cache& c) { return cache_status(c.del(cache_key(host, key)).status); });
 }
 
-gv_status api_cache_incr(gv_host* host, gv_str key, int64_t delta, int64_t ttl_ms,
-                         int64_t* value) {
+gv_status api_cache_incr(gv_host* host, gv_str key, int64_t delta, int64_t ttl_ms, int64_t* value) {
   return with_cache(host, [&](stores::Cache& c) {
     auto r = c.incr(cache_key(host, key), delta, stores::Cache::Ttl(ttl_ms));
     if (r.status == stores::CacheStatus::ok && value) *value = r.value;
@@ -490,8 +488,8 @@ gv_status api_cache_zrange(gv_host* host, gv_str key, int64_t start, int64_t sto
   });
 }
 
-gv_status api_cache_zrange_by_score(gv_host* host, gv_str key, double min, double max,
-                                    size_t limit, int reverse, gv_member_fn on_member, void* ctx) {
+gv_status api_cache_zrange_by_score(gv_host* host, gv_str key, double min, double max, size_t limit,
+                                    int reverse, gv_member_fn on_member, void* ctx) {
   return with_cache(host, [&](stores::Cache& c) {
     emit_members(c.zrange_by_score(cache_key(host, key), min, max, reverse != 0, limit), on_member,
                  ctx);
@@ -619,8 +617,7 @@ stores::SqlStatus deliver_event(gv_host* host, const gv_event_v1& event,
     }
     if (rc != GV_OK) {
       if (!txn.first_failure.ok()) return txn.first_failure;
-      if (!txn.plugin_error.empty())
-        return SqlStatus::failure(SqlCode::invalid, txn.plugin_error);
+      if (!txn.plugin_error.empty()) return SqlStatus::failure(SqlCode::invalid, txn.plugin_error);
       return SqlStatus::failure(SqlCode::invalid, "the plugin's handler for " + std::string(type) +
                                                       " failed (status " + std::to_string(rc) +
                                                       ")");
@@ -630,8 +627,7 @@ stores::SqlStatus deliver_event(gv_host* host, const gv_event_v1& event,
   return SqlStatus::success();
 }
 
-namespace {
-}  // namespace
+namespace {}  // namespace
 
 const gv_host_api_v1* host_api() {
   static const gv_host_api_v1 api = {sizeof(gv_host_api_v1),

@@ -54,6 +54,7 @@ const gv_host_api_v1* host_api();
 
 // Runs a plugin's subscriptions matching event inside tx (the consumer
 // runner's transaction): the glue between the events engine and the ABI.
-stores::SqlStatus deliver_event(gv_host* host, const gv_event_v1& event, stores::SqlTransaction& tx);
+stores::SqlStatus deliver_event(gv_host* host, const gv_event_v1& event,
+                                stores::SqlTransaction& tx);
 
 }  // namespace gv::plugins

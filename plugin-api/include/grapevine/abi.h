@@ -160,11 +160,11 @@ typedef void (*gv_row_fn)(void* ctx, size_t ncols, const gv_str* names, const gv
 /* One event, as a consumer sees it. Strings valid only during the call. */
 typedef struct gv_event_v1 {
   uint32_t struct_size;
-  gv_str id;      /* sortable unique id (ULID) */
-  gv_str type;    /* "post.created" */
-  gv_str key;     /* ordering key: events with one key arrive in order */
+  gv_str id;       /* sortable unique id (ULID) */
+  gv_str type;     /* "post.created" */
+  gv_str key;      /* ordering key: events with one key arrive in order */
   int64_t time_ms; /* publish time, Unix milliseconds */
-  gv_str source;  /* the publishing plugin */
+  gv_str source;   /* the publishing plugin */
   uint32_t schema_version;
   gv_str payload_json; /* a JSON object */
   uint32_t attempt;    /* 1 on first delivery, more on retries */
@@ -287,8 +287,7 @@ typedef struct gv_host_api_v1 {
   gv_status (*cache_set)(gv_host* host, gv_str key, gv_str value, int64_t ttl_ms);
   gv_status (*cache_delete)(gv_host* host, gv_str key);
   /* Adds delta to the integer at key (created as 0 with ttl_ms). */
-  gv_status (*cache_incr)(gv_host* host, gv_str key, int64_t delta, int64_t ttl_ms,
-                          int64_t* value);
+  gv_status (*cache_incr)(gv_host* host, gv_str key, int64_t delta, int64_t ttl_ms, int64_t* value);
   /* Sorted sets: add or update a member; remove one; range by rank (0 is
    * the lowest score; reverse: 0 is the highest; stop -1 = the end) or by
    * score (min..max inclusive, at most limit, 0 = no limit); keep only the

@@ -16,13 +16,13 @@
 #include <grapevine/abi.h>
 
 #include <chrono>
-#include <cstddef>
 #include <concepts>
+#include <cstddef>
 #include <cstring>
-#include <initializer_list>
 #include <deque>
 #include <exception>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -358,8 +358,8 @@ class Tx {
     if (!writable_) throw std::logic_error("publish needs a write transaction");
     std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
     detail::StringSink id;
-    gv_status rc = shared_->api->publish(txn_, to_gv(type), to_gv(key), to_gv(text),
-                                         schema_version, &detail::StringSink::write, &id);
+    gv_status rc = shared_->api->publish(txn_, to_gv(type), to_gv(key), to_gv(text), schema_version,
+                                         &detail::StringSink::write, &id);
     if (rc != GV_OK) throw detail::SqlFailure{rc};
     return id.out;
   }
@@ -390,8 +390,8 @@ class Tx {
   Rows query(std::string_view sql, const Value* params, size_t n) {
     std::vector<gv_value> p = raw(params, n);
     Collect c;
-    gv_status rc = shared_->api->sql_run(txn_, to_gv(sql), p.data(), p.size(), &Collect::row, &c,
-                                         nullptr);
+    gv_status rc =
+        shared_->api->sql_run(txn_, to_gv(sql), p.data(), p.size(), &Collect::row, &c, nullptr);
     if (rc != GV_OK) throw detail::SqlFailure{rc};
     return std::move(c.rows);
   }
@@ -587,7 +587,8 @@ class Blobs {
  private:
   static void check(gv_status rc, std::string_view key) {
     if (rc == GV_OK) return;
-    if (rc == GV_ERR_INVALID) throw Error::bad_request("invalid blob key '" + std::string(key) + "'");
+    if (rc == GV_ERR_INVALID)
+      throw Error::bad_request("invalid blob key '" + std::string(key) + "'");
     detail::throw_for(rc, "blob store failed for '" + std::string(key) + "'");
   }
   const detail::Shared* shared_;
