@@ -4,14 +4,18 @@
 #pragma once
 
 #include <argon2.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <sys/mman.h>
 #include <grapevine/sdk.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -201,25 +205,90 @@ class PasswordHasher {
         m_kib_(static_cast<uint32_t>(s.argon2_memory_kib)),
         t_(static_cast<uint32_t>(s.argon2_passes)) {}
 
+  // The PHC string libargon2 writes: $argon2id$v=19$m=M,t=T,p=1$SALT$HASH.
   std::string hash(std::string_view password) {
     Slot slot(*this);
     unsigned char salt[16];
     if (RAND_bytes(salt, sizeof salt) != 1) throw std::runtime_error("RAND_bytes failed");
-    std::string encoded(argon2_encodedlen(t_, m_kib_, 1, sizeof salt, 32, Argon2_id), '\0');
-    int rc = argon2id_hash_encoded(t_, m_kib_, 1, password.data(), password.size(), salt,
-                                   sizeof salt, 32, encoded.data(), encoded.size());
-    if (rc != ARGON2_OK)
-      throw std::runtime_error(std::string("argon2: ") + argon2_error_message(rc));
-    encoded.resize(std::strlen(encoded.c_str()));
-    return encoded;
+    unsigned char out[32];
+    run(password, salt, sizeof salt, t_, m_kib_, out, sizeof out);
+    return "$argon2id$v=19$m=" + std::to_string(m_kib_) + ",t=" + std::to_string(t_) + ",p=1$" +
+           b64(salt, sizeof salt) + "$" + b64(out, sizeof out);
   }
 
   bool verify(const std::string& encoded, std::string_view password) {
+    unsigned m = 0, t = 0, p = 0;
+    int salt_at = 0;
+    if (std::sscanf(encoded.c_str(), "$argon2id$v=19$m=%u,t=%u,p=%u$%n", &m, &t, &p, &salt_at) !=
+            3 ||
+        salt_at == 0 || p != 1 || m < 8 || m > (1u << 22) || t < 1 || t > 64)
+      return false;
+    size_t dollar = encoded.find('$', static_cast<size_t>(salt_at));
+    if (dollar == std::string::npos) return false;
+    std::string salt = unb64(std::string_view(encoded).substr(salt_at, dollar - salt_at));
+    std::string expected = unb64(std::string_view(encoded).substr(dollar + 1));
+    if (salt.size() < 8 || expected.size() < 16 || expected.size() > 64) return false;
     Slot slot(*this);
-    return argon2id_verify(encoded.c_str(), password.data(), password.size()) == ARGON2_OK;
+    std::string got(expected.size(), '\0');
+    run(password, reinterpret_cast<const unsigned char*>(salt.data()), salt.size(), t, m,
+        reinterpret_cast<unsigned char*>(got.data()), got.size());
+    return CRYPTO_memcmp(got.data(), expected.data(), got.size()) == 0;
   }
 
  private:
+  // argon2id with its memory mapped and unmapped per hash: through malloc,
+  // freed blocks of 19 MiB stay in the worker threads' arenas and the
+  // process keeps growing even though only a few hashes run at once.
+  static void run(std::string_view password, const unsigned char* salt, size_t salt_len, uint32_t t,
+                  uint32_t m_kib, unsigned char* out, size_t out_len) {
+    argon2_context ctx{};
+    ctx.out = out;
+    ctx.outlen = static_cast<uint32_t>(out_len);
+    ctx.pwd = reinterpret_cast<uint8_t*>(const_cast<char*>(password.data()));
+    ctx.pwdlen = static_cast<uint32_t>(password.size());
+    ctx.salt = const_cast<uint8_t*>(salt);
+    ctx.saltlen = static_cast<uint32_t>(salt_len);
+    ctx.t_cost = t;
+    ctx.m_cost = m_kib;
+    ctx.lanes = 1;
+    ctx.threads = 1;
+    ctx.version = ARGON2_VERSION_13;
+    ctx.allocate_cbk = [](uint8_t** memory, size_t bytes) -> int {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) return ARGON2_MEMORY_ALLOCATION_ERROR;
+      *memory = static_cast<uint8_t*>(p);
+      return ARGON2_OK;
+    };
+    ctx.free_cbk = [](uint8_t* memory, size_t bytes) { munmap(memory, bytes); };
+    ctx.flags = ARGON2_DEFAULT_FLAGS;
+    int rc = argon2id_ctx(&ctx);
+    if (rc != ARGON2_OK)
+      throw std::runtime_error(std::string("argon2: ") + argon2_error_message(rc));
+  }
+
+  // Standard base64 without padding, as in PHC strings.
+  static std::string b64(const unsigned char* data, size_t n) {
+    static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; ++i) {
+      acc = (acc << 8) | data[i];
+      bits += 8;
+      while (bits >= 6) {
+        bits -= 6;
+        out += abc[(acc >> bits) & 63];
+      }
+    }
+    if (bits > 0) out += abc[(acc << (6 - bits)) & 63];
+    return out;
+  }
+  static std::string unb64(std::string_view in) {
+    std::string url(in);
+    for (char& c : url) c = c == '+' ? '-' : c == '/' ? '_' : c;
+    return base64url_decode(url);
+  }
+
   struct Slot {
     explicit Slot(PasswordHasher& h) : h_(h) {
       std::unique_lock lock(h_.mutex_);
