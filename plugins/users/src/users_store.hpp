@@ -162,7 +162,9 @@ class UsersStore {
     for (const auto& name : usernames) {
       auto u = find_by_login(name);
       if (!u || u->role == "admin" || u->username != to_lower(name)) continue;
-      if (update_user(u->id, UserChanges{.role = "admin"}, now_ms)) ++promoted;
+      UserChanges c;
+      c.role = "admin";
+      if (update_user(u->id, c, now_ms)) ++promoted;
     }
     return promoted;
   }
