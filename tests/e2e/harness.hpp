@@ -62,6 +62,7 @@ class Host {
 
   bool started() const { return port_ > 0; }
   int port() const { return port_; }
+  int pid() const { return pid_; }  // the host's process id; -1 when it is not running
   TempDir& dir() { return *dir_; }
   std::string output() const;  // everything it printed so far
 
