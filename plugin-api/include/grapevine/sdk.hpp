@@ -132,13 +132,13 @@ enum class Access { anyone, signed_in, role };
 // the host adds "additionalProperties": false where it is not set, so
 // unknown fields are refused before the handler runs.
 struct Operation {
-  std::string name;         // "plugin.verb"
-  std::string http_method;  // empty: WebSocket and in-process only
-  std::string http_path;    // "/api/v1/things/{thingId}"
+  std::string name{};         // "plugin.verb"
+  std::string http_method{};  // empty: WebSocket and in-process only
+  std::string http_path{};    // "/api/v1/things/{thingId}"
   json input_schema = json{{"type", "object"}};
-  std::string summary;
+  std::string summary{};
   Access access = Access::anyone;
-  std::string role;  // with Access::role
+  std::string role{};  // with Access::role
 };
 
 namespace detail {
