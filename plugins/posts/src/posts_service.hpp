@@ -215,7 +215,7 @@ class PostsService {
         ctx_.log().warn("posts: user.deleted " + std::string(e.id()) + " has no id; ignored");
         return;
       }
-      store_.remove_by_author(tx, user, now_ms(), [&](const Post& post) {
+      store_.remove_by_author(tx, user, e.time_ms(), [&](const Post& post) {
         return deleted_payload(post, "user_deleted", user);
       });
     });
