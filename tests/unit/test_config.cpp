@@ -93,8 +93,10 @@ TEST_CASE("the shipped config/grapevine.yaml loads cleanly", "[config]") {
   CHECK(c.auth.keys[0].alg == "HS256");
   CHECK(c.auth.keys[0].secret_file == "jwt-main.key");
   CHECK(c.auth.keys[0].generate);
-  REQUIRE(c.plugins.size() == 1);
+  REQUIRE(c.plugins.size() == 3);  // hello, users, posts: in file order
   CHECK(c.plugins[0].name == "hello");
+  CHECK(c.plugins[1].name == "users");
+  CHECK(c.plugins[2].name == "posts");
   CHECK(c.plugins[0].config == nlohmann::json{{"greeting", "Hello"}});
   CHECK(c.plugins[0].mark.line > 0);
 }
