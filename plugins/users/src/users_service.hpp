@@ -338,8 +338,6 @@ class UsersService {
     int promoted = store_.promote_admins(settings_.admins, now);
     ctx_.log().info("users: " + std::to_string(sids.size()) + " revoked sessions re-asserted, " +
                     std::to_string(promoted) + " admins promoted");
-    // A user hashing against the dummy costs the same as a real one.
-    dummy_hash_ = hasher_.hash(random_token(16));
   }
 
   const Settings& settings() const { return settings_; }
@@ -383,7 +381,7 @@ class UsersService {
     std::string password = in.at("password").get<std::string>();
     auto user = store_.find_by_login(login);
     // Unknown user: verify against a dummy hash, so both cost the same.
-    bool ok = hasher_.verify(user ? user->password_hash : dummy_hash_, password) && user;
+    bool ok = hasher_.verify(user ? user->password_hash : dummy_hash(), password) && user;
     if (!ok) throw unauthorized("wrong login or password");
     std::string sid = random_token(16);
     std::string refresh = random_token(32);
@@ -609,6 +607,13 @@ class UsersService {
   grapevine::ServiceContext ctx_;
   Settings settings_;
   PasswordHasher hasher_;
+  // What an unknown user's password is checked against, so both cost the
+  // same; made on first need rather than at start (a hash takes ~30 ms).
+  const std::string& dummy_hash() {
+    std::call_once(dummy_once_, [this] { dummy_hash_ = hasher_.hash(random_token(16)); });
+    return dummy_hash_;
+  }
+  std::once_flag dummy_once_;
   std::string dummy_hash_;
   int64_t access_ttl_s_ = 900;
 };
