@@ -35,17 +35,6 @@ int64_t source_rows(int port) {
   return http(port, "GET", "/api/v1/evsource/count").json_body().value("rows", int64_t(-1));
 }
 
-// Polls until pred holds or the timeout passes; returns pred's last value.
-template <class F>
-bool eventually(F&& pred, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 // Waits until the sink has applied every row of the source.
 bool drained(int port, std::chrono::milliseconds timeout = 30s) {
   return eventually(

@@ -36,16 +36,6 @@ Headers as(const std::string& user, json roles = json::array()) {
 
 std::string body(json j) { return j.dump(); }
 
-template <class F>
-bool eventually(F&& pred, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 // Every post of user, following next_cursor to the end.
 std::vector<json> all_posts(int port, const std::string& user, int limit = 100) {
   std::vector<json> out;

@@ -79,8 +79,8 @@ inline std::string iso_time(int64_t ms) {
   return buf;
 }
 
-inline std::string base64url(const unsigned char* data, size_t n) {
-  static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+// Base64 without padding over the given 64-character alphabet.
+inline std::string encode64(const unsigned char* data, size_t n, const char* abc) {
   std::string out;
   uint32_t acc = 0;
   int bits = 0;
@@ -94,6 +94,10 @@ inline std::string base64url(const unsigned char* data, size_t n) {
   }
   if (bits > 0) out += abc[(acc << (6 - bits)) & 63];
   return out;
+}
+
+inline std::string base64url(const unsigned char* data, size_t n) {
+  return encode64(data, n, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
 }
 
 inline std::string base64url_decode(std::string_view in) {
@@ -268,20 +272,7 @@ class PasswordHasher {
 
   // Standard base64 without padding, as in PHC strings.
   static std::string b64(const unsigned char* data, size_t n) {
-    static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    std::string out;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; ++i) {
-      acc = (acc << 8) | data[i];
-      bits += 8;
-      while (bits >= 6) {
-        bits -= 6;
-        out += abc[(acc >> bits) & 63];
-      }
-    }
-    if (bits > 0) out += abc[(acc << (6 - bits)) & 63];
-    return out;
+    return encode64(data, n, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
   }
   static std::string unb64(std::string_view in) {
     std::string url(in);
