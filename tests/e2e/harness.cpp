@@ -65,12 +65,19 @@ HttpResult http(int port, const std::string& method, const std::string& target,
   req.body() = body;
   if (!body.empty() && !has_type) req.set(bhttp::field::content_type, "application/json");
   req.prepare_payload();
-  bhttp::write(stream, req);
+  // A server may answer early and close while the body is still being sent
+  // (413 for an oversize body): the write then fails with a broken pipe or
+  // a reset, but the answer is already in the socket. Read it before
+  // reporting the write's error.
+  beast::error_code write_error;
+  bhttp::write(stream, req, write_error);
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::string_body> parser;
   parser.body_limit(64 * 1024 * 1024);
   parser.skip(method == "HEAD");
-  bhttp::read(stream, buffer, parser);
+  beast::error_code read_error;
+  bhttp::read(stream, buffer, parser, read_error);
+  if (read_error) throw beast::system_error(write_error ? write_error : read_error);
   auto& res = parser.get();
   HttpResult out;
   out.status = res.result_int();
