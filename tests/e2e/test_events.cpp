@@ -287,6 +287,9 @@ TEST_CASE("another process holding the write lock gives 503, then writes resume"
   REQUIRE(host.request("POST", "/api/v1/evsource/items", item("k", 1)).status == 201);
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((dir / "db" / "evsource.sqlite").c_str(), &db) == SQLITE_OK);
+  // The host may be writing this file right now (the relay removing sent
+  // outbox rows): wait for the lock as any other process would.
+  sqlite3_busy_timeout(db, 5000);
   REQUIRE(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
   auto until = std::chrono::steady_clock::now() + 10s;
   int busy = 0;
