@@ -234,7 +234,6 @@ int run(const Args& args) {
   services.blobs = &blobs;
   services.events = &events;
   services.scheduler = &scheduler;
-  plugins.set_services(services);
 
   std::vector<std::string> errors;
   std::string admin_error;

@@ -186,6 +186,15 @@ struct EventEngine::Impl {
   std::condition_variable relay_cv;
   std::condition_variable backoff_cv;
   bool wake_relay = false;
+
+  // Makes the relay pass now instead of at its next poll.
+  void wake() {
+    {
+      std::lock_guard lock(mutex);
+      wake_relay = true;
+    }
+    relay_cv.notify_one();
+  }
   bool stopping_relay = false;
   std::atomic<bool> relay_stop{false};  // stopping_relay, readable without mutex
   bool stopping_consumers = false;
@@ -226,6 +235,11 @@ struct EventEngine::Impl {
 
 // ---- tables and publish ----
 
+// Events published on this thread so far: a consumer's handler may publish
+// (cascading events), and the runner wakes the relay once its transaction
+// has committed, not before, when the relay could not see the rows yet.
+thread_local int64_t published_on_thread = 0;
+
 stores::SqlStatus EventEngine::prepare_database(stores::SqlDatabase& db) {
   return db.write([](SqlTransaction& tx) { return tx.exec_script(kHostTables); });
 }
@@ -265,6 +279,7 @@ stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_v
        std::string(source), static_cast<int64_t>(schema_version), std::string(payload_json)});
   if (!r.ok()) return r.status;
   if (id) *id = std::move(event_id);
+  ++published_on_thread;
   return SqlStatus::success();
 }
 
@@ -330,13 +345,7 @@ bool EventEngine::start(std::string* error) {
   return true;
 }
 
-void EventEngine::notify_published() {
-  {
-    std::lock_guard lock(impl_->mutex);
-    impl_->wake_relay = true;
-  }
-  impl_->relay_cv.notify_one();
-}
+void EventEngine::notify_published() { impl_->wake(); }
 
 void EventEngine::stop() {
   Impl& m = *impl_;
@@ -575,8 +584,9 @@ void EventEngine::Impl::prune_consumed() {
 
 SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate) {
   *duplicate = false;
+  const int64_t published_before = published_on_thread;
   try {
-    return c.db->write([&](SqlTransaction& tx) -> SqlStatus {
+    SqlStatus st = c.db->write([&](SqlTransaction& tx) -> SqlStatus {
       auto r = tx.exec(
           "INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2) "
           "ON CONFLICT (event_id) DO NOTHING",
@@ -595,6 +605,8 @@ SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, 
       auto d = tx.exec("DELETE FROM gv_dead_letters WHERE event_id = $1", {e.id});
       return d.status;
     });
+    if (st.ok() && published_on_thread != published_before) wake();
+    return st;
   } catch (const std::exception& ex) {
     *duplicate = false;
     return invalid(std::string("the handler threw: ") + ex.what());

@@ -120,7 +120,7 @@ std::vector<InstalledPlugin> list_installed(const std::vector<fs::path>& dirs) {
   return found;
 }
 
-PluginHost::PluginHost(HostServices services) : services_(services) {}
+PluginHost::PluginHost(HostServices& services) : services_(services) {}
 
 PluginHost::~PluginHost() {
   stop();

@@ -63,7 +63,10 @@ std::vector<InstalledPlugin> list_installed(const std::vector<std::filesystem::p
 
 class PluginHost {
  public:
-  explicit PluginHost(HostServices services);
+  // services is shared with the plugins' host contexts and must outlive
+  // this; members filled in after construction (stores, events, jobs) are
+  // seen by load().
+  explicit PluginHost(HostServices& services);
   ~PluginHost();
 
   // Checks and creates every enabled plugin. A failing required plugin is
@@ -74,10 +77,6 @@ class PluginHost {
   void stop();  // reverse order; idempotent
 
   std::vector<std::string> names() const;  // loaded, in start order
-
-  // Replaces the services plugins reach (the stores, events and scheduler
-  // come after the config check); only before load().
-  void set_services(const HostServices& services) { services_ = services; }
 
   // Checks manifests and config sections only (--check-config): runs no
   // plugin code. Appends diagnostics.
@@ -93,7 +92,7 @@ class PluginHost {
   void fail(const config::PluginEntry& entry, const std::string& message,
             std::vector<std::string>* errors);
 
-  HostServices services_;
+  HostServices& services_;
   std::vector<std::unique_ptr<Loaded>> loaded_;
   bool started_ = false;
 };

@@ -330,19 +330,14 @@ class PostsService {
     return {{"items", items}, {"next_cursor", next}};
   }
 
+  // A post as clients see it: its event payload plus the counters.
   static json render(const Post& p) {
-    return {{"id", std::to_string(p.id)},
-            {"author_id", p.author_id},
-            {"text", p.text},
-            {"reply_to", p.reply_to ? json(std::to_string(*p.reply_to)) : json()},
-            {"created_at", iso8601(p.created_ms)},
-            {"edited_at", p.edited_ms ? json(iso8601(*p.edited_ms)) : json()},
-            {"version", p.version},
-            {"counters",
-             {{"comments", p.comments},
-              {"likes", p.likes},
-              {"shares", p.shares},
-              {"regossips", p.regossips}}}};
+    json out = post_payload(p);
+    out["counters"] = {{"comments", p.comments},
+                       {"likes", p.likes},
+                       {"shares", p.shares},
+                       {"regossips", p.regossips}};
+    return out;
   }
 
  private:
