@@ -8,6 +8,7 @@
 #include <iostream>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "auth/jwt.hpp"
@@ -143,10 +144,54 @@ void add_cache_metrics(gv::Metrics* metrics, gv::stores::Cache* cache) {
 }
 
 // Exit codes: 0 clean stop, 1 start-up failure, 2 bad config or arguments.
+gv::events::KafkaBrokerOptions kafka_options(const gv::config::HostConfig& cfg) {
+  const auto& k = cfg.events.kafka;
+  gv::events::KafkaBrokerOptions o;
+  o.bootstrap_servers = k.bootstrap_servers;
+  o.topic = k.topic;
+  o.partitions = cfg.events.partitions;
+  o.replication_factor = k.replication_factor > 0 ? k.replication_factor : -1;
+  o.create_topic = k.create_topic;
+  o.client_id = k.client_id;
+  if (o.client_id.empty()) {
+    char name[256] = {};
+    gethostname(name, sizeof name - 1);
+    o.client_id = std::string("grapevine-") + (name[0] ? name : "host");
+  }
+  o.group_prefix = k.group_prefix;
+  o.message_timeout_ms = k.message_timeout_ms;
+  o.session_timeout_ms = k.session_timeout_ms;
+  o.commit_interval_ms = k.commit_interval_ms;
+  o.properties = k.properties;
+  return o;
+}
+
+// The events part of /readyz: the broker's state and the backlogs.
+nlohmann::json readiness(const gv::events::EventEngine& events) {
+  gv::events::BrokerStats b = events.broker_stats();
+  nlohmann::json broker = {{"kind", b.kind},
+                           {"state", b.connected ? "connected" : "disconnected"},
+                           {"consumer_lag", b.consumer_lag}};
+  if (b.kind == "kafka") {
+    broker["brokers_up"] = b.brokers_up;
+    broker["brokers_known"] = b.brokers_known;
+    broker["in_flight"] = b.in_flight;
+    if (!b.last_error.empty()) broker["last_error"] = b.last_error;
+  }
+  return {{"events", {{"outbox_backlog", events.outbox_backlog()}, {"broker", broker}}}};
+}
+
 int run(const Args& args) {
   gv::config::HostConfig cfg;
   std::vector<gv::config::Diagnostic> problems;
   bool config_ok = gv::config::load_host_config(args.config, args.overrides, &cfg, &problems);
+  if (cfg.events.broker == "kafka") {
+    std::string error;
+    if (!gv::events::check_kafka_options(kafka_options(cfg), &error)) {
+      problems.push_back({cfg.file.string(), {}, "events.kafka", error});
+      config_ok = false;
+    }
+  }
   // --check-config goes on to the plugin sections when the file parsed, so
   // one run reports every error; a real start stops here.
   bool check_plugins_anyway = args.command == "check" && cfg.document;
@@ -204,15 +249,19 @@ int run(const Args& args) {
   gv::stores::MemoryCache cache(cfg.storage.cache_max_bytes);
   add_cache_metrics(&metrics, &cache);
   gv::stores::LocalBlobStore blobs(cfg.data_dir / "blobs");
-  gv::events::InProcessBrokerOptions broker_options;
-  broker_options.file = cfg.data_dir / "broker" / "events.sqlite";
-  broker_options.partitions = cfg.events.partitions;
-  broker_options.consumer_threads = cfg.events.consumer_threads;
-  broker_options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
-  broker_options.synchronous = cfg.storage.synchronous;
-  broker_options.retention_events = cfg.events.log_retention_events;
-  std::unique_ptr<gv::events::Broker> broker =
-      gv::events::make_in_process_broker(broker_options, &metrics);
+  std::unique_ptr<gv::events::Broker> broker;
+  if (cfg.events.broker == "kafka") {
+    broker = gv::events::make_kafka_broker(kafka_options(cfg), &metrics);
+  } else {
+    gv::events::InProcessBrokerOptions broker_options;
+    broker_options.file = cfg.data_dir / "broker" / "events.sqlite";
+    broker_options.partitions = cfg.events.partitions;
+    broker_options.consumer_threads = cfg.events.consumer_threads;
+    broker_options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
+    broker_options.synchronous = cfg.storage.synchronous;
+    broker_options.retention_events = cfg.events.log_retention_events;
+    broker = gv::events::make_in_process_broker(broker_options, &metrics);
+  }
   gv::events::EngineOptions engine_options;
   engine_options.relay_batch = cfg.events.relay_batch;
   engine_options.max_attempts = cfg.events.max_attempts;
@@ -260,7 +309,8 @@ int run(const Args& args) {
   }
   std::atomic<bool> ready{false};
   gv::net::Server server({&cfg, &registry, &dispatcher, &hub, &metrics, keys.get(),
-                          [&ready] { return ready.load(); }});
+                          [&ready] { return ready.load(); },
+                          [&events] { return readiness(events); }});
   std::string error;
   if (!server.listen(&error)) {
     std::fprintf(stderr, "grapevine: %s\n", error.c_str());

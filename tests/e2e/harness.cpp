@@ -317,6 +317,88 @@ int run_grapevine(const std::vector<std::string>& args, std::string* output,
   return code;
 }
 
+fs::path kafka_mock_binary() { return GRAPEVINE_KAFKA_MOCK; }
+
+KafkaMock::KafkaMock(int brokers, const std::vector<std::string>& topics) {
+  int to_child[2], from_child[2];
+  if (pipe(to_child) != 0 || pipe(from_child) != 0) return;
+  std::vector<std::string> args = {kafka_mock_binary().string(), "--brokers",
+                                   std::to_string(brokers)};
+  for (const auto& t : topics) {
+    args.push_back("--topic");
+    args.push_back(t);
+  }
+  pid_ = fork();
+  if (pid_ == 0) {
+    dup2(to_child[0], 0);
+    dup2(from_child[1], 1);
+    close(to_child[1]);
+    close(from_child[0]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  in_ = to_child[1];
+  out_ = from_child[0];
+  std::string first = read_line(std::chrono::seconds(10));
+  if (first.rfind("bootstrap ", 0) == 0) bootstrap_ = first.substr(10);
+}
+
+KafkaMock::~KafkaMock() {
+  if (in_ >= 0) {
+    ssize_t ignored = ::write(in_, "quit\n", 5);
+    (void)ignored;
+    close(in_);
+  }
+  if (pid_ > 0 && wait_for(pid_, std::chrono::seconds(5)) < 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_ >= 0) close(out_);
+}
+
+std::string KafkaMock::read_line(std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    size_t nl = buffered_.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buffered_.substr(0, nl);
+      buffered_.erase(0, nl + 1);
+      return line;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || out_ < 0) return "";
+    pollfd p{out_, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+    char buf[4096];
+    ssize_t n = ::read(out_, buf, sizeof buf);
+    if (n <= 0) return "";
+    buffered_.append(buf, static_cast<size_t>(n));
+  }
+}
+
+std::string KafkaMock::command(const std::string& line) {
+  std::string l = line + "\n";
+  if (in_ < 0 || ::write(in_, l.data(), l.size()) != static_cast<ssize_t>(l.size()))
+    return "error: the mock is gone";
+  return read_line(std::chrono::seconds(10));
+}
+
+int run_command(const std::string& command_line, std::string* out) {
+  FILE* f = popen(command_line.c_str(), "r");
+  if (!f) return -1;
+  char buf[4096];
+  out->clear();
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) out->append(buf, n);
+  int status = pclose(f);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 RawConnection::RawConnection(int port) {
   fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

@@ -94,6 +94,35 @@ fs::path grapevine_binary();
 fs::path build_plugin_dir();  // the in-tree plugins (hello, ...)
 fs::path test_plugin_dir();   // testkit, bad_abi, not_a_plugin, ...
 
+// grapevine-kafka-mock in a child process: an in-memory Kafka cluster
+// (librdkafka's mock cluster) that several hosts share. Stopped with the
+// object.
+class KafkaMock {
+ public:
+  // brokers: how many; topics: "name:partitions" created at start.
+  explicit KafkaMock(int brokers = 1, const std::vector<std::string>& topics = {});
+  ~KafkaMock();
+  bool started() const { return !bootstrap_.empty(); }
+  const std::string& bootstrap() const { return bootstrap_; }
+  // Sends one command ("down all", "up 1", "errors produce 5 TRANSPORT")
+  // and returns the mock's answer line ("ok ..." or "error: ...").
+  std::string command(const std::string& line);
+
+ private:
+  int pid_ = -1;
+  int in_ = -1;   // its stdin
+  int out_ = -1;  // its stdout
+  std::string buffered_;
+  std::string bootstrap_;
+  std::string read_line(std::chrono::milliseconds timeout);
+};
+
+fs::path kafka_mock_binary();
+
+// Runs a command line through /bin/sh; returns its exit code and puts
+// stdout in *out (stderr goes to the test's stderr).
+int run_command(const std::string& command_line, std::string* out);
+
 // One keep-alive HTTP connection for many requests (tests that send
 // thousands). request() throws std::runtime_error when the connection
 // fails or the server closes it, as when the host is killed.

@@ -88,6 +88,17 @@ class EvSink : public grapevine::Plugin {
             out["manual_runs"] = manual_runs_.load();
             return Response(out);
           });
+    // Per key: events applied, the sum and the largest n.
+    r.add({.name = "evsink.keys", .http_method = "GET", .http_path = "/api/v1/evsink/keys"},
+          [this](const Request&) {
+            return Response(db_.read([](grapevine::Tx& tx) {
+              json o = json::object();
+              for (const auto& row : tx.query(
+                       "SELECT k, COUNT(*) AS c, SUM(n) AS s, MAX(n) AS m FROM applied GROUP BY k"))
+                o[row["k"].as_text()] = {row["c"].as_int(), row["s"].as_int(), row["m"].as_int()};
+              return o;
+            }));
+          });
     r.add({.name = "evsink.heal", .http_method = "POST", .http_path = "/api/v1/evsink/heal"},
           [this](const Request&) {
             healed_ = true;

@@ -32,14 +32,14 @@ class EvSource : public grapevine::Plugin {
           [this](const Request& req) {
             std::string key = req.input()["key"];
             int64_t n = req.input()["n"];
-            auto id = db_.write([&](grapevine::Tx& tx) {
+            json out = db_.write([&](grapevine::Tx& tx) {
               auto row =
                   tx.query_one("INSERT INTO items (k, n) VALUES ($1, $2) RETURNING id", {key, n});
               int64_t id = (*row)["id"].as_int();
-              tx.publish("item.created", key, {{"id", id}, {"key", key}, {"n", n}});
-              return id;
+              std::string event = tx.publish("item.created", key, {{"id", id}, {"key", key}, {"n", n}});
+              return json{{"id", id}, {"event_id", event}};
             });
-            return Response::created({{"id", id}});
+            return Response::created(out);
           });
     r.add({.name = "evsource.count", .http_method = "GET", .http_path = "/api/v1/evsource/count"},
           [this](const Request&) {
@@ -47,6 +47,18 @@ class EvSource : public grapevine::Plugin {
               return json{
                   {"rows",
                    tx.query_one("SELECT COUNT(*) AS c FROM items")->operator[]("c").as_int()}};
+            }));
+          });
+    // Per key: how many rows, the sum and the largest n (to compare with
+    // what a consumer applied).
+    r.add({.name = "evsource.keys", .http_method = "GET", .http_path = "/api/v1/evsource/keys"},
+          [this](const Request&) {
+            return Response(db_.read([](grapevine::Tx& tx) {
+              json o = json::object();
+              for (const auto& row :
+                   tx.query("SELECT k, COUNT(*) AS c, SUM(n) AS s, MAX(n) AS m FROM items GROUP BY k"))
+                o[row["k"].as_text()] = {row["c"].as_int(), row["s"].as_int(), row["m"].as_int()};
+              return o;
             }));
           });
     // Which of the given ids exist.

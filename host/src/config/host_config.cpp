@@ -83,7 +83,22 @@ json make_schema() {
                 {"busy_timeout_ms", integer(0, kHour_ms)},
                 {"reader_connections", integer(1, 64)},
                 {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
-      {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process"}}}},
+      {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process", "kafka"}}}},
+                          {"kafka", section({
+                                        {"bootstrap_servers", text()},
+                                        {"topic", text()},
+                                        {"create_topic", boolean()},
+                                        {"replication_factor", integer(0, 32)},
+                                        {"client_id", text(0)},
+                                        {"group_prefix", text(0)},
+                                        {"message_timeout_ms", integer(1000, kHour_ms)},
+                                        {"session_timeout_ms", integer(1000, kHour_ms)},
+                                        {"commit_interval_ms", integer(10, kHour_ms)},
+                                        {"properties",
+                                         {{"type", "object"},
+                                          {"additionalProperties",
+                                           {{"type", {"string", "integer", "boolean"}}}}}},
+                                    })},
                           {"partitions", integer(1, 1024)},
                           {"consumer_threads", integer(1, 64)},
                           {"relay_batch", integer(1, 100000)},
@@ -293,6 +308,26 @@ void read_plugins(const Reader& r, const YamlDocument& doc, std::vector<PluginEn
   });
 }
 
+void read_kafka(const Reader& r, KafkaConfig* k) {
+  r.text("/events/kafka/bootstrap_servers", &k->bootstrap_servers);
+  r.text("/events/kafka/topic", &k->topic);
+  r.flag("/events/kafka/create_topic", &k->create_topic);
+  r.number("/events/kafka/replication_factor", &k->replication_factor);
+  r.text("/events/kafka/client_id", &k->client_id);
+  r.text("/events/kafka/group_prefix", &k->group_prefix);
+  r.number("/events/kafka/message_timeout_ms", &k->message_timeout_ms);
+  r.number("/events/kafka/session_timeout_ms", &k->session_timeout_ms);
+  r.number("/events/kafka/commit_interval_ms", &k->commit_interval_ms);
+  if (const json* props = r.at("/events/kafka/properties"); props && props->is_object()) {
+    for (auto it = props->begin(); it != props->end(); ++it) {
+      const json& v = it.value();
+      if (v.is_string()) k->properties.emplace_back(it.key(), v.get<std::string>());
+      else if (v.is_boolean()) k->properties.emplace_back(it.key(), v.get<bool>() ? "true" : "false");
+      else if (v.is_number_integer()) k->properties.emplace_back(it.key(), v.dump());
+    }
+  }
+}
+
 void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>* errors) {
   Reader r(doc, errors);
   read_server(r, &c->server);
@@ -310,6 +345,9 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.number("/storage/reader_connections", &c->storage.reader_connections);
   r.number("/storage/cache_max_bytes", &c->storage.cache_max_bytes);
   r.text("/events/broker", &c->events.broker);
+  read_kafka(r, &c->events.kafka);
+  if (c->events.broker == "kafka" && c->events.kafka.bootstrap_servers.empty())
+    r.error("/events/broker", "events.kafka.bootstrap_servers is required with broker: kafka");
   r.number("/events/partitions", &c->events.partitions);
   r.number("/events/consumer_threads", &c->events.consumer_threads);
   r.number("/events/relay_batch", &c->events.relay_batch);

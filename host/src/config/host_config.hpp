@@ -80,8 +80,23 @@ struct StorageConfig {
   size_t cache_max_bytes = 64u << 20;
 };
 
+// events.kafka: used when events.broker is "kafka".
+struct KafkaConfig {
+  std::string bootstrap_servers;
+  std::string topic = "grapevine.events";
+  bool create_topic = true;
+  int replication_factor = 0;  // 0: the cluster's default
+  std::string client_id;       // empty: "grapevine-" + host name
+  std::string group_prefix = "grapevine.";
+  int message_timeout_ms = 300000;
+  int session_timeout_ms = 10000;
+  int commit_interval_ms = 1000;
+  std::vector<std::pair<std::string, std::string>> properties;  // librdkafka's names
+};
+
 struct EventsConfig {
-  std::string broker = "in-process";
+  std::string broker = "in-process";  // "in-process" or "kafka"
+  KafkaConfig kafka;
   int partitions = 8;
   int consumer_threads = 2;
   int relay_batch = 500;

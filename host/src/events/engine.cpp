@@ -101,6 +101,7 @@ constexpr auto kPruneEvery = std::chrono::minutes(10);
 constexpr int64_t kPruneChunk = 10000;
 constexpr size_t kMaxDeadLetterPage = 1000;
 constexpr auto kDrainWait = std::chrono::seconds(10);  // for done() during stop
+constexpr auto kRecountEvery = std::chrono::seconds(1);  // backlog recount while a batch waits
 
 constexpr const char* kHostTables = R"sql(
 CREATE TABLE IF NOT EXISTS gv_outbox_seq (id INTEGER PRIMARY KEY, last_seq BIGINT NOT NULL);
@@ -217,6 +218,7 @@ struct EventEngine::Impl {
   void relay_loop();
   bool relay_pass(bool final_pass);  // true if some source has more to send now
   bool relay_source(Source& s, bool final_pass);
+  void recount_backlog(Source& s);
   void prune_consumed();
   bool run_consumer(Consumer& c, const Delivery& d);
   SqlStatus apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate);
@@ -535,9 +537,18 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
     // Wait for done; once stop() is under way, at most kDrainWait more (the
     // rows stay in the outbox if the broker never answers).
     auto deadline = final_pass ? Clock::now() + kDrainWait : Clock::time_point::max();
+    auto recount_at = Clock::now() + kRecountEvery;
     std::unique_lock lock(done->m);
     while (!done->done) {
       done->cv.wait_for(lock, std::chrono::milliseconds(100));
+      if (!done->done && Clock::now() >= recount_at) {
+        // A broker that does not answer (Kafka away) holds this batch; the
+        // backlog gauge still shows the outbox growing behind it.
+        lock.unlock();
+        recount_backlog(s);
+        recount_at = Clock::now() + kRecountEvery;
+        lock.lock();
+      }
       if (deadline == Clock::time_point::max() && relay_stop.load())
         deadline = Clock::now() + kDrainWait;
       if (!done->done && Clock::now() >= deadline)
@@ -554,6 +565,22 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
   s.backoff = std::chrono::milliseconds(0);
   s.backlog = std::max<int64_t>(0, total - n);
   return n == limit;
+}
+
+void EventEngine::Impl::recount_backlog(Source& s) {
+  int64_t rows = -1;
+  SqlStatus st = s.db->read([&](SqlTransaction& tx) -> SqlStatus {
+    auto c = tx.query("SELECT count(*) FROM gv_outbox");
+    if (!c.ok()) return c.status;
+    rows = int_at(c.value.rows.at(0), 0);
+    return SqlStatus::success();
+  });
+  if (!st.ok() || rows < 0) return;
+  int64_t others = 0;
+  for (auto& o : sources)
+    if (&o != &s) others += o.backlog;
+  s.backlog = rows;
+  stats->backlog = others + rows;
 }
 
 void EventEngine::Impl::prune_consumed() {

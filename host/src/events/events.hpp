@@ -91,9 +91,14 @@ struct Delivery {
 };
 
 struct BrokerStats {
+  std::string kind = "in-process";  // "in-process" or "kafka"
   bool connected = true;      // Kafka: the cluster is reachable
+  int brokers_up = 0;         // Kafka: brokers this host is connected to
+  int brokers_known = 0;      // Kafka: brokers in the cluster's metadata
   int64_t stored_events = 0;  // events held by the broker (in-process log length)
   int64_t consumer_lag = 0;   // events not yet consumed, summed over groups
+  int64_t in_flight = 0;      // Kafka: produced, delivery not yet confirmed
+  std::string last_error;     // Kafka: the last client error, "" when none
 };
 
 class Broker {
@@ -145,6 +150,30 @@ struct InProcessBrokerOptions {
 // with committed offsets per (group, partition), like a one-node Kafka.
 std::unique_ptr<Broker> make_in_process_broker(const InProcessBrokerOptions& options,
                                                Metrics* metrics);
+
+struct KafkaBrokerOptions {
+  std::string bootstrap_servers;          // "host1:9092,host2:9092"
+  std::string topic = "grapevine.events";  // every event goes to this one topic
+  int partitions = 8;                      // when this host creates the topic
+  int replication_factor = -1;             // when this host creates the topic; -1: broker default
+  bool create_topic = true;                // create the topic at start when absent
+  std::string client_id = "grapevine";     // this host's client id (per host)
+  std::string group_prefix = "grapevine.";  // consumer group = prefix + plugin name
+  int message_timeout_ms = 300000;  // a produce not confirmed by then fails (the relay retries)
+  int session_timeout_ms = 10000;   // a consumer silent this long leaves its group
+  int commit_interval_ms = 1000;    // stored offsets are committed this often
+  // librdkafka properties passed through as named by librdkafka
+  // (security.protocol, sasl.mechanisms, ssl.ca.location, ...), after the
+  // host's own settings; the host's delivery guarantees cannot be turned off.
+  std::vector<std::pair<std::string, std::string>> properties;
+};
+
+// Kafka through librdkafka: one idempotent producer (acks=all) for every
+// source, one consumer per consuming plugin (group = group_prefix + name)
+// that stores an offset only after the handler returned for it.
+std::unique_ptr<Broker> make_kafka_broker(const KafkaBrokerOptions& options, Metrics* metrics);
+// Checks the options (every property name and value) without connecting.
+bool check_kafka_options(const KafkaBrokerOptions& options, std::string* error);
 
 // ---- engine ----
 

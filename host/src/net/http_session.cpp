@@ -190,7 +190,13 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
       op_ = "readyz";
       bool ready = !state_->draining && state_->deps.ready && state_->deps.ready();
       a.status = ready ? http::status::ok : http::status::service_unavailable;
-      a.body = ready ? R"({"status":"ready"})" : R"({"status":"not_ready"})";
+      if (state_->deps.readiness) {
+        nlohmann::json body = state_->deps.readiness();
+        body["status"] = ready ? "ready" : "not_ready";
+        a.body = body.dump();
+      } else {
+        a.body = ready ? R"({"status":"ready"})" : R"({"status":"not_ready"})";
+      }
     } else if (path == "/metrics") {
       op_ = "metrics";
       a.content_type = "text/plain; version=0.0.4";

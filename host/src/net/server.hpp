@@ -12,6 +12,8 @@
 #include "core/dispatcher.hpp"
 #include "core/hub.hpp"
 #include "core/metrics.hpp"
+#include <nlohmann/json.hpp>
+
 #include "core/registry.hpp"
 
 namespace gv::net {
@@ -24,6 +26,8 @@ struct ServerDeps {
   Metrics* metrics = nullptr;
   const auth::KeySet* keys = nullptr;  // nullptr: no token is ever valid
   std::function<bool()> ready;         // every plugin started
+  // Extra members of the /readyz body (the event broker's state); optional.
+  std::function<nlohmann::json()> readiness;
 };
 
 class Server {
