@@ -173,7 +173,7 @@ class KafkaBroker final : public Broker {
     if (producer_) {
       // The relay has stopped: what is still in flight either arrives now
       // or fails (its rows are still in the outbox for the next start).
-      rd_kafka_flush(producer_, 5000);
+      rd_kafka_flush(producer_, 2000);
       rd_kafka_purge(producer_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
       rd_kafka_flush(producer_, 1000);
       rd_kafka_destroy(producer_);
@@ -350,9 +350,10 @@ class KafkaBroker final : public Broker {
 
   static void on_log(const rd_kafka_t* rk, int level, const char* fac, const char* buf) {
     // Errors also reach on_error, which logs them (rate-limited); the log
-    // lines that repeat them are kept for debug.
+    // lines that repeat them (facility FAIL: a connection failed) and the
+    // chatty levels are kept for debug.
     json fields = {{"client", rd_kafka_name(rk)}, {"facility", fac}};
-    if (level <= 4) log::warn(std::string("kafka: ") + buf, fields);
+    if (level <= 4 && std::string_view(fac) != "FAIL") log::warn(std::string("kafka: ") + buf, fields);
     else log::debug(std::string("kafka: ") + buf, fields);
   }
 
@@ -484,6 +485,10 @@ class KafkaBroker final : public Broker {
   void replace_producer() {
     std::unique_lock lock(producer_mutex_);
     producer_fatal_ = false;
+    if (admin_queue_) {  // belongs to the old handle; a pending CreateTopics is dropped
+      rd_kafka_queue_destroy(admin_queue_);
+      admin_queue_ = nullptr;
+    }
     if (producer_) {
       rd_kafka_purge(producer_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
       rd_kafka_flush(producer_, 1000);  // fails the purged messages' batches
@@ -495,6 +500,7 @@ class KafkaBroker final : public Broker {
   }
 
   void request_topic() {
+    if (!producer_) return;
     if (!admin_queue_) admin_queue_ = rd_kafka_queue_new(producer_);
     char err[512];
     rd_kafka_NewTopic_t* t = rd_kafka_NewTopic_new(options_.topic.c_str(), options_.partitions,
@@ -512,6 +518,7 @@ class KafkaBroker final : public Broker {
   }
 
   int topic_result() {
+    if (!admin_queue_) return -1;  // the producer was replaced meanwhile
     rd_kafka_event_t* ev = rd_kafka_queue_poll(admin_queue_, 0);
     if (!ev) return 0;
     int outcome = 1;

@@ -96,6 +96,8 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     if (beast::websocket::is_upgrade(req)) return upgrade();
     auto length = parser_->content_length();
     if (length && *length > limits_.body_bytes) return refuse_body();
+    // No body (a GET, say): answer now, without another read operation.
+    if (parser_->is_done()) return on_request();
     if (beast::iequals(req[http::field::expect], "100-continue")) {
       wire_ = "HTTP/1.1 100 Continue\r\n\r\n";
       asio::async_write(stream_, asio::buffer(wire_),
