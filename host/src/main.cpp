@@ -162,6 +162,7 @@ gv::events::KafkaBrokerOptions kafka_options(const gv::config::HostConfig& cfg) 
   o.message_timeout_ms = k.message_timeout_ms;
   o.session_timeout_ms = k.session_timeout_ms;
   o.commit_interval_ms = k.commit_interval_ms;
+  o.consumer_threads = cfg.events.consumer_threads;
   o.properties = k.properties;
   return o;
 }

@@ -162,6 +162,7 @@ struct KafkaBrokerOptions {
   int message_timeout_ms = 300000;  // a produce not confirmed by then fails (the relay retries)
   int session_timeout_ms = 10000;   // a consumer silent this long leaves its group
   int commit_interval_ms = 1000;    // stored offsets are committed this often
+  int consumer_threads = 2;         // per consuming plugin: partition p is applied by thread p % n
   // librdkafka properties passed through as named by librdkafka
   // (security.protocol, sasl.mechanisms, ssl.ca.location, ...), after the
   // host's own settings; the host's delivery guarantees cannot be turned off.

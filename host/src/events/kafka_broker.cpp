@@ -20,19 +20,22 @@
 // auto-created), and replaces the producer after a fatal idempotence error.
 //
 // Consumers: one rd_kafka_t per consuming plugin, group group_prefix+name,
-// subscribed to the topic, on its own thread. enable.auto.offset.store is
-// off: the thread stores offset+1 only after the handler returned true (the
-// event applied or parked, in the consumer's committed transaction), and
-// librdkafka commits stored offsets every commit_interval_ms and on close.
-// A crash redelivers at most the uncommitted tail, which the engine drops by
-// event id: at least once in, exactly once in effect. Events are handled one
-// at a time in the order the partition holds them. Rebalances need nothing
-// more: they run inside rd_kafka_consumer_poll on the same thread, so no
-// handler is ever in progress for a partition being revoked. A message that
-// is not an envelope (written by someone else) is logged, counted and
-// skipped. A handler returning false (stop under way) ends the thread without
-// storing its offset; a handler that throws has its message sought back and
-// retried after a second.
+// subscribed to the topic. Its poll thread hands each message to one of
+// consumer_threads workers by partition (p % n, a bounded queue), so
+// partitions are applied in parallel and each strictly in order.
+// enable.auto.offset.store is off: a worker stores offset+1 only after the
+// handler returned true (the event applied or parked, in the consumer's
+// committed transaction), and librdkafka commits stored offsets every
+// commit_interval_ms and on close. A crash redelivers at most the
+// uncommitted tail, which the engine drops by event id: at least once in,
+// exactly once in effect. Rebalances: before partitions are revoked the
+// rebalance callback waits until every worker is idle with an empty queue,
+// so no other member starts on a partition while this one still applies
+// it (eager and cooperative protocols both). A message that is not an
+// envelope (written by someone else) is logged, counted and skipped. A
+// handler returning false (stop under way) halts the group without storing
+// its offset; queued messages are dropped unstored (delivered again). A
+// handler that throws is called again after a second, holding its partition.
 //
 // State: every handle emits statistics each second (statistics.interval.ms);
 // the broker count UP and the consumer lag per partition are read from them.
@@ -43,6 +46,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -62,6 +67,7 @@ using json = nlohmann::json;
 constexpr int kStatsIntervalMs = 1000;
 constexpr auto kTopicRetry = std::chrono::seconds(5);
 constexpr auto kThrowRetry = std::chrono::seconds(1);
+constexpr size_t kWorkerQueue = 1000;  // messages waiting per consumer worker
 constexpr auto kErrorLogEvery = std::chrono::seconds(10);
 constexpr int kTopicAttempts = 3;  // CreateTopics tries before leaving it to the cluster
 
@@ -151,7 +157,13 @@ class KafkaBroker final : public Broker {
     stopping_ = false;
     started_ = true;
     poller_ = std::thread([this] { poll_loop(); });
-    for (auto& g : groups_) g->thread = std::thread([this, p = g.get()] { consume_loop(*p); });
+    for (auto& g : groups_) {
+      for (int i = 0; i < std::max(1, options_.consumer_threads); ++i)
+        g->workers.push_back(std::make_unique<Worker>());
+      for (auto& w : g->workers)
+        w->thread = std::thread([this, p = g.get(), wp = w.get()] { work_loop(*p, *wp); });
+      g->thread = std::thread([this, p = g.get()] { consume_loop(*p); });
+    }
     log::info("events: kafka broker started", {{"bootstrap", options_.bootstrap_servers},
                                                {"topic", options_.topic},
                                                {"client_id", options_.client_id},
@@ -162,7 +174,21 @@ class KafkaBroker final : public Broker {
   void stop() override {
     stopping_ = true;
     for (auto& g : groups_) {
+      for (auto& w : g->workers) {
+        {
+          std::lock_guard lock(w->m);  // no lost wake-up
+        }
+        w->cv.notify_all();
+        w->changed.notify_all();
+      }
+      for (auto& w : g->workers)
+        if (w->thread.joinable()) w->thread.join();
       if (g->thread.joinable()) g->thread.join();
+      for (auto& w : g->workers) {
+        for (rd_kafka_message_t* m : w->queue) rd_kafka_message_destroy(m);  // delivered again
+        w->queue.clear();
+      }
+      g->workers.clear();
       if (g->rk) {
         rd_kafka_consumer_close(g->rk);  // commits the stored offsets, leaves the group
         rd_kafka_destroy(g->rk);
@@ -253,12 +279,24 @@ class KafkaBroker final : public Broker {
     std::atomic<int64_t> lag{0};
   };
 
+  // A thread applying the events of some partitions (p % workers), in order.
+  struct Worker {
+    std::mutex m;
+    std::condition_variable cv;       // work arrived, or stop
+    std::condition_variable changed;  // room in the queue, or idle
+    std::deque<rd_kafka_message_t*> queue;
+    bool busy = false;  // a message is being handled
+    std::thread thread;
+  };
+
   struct Group {
     std::string name;
     std::vector<std::string> patterns;
     ConsumerFn handler;
     rd_kafka_t* rk = nullptr;
-    std::thread thread;
+    std::thread thread;  // polls and hands messages to the workers
+    std::vector<std::unique_ptr<Worker>> workers;
+    std::atomic<bool> halted{false};  // a handler gave up for stop()
     Handle handle;
 
     bool matches(std::string_view type) const {
@@ -270,17 +308,23 @@ class KafkaBroker final : public Broker {
 
   // ---- configuration ----
 
-  // The settings every handle shares; nullptr with *error on a bad one.
-  ConfPtr base_conf(Handle* handle, std::string* error) {
+  using Settings = std::vector<std::pair<std::string, std::string>>;
+
+  // A handle's settings: the shared ones, then the role's, then the
+  // operator's properties (which may change any setting not in kHostOwned).
+  // nullptr with *error on a bad one.
+  ConfPtr make_conf(Handle* handle, const Settings& role, std::string* error) {
     ConfPtr c(rd_kafka_conf_new());
     rd_kafka_conf_set_opaque(c.get(), handle);
     rd_kafka_conf_set_log_cb(c.get(), &on_log);
     rd_kafka_conf_set_error_cb(c.get(), &on_error);
     rd_kafka_conf_set_stats_cb(c.get(), &on_stats);
-    if (!set(c.get(), "bootstrap.servers", options_.bootstrap_servers, error) ||
-        !set(c.get(), "client.id", options_.client_id, error) ||
-        !set(c.get(), "statistics.interval.ms", std::to_string(kStatsIntervalMs), error))
-      return nullptr;
+    Settings all = {{"bootstrap.servers", options_.bootstrap_servers},
+                    {"client.id", options_.client_id},
+                    {"statistics.interval.ms", std::to_string(kStatsIntervalMs)}};
+    all.insert(all.end(), role.begin(), role.end());
+    for (auto& [k, v] : all)
+      if (!set(c.get(), k, v, error)) return nullptr;
     for (auto& [k, v] : options_.properties) {
       if (kHostOwned.count(k)) {
         if (error)
@@ -294,14 +338,14 @@ class KafkaBroker final : public Broker {
   }
 
   rd_kafka_t* make_producer(std::string* error) {
-    ConfPtr c = base_conf(&producer_handle_, error);
+    ConfPtr c = make_conf(&producer_handle_,
+                          {{"enable.idempotence", "true"},
+                           {"acks", "all"},
+                           {"partitioner", "murmur2_random"},
+                           {"linger.ms", "5"},
+                           {"message.timeout.ms", std::to_string(options_.message_timeout_ms)}},
+                          error);
     if (!c) return nullptr;
-    if (!set(c.get(), "enable.idempotence", "true", error) ||
-        !set(c.get(), "acks", "all", error) ||
-        !set(c.get(), "partitioner", "murmur2_random", error) ||
-        !set(c.get(), "linger.ms", "5", error) ||
-        !set(c.get(), "message.timeout.ms", std::to_string(options_.message_timeout_ms), error))
-      return nullptr;
     rd_kafka_conf_set_dr_msg_cb(c.get(), &on_delivery);
     char err[512];
     rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, c.get(), err, sizeof err);
@@ -314,17 +358,19 @@ class KafkaBroker final : public Broker {
   }
 
   bool make_consumer(Group& g, std::string* error) {
-    ConfPtr c = base_conf(&g.handle, error);
+    ConfPtr c = make_conf(
+        &g.handle,
+        {{"group.id", options_.group_prefix + g.name},
+         {"enable.auto.offset.store", "false"},
+         {"enable.auto.commit", "true"},
+         {"auto.commit.interval.ms", std::to_string(options_.commit_interval_ms)},
+         {"auto.offset.reset", "earliest"},
+         {"enable.partition.eof", "false"},
+         {"session.timeout.ms", std::to_string(options_.session_timeout_ms)},
+         {"fetch.wait.max.ms", "100"}},
+        error);
     if (!c) return false;
-    if (!set(c.get(), "group.id", options_.group_prefix + g.name, error) ||
-        !set(c.get(), "enable.auto.offset.store", "false", error) ||
-        !set(c.get(), "enable.auto.commit", "true", error) ||
-        !set(c.get(), "auto.commit.interval.ms", std::to_string(options_.commit_interval_ms),
-             error) ||
-        !set(c.get(), "auto.offset.reset", "earliest", error) ||
-        !set(c.get(), "enable.partition.eof", "false", error) ||
-        !set(c.get(), "session.timeout.ms", std::to_string(options_.session_timeout_ms), error))
-      return false;
+    rd_kafka_conf_set_rebalance_cb(c.get(), &on_rebalance);
     char err[512];
     g.rk = rd_kafka_new(RD_KAFKA_CONSUMER, c.get(), err, sizeof err);
     if (!g.rk) {
@@ -556,8 +602,11 @@ class KafkaBroker final : public Broker {
     return transient ? -1 : 1;
   }
 
+  // The group's poll thread: hands each message to the worker of its
+  // partition (bounded queue: waits when full), so partitions are applied
+  // in parallel and each in order.
   void consume_loop(Group& g) {
-    while (!stopping_) {
+    while (!stopping_ && !g.halted) {
       rd_kafka_message_t* m = rd_kafka_consumer_poll(g.rk, 200);
       if (!m) continue;
       if (m->err) {
@@ -567,10 +616,88 @@ class KafkaBroker final : public Broker {
         rd_kafka_message_destroy(m);
         continue;
       }
-      bool keep_going = handle_message(g, m);
-      rd_kafka_message_destroy(m);
-      if (!keep_going) break;
+      Worker& w = *g.workers[static_cast<size_t>(m->partition) % g.workers.size()];
+      std::unique_lock lock(w.m);
+      w.changed.wait(lock, [&] { return w.queue.size() < kWorkerQueue || stopping_ || g.halted; });
+      if (stopping_ || g.halted) {
+        rd_kafka_message_destroy(m);  // not applied, not stored: delivered again
+        break;
+      }
+      w.queue.push_back(m);
+      w.cv.notify_one();
     }
+  }
+
+  void work_loop(Group& g, Worker& w) {
+    for (;;) {
+      rd_kafka_message_t* m;
+      {
+        std::unique_lock lock(w.m);
+        w.cv.wait(lock, [&] { return !w.queue.empty() || stopping_ || g.halted; });
+        if (stopping_ || g.halted) return;  // the queue is emptied after the join
+        m = w.queue.front();
+        w.queue.pop_front();
+        w.busy = true;
+      }
+      bool go_on = handle_message(g, m);
+      rd_kafka_message_destroy(m);
+      {
+        std::lock_guard lock(w.m);
+        w.busy = false;
+        if (!go_on) g.halted = true;
+      }
+      w.changed.notify_all();
+      if (!go_on) {
+        for (auto& other : g.workers) other->cv.notify_all();
+        return;
+      }
+    }
+  }
+
+  // Waits until every worker of the group is idle with an empty queue (or
+  // the group stops): before partitions are revoked, so that no other
+  // member gets a partition while this one still applies its events.
+  static void drain(Group& g, const std::atomic<bool>& stopping) {
+    for (auto& w : g.workers) {
+      std::unique_lock lock(w->m);
+      w->changed.wait(lock, [&] { return (w->queue.empty() && !w->busy) || stopping || g.halted; });
+    }
+  }
+
+  static void on_rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err,
+                           rd_kafka_topic_partition_list_t* partitions, void* opaque) {
+    Handle* h = handle_of(opaque);
+    KafkaBroker* self = h->owner;
+    Group* g = nullptr;
+    for (auto& candidate : self->groups_)
+      if (&candidate->handle == h) g = candidate.get();
+    const bool cooperative = std::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      if (cooperative) {
+        if (rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, partitions))
+          rd_kafka_error_destroy(e);
+      } else {
+        rd_kafka_assign(rk, partitions);
+      }
+      log::info("events: kafka partitions assigned",
+                {{"group", g ? g->name : ""}, {"partitions", partitions->cnt}});
+      return;
+    }
+    if (g) drain(*g, self->stopping_);
+    // Commit what was applied now, not at the next interval: the member
+    // that gets these partitions starts right after the last applied event.
+    rd_kafka_resp_err_t committed = rd_kafka_commit(rk, nullptr, 0);
+    if (committed && committed != RD_KAFKA_RESP_ERR__NO_OFFSET)
+      log::warn("events: kafka offsets not committed before the partitions were revoked",
+                {{"group", g ? g->name : ""}, {"error", rd_kafka_err2name(committed)}});
+    if (cooperative) {
+      if (rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, partitions))
+        rd_kafka_error_destroy(e);
+    } else {
+      rd_kafka_assign(rk, nullptr);
+    }
+    log::info("events: kafka partitions revoked",
+              {{"group", g ? g->name : ""}, {"partitions", partitions->cnt}});
   }
 
   // False when the handler gave up for stop().
@@ -612,14 +739,19 @@ class KafkaBroker final : public Broker {
     d.event = std::move(*e);
     d.partition = m->partition;
     d.offset = m->offset;
-    try {
-      if (!g.handler(d)) return false;
-    } catch (const std::exception& ex) {
-      log::error("events: a consumer threw; the event is delivered again",
-                 {{"group", g.name}, {"event", d.event.id}, {"error", ex.what()}});
-      std::this_thread::sleep_for(kThrowRetry);
-      rd_kafka_seek(m->rkt, m->partition, m->offset, 5000);
-      return true;
+    for (;;) {  // a throwing handler is called again: later events of its partition wait
+      try {
+        if (!g.handler(d)) return false;
+        break;
+      } catch (const std::exception& ex) {
+        log::error("events: a consumer threw; the event is delivered again",
+                   {{"group", g.name}, {"event", d.event.id}, {"error", ex.what()}});
+      } catch (...) {
+        log::error("events: a consumer threw; the event is delivered again",
+                   {{"group", g.name}, {"event", d.event.id}});
+      }
+      for (int i = 0; i < 10 && !stopping_; ++i) std::this_thread::sleep_for(kThrowRetry / 10);
+      if (stopping_) return false;
     }
     rd_kafka_offset_store(m->rkt, m->partition, m->offset);  // stores offset + 1
     return true;
