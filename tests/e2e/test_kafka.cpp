@@ -331,3 +331,17 @@ TEST_CASE("a consuming plugin on two hosts: partitions move between them, nothin
   CHECK(p.sink_stats().value("order_violations", 0) == 0);
   CHECK(p.sink_stats()["rows"].get<size_t>() == p.sink_stats()["applied"].get<size_t>());
 }
+
+TEST_CASE("a topic that does not exist yet: the hosts create or wait for it, nothing is lost",
+          "[kafka][topic]") {
+  // No --topic: the mock cluster has none. It does not implement
+  // CreateTopics, so the host says so and relies on auto-creation.
+  KafkaMock mock(1);
+  REQUIRE(mock.started());
+  Pair p(mock);
+  REQUIRE(p.source->started());
+  REQUIRE(p.sink->started());
+  CHECK(write_items(p.source->port(), 2, 100) == 0);
+  CHECK(p.matches(60s));
+  CHECK(p.sink_stats()["applied"] == 200);
+}
