@@ -320,3 +320,30 @@ TEST_CASE("a revoked session or user stops working at once, on open sockets too"
   CHECK(host.request("GET", "/api/v1/testkit/client", "", {{"Authorization", "Bearer " + other}})
             .status == 200);
 }
+
+TEST_CASE("plugins set response headers; the host's own and malformed ones are refused",
+          "[http][headers]") {
+  Host host;
+  REQUIRE(host.started());
+  auto r = host.request("GET", "/api/v1/testkit/headers");
+  REQUIRE(r.status == 200);
+  CHECK(r.header("cache-control") == "max-age=60");
+  CHECK(r.header("x-custom") == "one two");
+  CHECK(r.header("content-type") == "application/json");  // not the plugin's text/html
+  CHECK(r.header("injected").empty());                    // no header splitting
+  CHECK(r.header("x-split").empty());
+  CHECK(r.json_body()["ok"] == true);
+  std::string log = host.output();
+  CHECK(log.find("\"header\":\"Content-Type\"") != std::string::npos);
+  CHECK(log.find("\"header\":\"Bad Name\"") != std::string::npos);
+  // A plugin's Retry-After replaces the host's default of 1 second.
+  auto busy = host.request("GET", "/api/v1/testkit/busy");
+  CHECK(busy.status == 503);
+  CHECK(busy.header("retry-after") == "7");
+  CHECK(busy.json_body()["error"]["code"] == "unavailable");
+  // Over WebSocket the same operations answer with their body alone.
+  WebSocket ws(host.port());
+  json reply = ws.call("testkit.headers");
+  CHECK(reply["ok"] == true);
+  CHECK(reply["data"]["ok"] == true);
+}

@@ -57,6 +57,8 @@ size_t count_posts(int port, const std::string& user) { return all_posts(port, u
 json create(int port, const std::string& user, const std::string& text) {
   auto r = http(port, "POST", "/api/v1/posts", body({{"text", text}}), as(user));
   REQUIRE(r.status == 201);
+  // Location names the new post.
+  CHECK(r.header("location") == "/api/v1/posts/" + r.json_body()["id"].get<std::string>());
   return r.json_body();
 }
 

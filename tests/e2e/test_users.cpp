@@ -671,7 +671,12 @@ TEST_CASE("users: a login flood gets 429 and memory stays bounded", "[users][lim
   auto limited = attempt("FLOODED");
   CHECK(limited.status == 429);
   CHECK(limited.json_body()["error"]["code"] == "rate_limited");
-  CHECK_FALSE(limited.header("retry-after").empty());
+  // Retry-After: the seconds left in the minute window, not a fixed 1.
+  REQUIRE_FALSE(limited.header("retry-after").empty());
+  const int retry_after = std::stoi(limited.header("retry-after"));
+  CHECK(retry_after >= 1);
+  CHECK(retry_after <= 60);
+  CHECK(limited.header("retry-after").find_first_not_of("0123456789") == std::string::npos);
   // Per address: 10 a minute, whatever the account.
   int before_limit = 0;
   for (int i = 0; i < 10; ++i)

@@ -32,6 +32,22 @@ class TestKit : public grapevine::Plugin {
           [](const Request&) -> Response {
             throw grapevine::Error::conflict("a conflict the plugin chose");
           });
+    // Headers a plugin sets: good ones pass, the host's own and malformed
+    // ones are dropped (and logged); a 503 with its own Retry-After.
+    r.add({.name = "testkit.headers", .http_method = "GET", .http_path = "/api/v1/testkit/headers"},
+          [](const Request&) {
+            Response out(json{{"ok", true}});
+            out.header("Cache-Control", "max-age=60")
+                .header("X-Custom", "one two")
+                .header("Content-Type", "text/html")
+                .header("Bad Name", "x")
+                .header("X-Split", "a\r\nInjected: yes");
+            return out;
+          });
+    r.add({.name = "testkit.busy", .http_method = "GET", .http_path = "/api/v1/testkit/busy"},
+          [](const Request&) -> Response {
+            throw grapevine::Error::unavailable("busy; come back").retry_after(7);
+          });
     r.add({.name = "testkit.flood",
            .input_schema = {{"type", "object"},
                             {"properties",

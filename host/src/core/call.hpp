@@ -34,6 +34,7 @@ struct Call {
 struct Reply {
   int status = 200;
   std::string body;  // JSON text; empty for 204
+  std::vector<std::pair<std::string, std::string>> headers;  // a plugin's, checked
 };
 
 // {"error":{"code":...,"message":...,"request_id":...}} and its Reply.
@@ -52,6 +53,7 @@ bool json_depth_within(std::string_view text, unsigned max_depth);
 struct gv_response {
   int status = 0;
   std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // respond_header, checked
   bool answered = false;
   std::string_view request_id;
 };

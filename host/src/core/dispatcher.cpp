@@ -161,7 +161,7 @@ Reply Dispatcher::invoke(Call& call) const {
   }
   if (rc == GV_OK && response.answered &&
       (response.body.empty() || nlohmann::json::accept(response.body)))
-    return Reply{response.status, std::move(response.body)};
+    return Reply{response.status, std::move(response.body), std::move(response.headers)};
   log::error("operation failed", {{"op", op.name},
                                   {"plugin", op.plugin},
                                   {"request_id", call.request_id},

@@ -27,6 +27,7 @@ struct Answer {
   std::string allow;         // for 405
   bool retry_after = false;  // for 503
   bool www_authenticate = false;
+  std::vector<std::pair<std::string, std::string>> headers;  // a plugin's, checked by the host
 };
 
 Answer error_answer(int status, std::string_view code, std::string_view msg,
@@ -288,7 +289,11 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
         a.body = std::move(reply.body);
         // A plugin's 503 (a locked database, a busy dependency) or 429
         // tells the client when to come back, like the host's own.
-        a.retry_after = reply.status == 503 || reply.status == 429;
+        a.headers = std::move(reply.headers);
+        bool own_retry_after = std::any_of(a.headers.begin(), a.headers.end(), [](auto& h) {
+          return beast::iequals(h.first, "Retry-After");
+        });
+        a.retry_after = (reply.status == 503 || reply.status == 429) && !own_retry_after;
         self->send(a, false);
       });
     });
@@ -327,6 +332,12 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
       wire_ += a.allow;
     }
     if (a.retry_after) wire_ += "\r\nRetry-After: 1";
+    for (const auto& [name, value] : a.headers) {
+      wire_ += "\r\n";
+      wire_ += name;
+      wire_ += ": ";
+      wire_ += value;
+    }
     if (a.www_authenticate) wire_ += "\r\nWWW-Authenticate: Bearer error=\"invalid_token\"";
     if (status >= 200 && status != 204) {
       wire_ += "\r\nContent-Length: ";

@@ -1,6 +1,7 @@
 #include "plugins/host_api.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "core/call.hpp"
@@ -13,6 +14,11 @@
 
 namespace gv::plugins {
 namespace {
+
+// Limits of respond_header (abi.h).
+constexpr size_t kMaxHeaderName = 64;
+constexpr size_t kMaxHeaderValue = 1024;
+constexpr size_t kMaxHeaders = 16;
 
 // Plugins call these from C, Rust or Zig: no exception may leave them.
 template <class F>
@@ -81,6 +87,54 @@ void api_respond_error(gv_response* r, int status, gv_str code, gv_str message) 
     r->status = status;
     r->body = error_body(str(code), str(message), r->request_id);
     r->answered = true;
+  });
+}
+
+// Headers the host writes itself; a plugin cannot set or repeat them.
+bool host_owned_header(std::string_view name) {
+  static constexpr std::string_view kOwned[] = {
+      "content-type", "content-length", "connection", "transfer-encoding", "server",
+      "date",         "x-request-id",   "upgrade",    "keep-alive",        "trailer"};
+  for (auto owned : kOwned)
+    if (name.size() == owned.size() &&
+        std::equal(name.begin(), name.end(), owned.begin(),
+                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
+      return true;
+  return false;
+}
+
+bool header_token(std::string_view name) {
+  if (name.empty() || name.size() > kMaxHeaderName) return false;
+  for (unsigned char c : name)
+    if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c))) return false;
+  return true;
+}
+
+bool header_value(std::string_view value) {
+  if (value.size() > kMaxHeaderValue) return false;
+  for (unsigned char c : value)
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  return true;
+}
+
+gv_status api_respond_header(gv_response* r, gv_str name_in, gv_str value_in) {
+  return shield([&]() -> gv_status {
+    if (!r) return GV_ERR_INVALID;
+    const std::string name = str(name_in), value = str(value_in);
+    const char* problem = nullptr;
+    if (!header_token(name)) problem = "not a header name (1..64 token characters)";
+    else if (host_owned_header(name)) problem = "a header the host sets itself";
+    else if (!header_value(value)) problem = "a value with control characters or over 1024 bytes";
+    else if (r->headers.size() >= kMaxHeaders) problem = "more than 16 headers";
+    if (problem) {
+      log::error("a plugin's response header was refused",
+                 {{"header", std::string(name.substr(0, kMaxHeaderName))},
+                  {"problem", problem},
+                  {"request_id", std::string(r->request_id)}});
+      return GV_ERR_INVALID;
+    }
+    r->headers.emplace_back(name, value);
+    return GV_OK;
   });
 }
 
@@ -664,7 +718,8 @@ const gv_host_api_v1* host_api() {
                                      &api_blob_delete,
                                      &api_blob_list,
                                      &api_txn_fail,
-                                     &api_revoke};
+                                     &api_revoke,
+                                     &api_respond_header};
   return &api;
 }
 

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 1
+#define GV_ABI_MINOR 2
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -322,6 +322,19 @@ typedef struct gv_host_api_v1 {
    * lifetime; a plugin re-asserts what it still needs after a restart. */
   gv_status (*revoke_tokens)(gv_host* host, gv_str session_id, gv_str user_id,
                              int64_t issued_before_s);
+
+  /* ---- ABI 1.2 ---- */
+
+  /* Adds an HTTP response header to the answer (call it before respond_json
+   * or respond_error): Location for a 201, Retry-After for a 429 or 503,
+   * Cache-Control, ETag, ... A name is 1..64 token characters, a value at
+   * most 1024 bytes without control characters, at most 16 headers per
+   * answer; the host's own (Content-Type, Content-Length, Connection,
+   * Transfer-Encoding, Server, Date, X-Request-Id, Upgrade) are refused:
+   * GV_ERR_INVALID, and the header is not sent. A plugin's Retry-After
+   * replaces the host's default of 1 second. Over WebSocket and in-process
+   * calls headers are dropped. */
+  gv_status (*respond_header)(gv_response* response, gv_str name, gv_str value);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in

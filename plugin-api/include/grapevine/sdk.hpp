@@ -55,10 +55,23 @@ class Error : public std::runtime_error {
   static Error not_found(const std::string& m) { return {404, "not_found", m}; }
   static Error conflict(const std::string& m) { return {409, "conflict", m}; }
   static Error unavailable(const std::string& m) { return {503, "unavailable", m}; }
+  // 429 with Retry-After: seconds until a new attempt may succeed.
+  static Error too_many_requests(const std::string& m, int64_t retry_after_s) {
+    return Error(429, "rate_limited", m).retry_after(retry_after_s);
+  }
+
+  // Sets the Retry-After header of the answer (for 429 and 503; over HTTP),
+  // in seconds (at least 1); without it the host sends 1.
+  Error& retry_after(int64_t seconds) {
+    retry_after_s_ = seconds < 1 ? 1 : seconds;
+    return *this;
+  }
+  int64_t retry_after_seconds() const { return retry_after_s_; }  // 0: not set
 
  private:
   int status_;
   std::string code_;
+  int64_t retry_after_s_ = 0;
 };
 
 // What a handler returns: a status and a JSON body.
@@ -66,9 +79,22 @@ struct Response {
   Response(json body_in = json::object(), int status_in = 200)  // NOLINT
       : status(status_in), body(std::move(body_in)) {}
   static Response created(json b) { return {std::move(b), 201}; }
+  // 201 with a Location header naming the new resource.
+  static Response created(json b, std::string location) {
+    Response r(std::move(b), 201);
+    r.header("Location", std::move(location));
+    return r;
+  }
   static Response no_content() { return {json(nullptr), 204}; }
+  // Adds an HTTP header (HTTP only; see respond_header in abi.h for the
+  // rules). Returns *this, so calls chain.
+  Response& header(std::string name, std::string value) {
+    headers.emplace_back(std::move(name), std::move(value));
+    return *this;
+  }
   int status;
   json body;
+  std::vector<std::pair<std::string, std::string>> headers{};
 };
 
 // One call of an operation, as a handler sees it.
@@ -161,6 +187,8 @@ struct StringSink {
 inline void answer(const Shared& shared, gv_response* response, const Response& r) {
   std::string body = r.body.is_null() ? std::string()
                                       : r.body.dump(-1, ' ', false, json::error_handler_t::replace);
+  for (const auto& [name, value] : r.headers)
+    shared.api->respond_header(response, to_gv(name), to_gv(value));  // refused ones are logged
   shared.api->respond_json(response, r.status, to_gv(body));
 }
 
@@ -887,6 +915,10 @@ class Registry {
       detail::answer(*e->shared, response, e->handler(request));
       return GV_OK;
     } catch (const Error& err) {
+      if (err.retry_after_seconds() > 0) {
+        std::string seconds = std::to_string(err.retry_after_seconds());
+        e->shared->api->respond_header(response, to_gv("Retry-After"), to_gv(seconds));
+      }
       detail::answer_error(*e->shared, response, err.status(), err.code(), err.what());
       return GV_OK;
     } catch (const json::exception& err) {

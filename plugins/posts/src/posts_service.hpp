@@ -243,7 +243,10 @@ class PostsService {
           std::string(r.user_id()), body_text, reply_to, idem, now,
           now - config_.idempotency_ttl_s * 1000, [](const Post& p) { return render(p).dump(); },
           [](const Post& p) { return post_payload(p); });
-      return grapevine::Response(json::parse(a.body), a.status);
+      grapevine::Response out(json::parse(a.body), a.status);
+      if (a.status == 201 && out.body.contains("id"))  // the same on a replayed key
+        out.header("Location", "/api/v1/posts/" + out.body["id"].get<std::string>());
+      return out;
     } catch (const KeyReused&) {
       throw Error(422, "idempotency_key_reused",
                   "Idempotency-Key was already used with a different request");

@@ -42,7 +42,9 @@ inline void register_handlers(grapevine::Registry& registry, UsersService& servi
                                               {"username", "email", "password"}),
                 .summary = "Creates an account (201 and the user)"},
                [&service](const Request& r) {
-                 return Response::created(service.register_user(r.input(), r));
+                 json user = service.register_user(r.input(), r);
+                 std::string location = "/api/v1/users/" + user["id"].get<std::string>();
+                 return Response::created(std::move(user), std::move(location));
                });
 
   registry.add({.name = "users.login",

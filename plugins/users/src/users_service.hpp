@@ -576,9 +576,12 @@ class UsersService {
   // Fixed-window counter in the cache; a cache failure lets the call
   // through (the cache holds only rebuildable data).
   void limit(const std::string& what, int per_window, std::chrono::seconds window) {
-    int64_t slot = now_ms() / 1000 / window.count();
+    const int64_t now_s = now_ms() / 1000;
+    int64_t slot = now_s / window.count();
     auto n = store_.cache().incr("rl:" + what + ":" + std::to_string(slot), 1, window);
-    if (n && *n > per_window) throw Error(429, "rate_limited", "too many attempts; retry later");
+    if (n && *n > per_window)  // Retry-After: when the window turns
+      throw Error::too_many_requests("too many attempts; retry later",
+                                     window.count() - now_s % window.count());
   }
 
   static int64_t token_lifetime(const std::string& token) {
