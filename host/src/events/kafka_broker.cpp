@@ -93,6 +93,23 @@ bool set(rd_kafka_conf_t* c, const std::string& key, const std::string& value,
   return false;
 }
 
+// The operator's events.kafka.properties, after the host's settings; a
+// setting the delivery guarantees depend on is refused.
+bool apply_properties(rd_kafka_conf_t* c,
+                      const std::vector<std::pair<std::string, std::string>>& properties,
+                      std::string* error) {
+  for (auto& [k, v] : properties) {
+    if (kHostOwned.count(k)) {
+      if (error)
+        *error = "events.kafka.properties: " + k +
+                 " is set by the host (its delivery guarantees depend on it)";
+      return false;
+    }
+    if (!set(c, k, v, error)) return false;
+  }
+  return true;
+}
+
 // Figures the metrics callbacks read; shared so a late scrape is safe.
 struct Figures {
   std::atomic<int64_t> produced{0}, delivery_failures{0}, skipped{0}, in_flight{0};
@@ -325,15 +342,7 @@ class KafkaBroker final : public Broker {
     all.insert(all.end(), role.begin(), role.end());
     for (auto& [k, v] : all)
       if (!set(c.get(), k, v, error)) return nullptr;
-    for (auto& [k, v] : options_.properties) {
-      if (kHostOwned.count(k)) {
-        if (error)
-          *error = "events.kafka.properties: " + k +
-                   " is set by the host (its delivery guarantees depend on it)";
-        return nullptr;
-      }
-      if (!set(c.get(), k, v, error)) return nullptr;
-    }
+    if (!apply_properties(c.get(), options_.properties, error)) return nullptr;
     return c;
   }
 
@@ -815,16 +824,7 @@ bool check_kafka_options(const KafkaBrokerOptions& options, std::string* error) 
     return false;
   }
   ConfPtr c(rd_kafka_conf_new());
-  for (auto& [k, v] : options.properties) {
-    if (kHostOwned.count(k)) {
-      if (error)
-        *error = "events.kafka.properties: " + k +
-                 " is set by the host (its delivery guarantees depend on it)";
-      return false;
-    }
-    if (!set(c.get(), k, v, error)) return false;
-  }
-  return true;
+  return apply_properties(c.get(), options.properties, error);
 }
 
 }  // namespace gv::events
