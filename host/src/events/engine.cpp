@@ -145,6 +145,14 @@ std::string text_at(const std::vector<SqlValue>& row, size_t i) {
   return t ? std::string(*t) : std::string();
 }
 
+// Unsent rows of a source's outbox.
+SqlStatus count_outbox(SqlTransaction& tx, int64_t* rows) {
+  auto c = tx.query("SELECT count(*) FROM gv_outbox");
+  if (!c.ok()) return c.status;
+  *rows = int_at(c.value.rows.at(0), 0);
+  return SqlStatus::success();
+}
+
 std::string escape_label(std::string_view v) { return Metrics::label_value(v); }
 
 // Counters of one consuming plugin; shared with the metrics callbacks.
@@ -505,11 +513,7 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
       batch.push_back(std::move(e));
     }
     total = static_cast<int64_t>(batch.size());
-    if (total == limit) {  // count the rest only when there is a rest
-      auto c = tx.query("SELECT count(*) FROM gv_outbox");
-      if (!c.ok()) return c.status;
-      total = int_at(c.value.rows.at(0), 0);
-    }
+    if (total == limit) return count_outbox(tx, &total);  // count the rest only when there is one
     return SqlStatus::success();
   });
   if (!st.ok()) return fail("cannot read the outbox: " + st.message);
@@ -571,14 +575,8 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
 }
 
 void EventEngine::Impl::recount_backlog(Source& s) {
-  int64_t rows = -1;
-  SqlStatus st = s.db->read([&](SqlTransaction& tx) -> SqlStatus {
-    auto c = tx.query("SELECT count(*) FROM gv_outbox");
-    if (!c.ok()) return c.status;
-    rows = int_at(c.value.rows.at(0), 0);
-    return SqlStatus::success();
-  });
-  if (!st.ok() || rows < 0) return;
+  int64_t rows = 0;
+  if (!s.db->read([&](SqlTransaction& tx) { return count_outbox(tx, &rows); }).ok()) return;
   int64_t others = 0;
   for (auto& o : sources)
     if (&o != &s) others += o.backlog;

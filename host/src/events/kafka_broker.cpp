@@ -160,6 +160,7 @@ class KafkaBroker final : public Broker {
     g->patterns = std::move(patterns);
     g->handler = std::move(handler);
     g->handle.owner = this;
+    g->handle.group = g.get();
     groups_.push_back(std::move(g));
   }
 
@@ -172,7 +173,6 @@ class KafkaBroker final : public Broker {
         return false;
       }
     stopping_ = false;
-    started_ = true;
     poller_ = std::thread([this] { poll_loop(); });
     for (auto& g : groups_) {
       for (int i = 0; i < std::max(1, options_.consumer_threads); ++i)
@@ -226,7 +226,6 @@ class KafkaBroker final : public Broker {
       rd_kafka_queue_destroy(admin_queue_);
       admin_queue_ = nullptr;
     }
-    started_ = false;
   }
 
   void produce(std::vector<Envelope> batch,
@@ -289,8 +288,10 @@ class KafkaBroker final : public Broker {
 
  private:
   // The opaque every callback of a handle gets.
+  struct Group;
   struct Handle {
     KafkaBroker* owner = nullptr;
+    Group* group = nullptr;  // the consumer's group; nullptr for the producer
     // From the handle's last statistics.
     std::atomic<int> up{0}, known{0};
     std::atomic<int64_t> lag{0};
@@ -677,9 +678,7 @@ class KafkaBroker final : public Broker {
                            rd_kafka_topic_partition_list_t* partitions, void* opaque) {
     Handle* h = handle_of(opaque);
     KafkaBroker* self = h->owner;
-    Group* g = nullptr;
-    for (auto& candidate : self->groups_)
-      if (&candidate->handle == h) g = candidate.get();
+    Group* g = h->group;
     const bool cooperative = std::string_view(rd_kafka_rebalance_protocol(rk)) == "COOPERATIVE";
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
       if (cooperative) {
@@ -802,7 +801,6 @@ class KafkaBroker final : public Broker {
   rd_kafka_queue_t* admin_queue_ = nullptr;
   std::thread poller_;
   std::atomic<bool> stopping_{false};
-  bool started_ = false;
   mutable std::mutex error_mutex_;
   std::string last_error_;
   struct Logged {
