@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <malloc.h>
 #include <string>
 #include <thread>
 #include <unistd.h>
@@ -205,7 +206,8 @@ int run(const Args& args) {
   gv::Metrics metrics;
   gv::Registry registry;
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  gv::WorkerPool pool(cfg.workers.threads ? cfg.workers.threads : cores, cfg.workers.queue_limit);
+  gv::WorkerPool pool(cfg.workers.threads ? cfg.workers.threads : cores, cfg.workers.queue_limit,
+                      cfg.workers.spare_threads);
   metrics.worker_queue_depth = [&pool] { return pool.depth(); };
   gv::Dispatcher dispatcher(pool, cfg.limits.json_depth);
   gv::Hub hub;
@@ -340,6 +342,11 @@ int run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Worker threads free and allocate request buffers all the time; with
+  // glibc's default threshold (128 KiB) each thread's heap is trimmed and
+  // grown again over and over, and every trim (madvise) flushes the TLBs of
+  // the other cores. Keep up to 16 MiB free per heap instead.
+  mallopt(M_TRIM_THRESHOLD, 16 << 20);
   Args args;
   std::string error;
   if (!parse_args(argc, argv, &args, &error)) {

@@ -31,6 +31,61 @@ TEST_CASE("the worker pool refuses work past its queue limit", "[workers]") {
   CHECK_FALSE(pool.try_submit(job));
 }
 
+TEST_CASE("a job waiting in a BlockingRegion lets a spare thread run the next one", "[workers]") {
+  using namespace std::chrono_literals;
+  // One thread may use the CPU, with up to two spares for waiting jobs.
+  gv::WorkerPool pool(1, 16, 2);
+  CHECK(pool.started_threads() == 1);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> waiting{0}, plain{0};
+  auto waiter = [&] {
+    gv::BlockingRegion region;
+    ++waiting;
+    gate.wait();
+  };
+  REQUIRE(pool.try_submit(waiter));
+  REQUIRE(pool.try_submit(waiter));
+  REQUIRE(pool.try_submit([&] { ++plain; }));
+  // Each waiter gives its place to a spare: the plain job runs although
+  // both earlier jobs are still waiting.
+  for (int i = 0; i < 400 && plain == 0; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(waiting == 2);
+  CHECK(plain == 1);
+  CHECK(pool.started_threads() == 3);
+  // With every thread taken by a waiter, the next plain job waits: the
+  // spares are bounded.
+  REQUIRE(pool.try_submit(waiter));
+  REQUIRE(pool.try_submit([&] { ++plain; }));
+  std::this_thread::sleep_for(100ms);
+  CHECK(waiting == 3);
+  CHECK(plain == 1);
+  CHECK(pool.started_threads() == 3);
+  release.set_value();
+  pool.stop();
+  CHECK(plain == 2);
+  CHECK(pool.started_threads() == 0);
+}
+
+TEST_CASE("without a BlockingRegion a busy pool starts no spare thread", "[workers]") {
+  using namespace std::chrono_literals;
+  gv::WorkerPool pool(1, 16, 4);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> ran{0};
+  REQUIRE(pool.try_submit([&] {
+    gate.wait();
+    ++ran;
+  }));
+  REQUIRE(pool.try_submit([&] { ++ran; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(ran == 0);  // the second waits for the only thread
+  CHECK(pool.started_threads() == 1);
+  release.set_value();
+  pool.stop();
+  CHECK(ran == 2);
+}
+
 namespace {
 struct Recorder : gv::PushTarget {
   std::vector<std::string> got;

@@ -67,7 +67,9 @@ json make_schema() {
                              {"ping_interval_ms", integer(100, kDay_ms)},
                              {"handshake_timeout_ms", integer(1, kDay_ms)},
                              {"allowed_origins", list_of(text())}})},
-      {"workers", section({{"threads", integer(0, 1024)}, {"queue_limit", integer(1, 1000000)}})},
+      {"workers", section({{"threads", integer(0, 1024)},
+                           {"queue_limit", integer(1, 1000000)},
+                           {"spare_threads", integer(0, 4096)}})},
       {"auth", section({{"issuer", text()},
                         {"audience", text()},
                         {"signing_kid", text(0)},
@@ -335,6 +337,7 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   read_websocket(r, &c->websocket);
   r.number("/workers/threads", &c->workers.threads);
   r.number("/workers/queue_limit", &c->workers.queue_limit);
+  r.number("/workers/spare_threads", &c->workers.spare_threads);
   read_auth(r, &c->auth);
   r.text("/log/level", &c->log.level);
   r.flag("/log/access", &c->log.access);

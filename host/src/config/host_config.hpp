@@ -44,6 +44,7 @@ struct WebSocketConfig {
 struct WorkersConfig {
   unsigned threads = 0;  // 0: one per core
   size_t queue_limit = 1024;
+  unsigned spare_threads = 64;  // run requests while workers wait for a group commit
 };
 
 struct AuthKey {

@@ -99,11 +99,14 @@ std::unique_ptr<JsonSchema> JsonSchema::compile(const json& schema, std::string*
 }
 
 std::vector<SchemaViolation> JsonSchema::validate(const json& value, size_t max_violations) const {
-  // Validator holds a regex cache, so each call gets its own.
   valijson::adapters::NlohmannJsonAdapter target(value);
   try {
-    // Fast path without collecting errors: most values are valid.
-    valijson::Validator quick(valijson::Validator::kStrongTypes);
+    // Fast path without collecting errors: most values are valid. A
+    // Validator's only state is its cache of compiled `pattern` regexes, keyed
+    // by pattern text; compiling one costs far more than validating, so each
+    // thread keeps one Validator for every schema. Patterns come from
+    // registered schemas only, so the cache is bounded by them.
+    thread_local valijson::Validator quick(valijson::Validator::kStrongTypes);
     if (quick.validate(impl_->schema, target, nullptr)) return {};
     valijson::Validator full(valijson::Validator::kStrongTypes);
     valijson::ValidationResults results;

@@ -1,4 +1,5 @@
 #include "core/log.hpp"
+#include "core/thread_name.hpp"
 
 #include <unistd.h>
 
@@ -157,7 +158,10 @@ void start_batching(std::chrono::milliseconds interval) {
   std::lock_guard lock(b.mutex);
   if (interval.count() <= 0 || b.writer.joinable()) return;
   b.interval = interval;
-  b.writer = std::thread([&b] { b.run(); });
+  b.writer = std::thread([&b] {
+    name_this_thread("gv-log");
+    b.run();
+  });
 }
 
 void flush() {

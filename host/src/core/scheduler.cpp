@@ -9,6 +9,7 @@
 
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "core/thread_name.hpp"
 
 namespace gv {
 
@@ -595,7 +596,10 @@ void Scheduler::start() {
     const auto now = Clock::now();
     for (auto& e : state_->recurring) state_->reschedule(*e, now, true);
   }
-  timer_ = std::thread([this] { timer_loop(); });
+  timer_ = std::thread([this] {
+    name_this_thread("gv-scheduler");
+    timer_loop();
+  });
 }
 
 bool Scheduler::stop(milliseconds timeout) {

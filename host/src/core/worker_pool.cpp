@@ -1,22 +1,39 @@
 #include "core/worker_pool.hpp"
+#include "core/thread_name.hpp"
+
+#include <algorithm>
 
 namespace gv {
 
-WorkerPool::WorkerPool(unsigned threads, size_t queue_limit) : queue_limit_(queue_limit) {
-  if (threads == 0) threads = 1;
-  threads_.reserve(threads);
-  for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+WorkerPool::WorkerPool(unsigned threads, size_t queue_limit, unsigned spare_threads)
+    : limit_(std::max(threads, 1u)),
+      max_threads_(std::max(threads, 1u) + spare_threads),
+      queue_limit_(queue_limit) {
+  std::lock_guard lock(mutex_);
+  threads_.reserve(max_threads_);
+  for (unsigned i = 0; i < limit_; ++i) start_thread();
 }
 
 WorkerPool::~WorkerPool() { stop(); }
 
+void WorkerPool::start_thread() {
+  threads_.emplace_back([this] {
+    name_this_thread("gv-worker");
+    run();
+  });
+}
+
 bool WorkerPool::try_submit(std::function<void()> job) {
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || queue_.size() >= queue_limit_) return false;
     queue_.push_back(std::move(job));
+    // A thread is woken only if it may start the job now; otherwise a
+    // thread finishing or starting to wait picks it up.
+    wake = active_ < limit_ && idle_ > 0;
   }
-  wake_.notify_one();
+  if (wake) wake_.notify_one();
   return true;
 }
 
@@ -30,31 +47,71 @@ size_t WorkerPool::running() const {
   return running_;
 }
 
+unsigned WorkerPool::started_threads() const {
+  std::lock_guard lock(mutex_);
+  return static_cast<unsigned>(threads_.size());
+}
+
 void WorkerPool::stop() {
+  std::vector<std::thread> threads;
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
   wake_.notify_all();
-  for (auto& t : threads_)
-    if (t.joinable()) t.join();
+  // Threads may still be started by blocking_begin while jobs run, so join
+  // until none are left.
+  for (;;) {
+    {
+      std::lock_guard lock(mutex_);
+      if (threads_.empty()) break;
+      threads.swap(threads_);
+    }
+    for (auto& t : threads)
+      if (t.joinable()) t.join();
+    threads.clear();
+  }
 }
 
 void WorkerPool::run() {
+  t_blocking_observer = this;
+  std::unique_lock lock(mutex_);
   for (;;) {
-    std::function<void()> job;
-    {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping and drained
-      job = std::move(queue_.front());
-      queue_.pop_front();
-      ++running_;
-    }
+    ++idle_;
+    wake_.wait(lock, [this] { return (stopping_ && queue_.empty()) ||
+                                     (!queue_.empty() && active_ < limit_); });
+    --idle_;
+    if (queue_.empty()) return;  // stopping and drained
+    auto job = std::move(queue_.front());
+    queue_.pop_front();
+    ++running_;
+    ++active_;
+    lock.unlock();
     job();
-    std::lock_guard lock(mutex_);
+    job = nullptr;  // destroyed before taking the lock
+    lock.lock();
     --running_;
+    --active_;
   }
+}
+
+void WorkerPool::blocking_begin() {
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    --active_;
+    if (queue_.empty() || active_ >= limit_) return;
+    if (idle_ > 0)
+      wake = true;
+    else if (threads_.size() < max_threads_ && !stopping_)
+      start_thread();
+  }
+  if (wake) wake_.notify_one();
+}
+
+void WorkerPool::blocking_end() {
+  std::lock_guard lock(mutex_);
+  ++active_;  // may pass limit_ for a moment: no job starts until it drops
 }
 
 }  // namespace gv

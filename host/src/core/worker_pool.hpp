@@ -1,6 +1,15 @@
 // The bounded pool of threads that runs plugin code. I/O threads hand work
 // over with try_submit and never wait: a full queue is the caller's 503.
+//
+// At most `threads` jobs run at once (one per core by default). A job that
+// waits for another thread inside a BlockingRegion (a write waiting for its
+// group commit) gives up its place meanwhile, and a spare thread, started
+// on demand up to `spare_threads`, runs the next job. So writes from many
+// requests can share one commit although only `threads` of them use the
+// CPU at a time, and CPU-bound requests still run on `threads` threads.
 #pragma once
+
+#include "core/blocking.hpp"
 
 #include <condition_variable>
 #include <cstddef>
@@ -12,9 +21,9 @@
 
 namespace gv {
 
-class WorkerPool {
+class WorkerPool final : private BlockingObserver {
  public:
-  WorkerPool(unsigned threads, size_t queue_limit);
+  WorkerPool(unsigned threads, size_t queue_limit, unsigned spare_threads = 0);
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -24,20 +33,28 @@ class WorkerPool {
   bool try_submit(std::function<void()> job);
 
   size_t depth() const;    // jobs waiting
-  size_t running() const;  // jobs being run now
-  unsigned threads() const { return static_cast<unsigned>(threads_.size()); }
+  size_t running() const;  // jobs being run now (waiting ones included)
+  unsigned threads() const { return limit_; }
+  unsigned started_threads() const;  // threads started so far, spares included
 
   // Runs every queued job, then joins the threads. Idempotent.
   void stop();
 
  private:
   void run();
+  void start_thread();  // under mutex_
+  void blocking_begin() override;
+  void blocking_end() override;
 
+  const unsigned limit_;      // jobs using the CPU at once
+  const unsigned max_threads_;  // limit_ + spare threads
   const size_t queue_limit_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> queue_;
-  size_t running_ = 0;
+  size_t running_ = 0;   // jobs started and not finished
+  unsigned active_ = 0;  // of them, not inside a BlockingRegion
+  unsigned idle_ = 0;    // threads waiting for a job
   bool stopping_ = false;
   std::vector<std::thread> threads_;
 };

@@ -84,6 +84,7 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "events/events.hpp"
+#include "core/thread_name.hpp"
 
 namespace gv::events {
 
@@ -248,6 +249,8 @@ struct EventEngine::Impl {
 // Events published on this thread so far: a consumer's handler may publish
 // (cascading events), and the runner wakes the relay once its transaction
 // has committed, not before, when the relay could not see the rows yet.
+// Read before and after the handler inside the transaction's work, which
+// runs on the thread of the group commit's leader.
 thread_local int64_t published_on_thread = 0;
 
 stores::SqlStatus EventEngine::prepare_database(stores::SqlDatabase& db) {
@@ -351,7 +354,10 @@ bool EventEngine::start(std::string* error) {
   m.relay_stop = false;
   if (!m.broker.start(error)) return false;
   m.started = true;
-  m.relay = std::thread([&m] { m.relay_loop(); });
+  m.relay = std::thread([&m] {
+    name_this_thread("gv-relay");
+    m.relay_loop();
+  });
   return true;
 }
 
@@ -612,9 +618,16 @@ void EventEngine::Impl::prune_consumed() {
 
 SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate) {
   *duplicate = false;
-  const int64_t published_before = published_on_thread;
+  bool published = false;
   try {
     SqlStatus st = c.db->write([&](SqlTransaction& tx) -> SqlStatus {
+      // Counted inside the work: group commit may run it on another thread.
+      const int64_t published_before = published_on_thread;
+      struct Count {
+        const int64_t& before;
+        bool& published;
+        ~Count() { published = published_on_thread != before; }
+      } count{published_before, published};
       auto r = tx.exec(
           "INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2) "
           "ON CONFLICT (event_id) DO NOTHING",
@@ -633,7 +646,7 @@ SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, 
       auto d = tx.exec("DELETE FROM gv_dead_letters WHERE event_id = $1", {e.id});
       return d.status;
     });
-    if (st.ok() && published_on_thread != published_before) wake();
+    if (st.ok() && published) wake();
     return st;
   } catch (const std::exception& ex) {
     *duplicate = false;

@@ -57,6 +57,7 @@
 #include "core/metrics.hpp"
 #include "events/events.hpp"
 #include "stores/sqlite_database.hpp"
+#include "core/thread_name.hpp"
 
 namespace gv::events {
 
@@ -306,7 +307,10 @@ bool InProcessBroker::start(std::string* error) {
   }
   stop_flag_ = false;
   started_ = true;
-  for (int t = 0; t < threads_count_; ++t) threads_.emplace_back([this, t] { run(t); });
+  for (int t = 0; t < threads_count_; ++t) threads_.emplace_back([this, t] {
+      name_this_thread("gv-deliver");
+      run(t);
+    });
   return true;
 }
 

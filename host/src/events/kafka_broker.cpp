@@ -57,6 +57,9 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "events/events.hpp"
+#include "core/thread_name.hpp"
+#include "core/thread_name.hpp"
+#include "core/thread_name.hpp"
 
 namespace gv::events {
 namespace {
@@ -173,13 +176,22 @@ class KafkaBroker final : public Broker {
         return false;
       }
     stopping_ = false;
-    poller_ = std::thread([this] { poll_loop(); });
+    poller_ = std::thread([this] {
+      name_this_thread("gv-kafka-poll");
+      poll_loop();
+    });
     for (auto& g : groups_) {
       for (int i = 0; i < std::max(1, options_.consumer_threads); ++i)
         g->workers.push_back(std::make_unique<Worker>());
       for (auto& w : g->workers)
-        w->thread = std::thread([this, p = g.get(), wp = w.get()] { work_loop(*p, *wp); });
-      g->thread = std::thread([this, p = g.get()] { consume_loop(*p); });
+        w->thread = std::thread([this, p = g.get(), wp = w.get()] {
+          name_this_thread("gv-kafka-work");
+          work_loop(*p, *wp);
+        });
+      g->thread = std::thread([this, p = g.get()] {
+        name_this_thread("gv-kafka-cons");
+        consume_loop(*p);
+      });
     }
     log::info("events: kafka broker started", {{"bootstrap", options_.bootstrap_servers},
                                                {"topic", options_.topic},

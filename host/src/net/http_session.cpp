@@ -252,7 +252,8 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     auto call = std::make_shared<Call>();
     call->op = op;
     call->request_id = request_id_;
-    call->client_address = peer_address(stream_);
+    if (peer_.empty()) peer_ = peer_address(stream_);
+    call->client_address = peer_;
     call->params = std::move(params);
     for (auto p : url.params()) {
       for (const auto& [k, v] : call->params)
@@ -468,6 +469,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
   bool first_ = true, busy_ = false, keep_alive_ = true, upgraded_ = false;
   std::chrono::steady_clock::time_point started_;
   std::string request_id_, method_, path_, op_;
+  std::string peer_;  // the client's address, read once per connection
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "core/log.hpp"
 #include "net/sessions.hpp"
+#include "core/thread_name.hpp"
 
 namespace gv::net {
 
@@ -139,7 +140,10 @@ void Server::run() {
   impl.accept();
   std::vector<std::thread> threads;
   for (size_t i = 1; i < impl.contexts.size(); ++i)
-    threads.emplace_back([&impl, i] { run_context(*impl.contexts[i]); });
+    threads.emplace_back([&impl, i] {
+      name_this_thread("gv-io");
+      run_context(*impl.contexts[i]);
+    });
   run_context(*impl.contexts[0]);
   for (auto& t : threads) t.join();
 }

@@ -131,7 +131,8 @@ class WebSocketSession : public PushTarget,
     call->identity = identity_;
     call->input = std::move(data);
     call->connection_id = connection_id_;
-    call->client_address = peer_address(ws_.next_layer().socket());
+    if (peer_.empty()) peer_ = peer_address(ws_.next_layer().socket());
+    call->client_address = peer_;
     ++in_flight_;
     auto self = shared_from_this();
     bool queued = state_->deps.dispatcher->submit(call, [self, call, id, started](Reply reply) {
@@ -304,6 +305,7 @@ class WebSocketSession : public PushTarget,
       expiry_;
   std::optional<websocket::close_reason> pending_close_;
   size_t in_flight_ = 0;
+  std::string peer_;  // the client's address, read once per connection
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "config/yaml_document.hpp"
 #include "core/log.hpp"
+#include "core/metrics.hpp"
 #include "events/events.hpp"
 #include "plugins/host_api.hpp"
 #include "stores/migrations.hpp"
@@ -336,7 +337,34 @@ bool PluginHost::start(std::vector<std::string>* errors) {
     p->started = true;
   }
   started_ = true;
+  register_database_metrics();
   return true;
+}
+
+// Write and commit counters of each plugin's database: writes / commits is
+// the mean group-commit size.
+void PluginHost::register_database_metrics() {
+  if (!services_.metrics) return;
+  std::vector<std::pair<std::string, const stores::SqliteDatabase*>> dbs;
+  for (const auto& p : loaded_)
+    if (auto* db = dynamic_cast<const stores::SqliteDatabase*>(p->context.db.get()))
+      dbs.emplace_back("plugin=\"" + Metrics::label_value(p->manifest.name) + "\"", db);
+  if (dbs.empty()) return;
+  auto family = [dbs](uint64_t stores::SqliteWriteStats::*field) {
+    return [dbs, field] {
+      Metrics::Samples out;
+      for (const auto& [labels, db] : dbs)
+        out.emplace_back(labels, static_cast<double>(db->write_stats().*field));
+      return out;
+    };
+  };
+  services_.metrics->add_family("grapevine_sqlite_writes_total",
+                                "Write transactions run on a plugin's database.", "counter",
+                                family(&stores::SqliteWriteStats::works));
+  services_.metrics->add_family("grapevine_sqlite_commits_total",
+                                "Commits of a plugin's database; writes / commits is the mean "
+                                "group-commit size.",
+                                "counter", family(&stores::SqliteWriteStats::commits));
 }
 
 void PluginHost::stop() {

@@ -85,6 +85,7 @@ class PluginHost {
   struct Loaded;
 
  private:
+  void register_database_metrics();
   bool prepare(const config::PluginEntry& entry, const std::vector<std::filesystem::path>& dirs,
                Manifest* out, std::vector<config::Diagnostic>* problems) const;
   bool create(const config::PluginEntry& entry, const Manifest& manifest, std::string* error);

@@ -1,6 +1,11 @@
 #include "stores/sqlite_database.hpp"
 
+#include "core/blocking.hpp"
+
+#include <linux/futex.h>
 #include <sqlite3.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -570,20 +575,34 @@ SqlStatus group_failure(const SqlStatus& broken) {
       "rolled back with the other writes of its commit group: " + broken.message);
 }
 
+// Sleeps while state holds expected, and wakes a thread sleeping on state.
+// Plain futexes: std::atomic::wait spins with sched_yield first, a system
+// call per turn that costs more than the wait it hopes to avoid here.
+void futex_wait(std::atomic<int>& state, int expected) {
+  static_assert(sizeof(std::atomic<int>) == sizeof(int));
+  while (state.load(std::memory_order_acquire) == expected)
+    syscall(SYS_futex, reinterpret_cast<int*>(&state), FUTEX_WAIT_PRIVATE, expected, nullptr,
+            nullptr, 0);
+}
+
+void futex_wake(std::atomic<int>& state) {
+  syscall(SYS_futex, reinterpret_cast<int*>(&state), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+}
+
 }  // namespace
 
 // ---- the database ----
 
-// One group commit: the write transaction open on the writer connection
-// and the write() works run in it. Shared by its members, which wait for
-// ended. broken is only touched by the writer's holder; result is written
-// before ended is set and read after.
-struct SqliteDatabase::Group {
-  SqlStatus broken;                // why its transaction cannot go on; ok while it can
-  int works = 0;                   // works run in it so far (under writer_mutex_)
-  Clock::time_point first_done;    // when its first work ended (under writer_mutex_)
-  std::atomic<bool> ended{false};  // committed or rolled back
-  SqlStatus result;                // for members whose work succeeded
+// One write() call waiting in the queue, run by the leader. Shared by its
+// caller and the leader, which may still notify it after the caller saw
+// kDone. status and thrown are written before state becomes kDone.
+struct SqliteDatabase::Member {
+  Member(const SqlWork& w, Clock::time_point d) : work(w), deadline(d) {}
+  const SqlWork& work;
+  const Clock::time_point deadline;  // gives up with busy if not begun by then
+  SqlStatus status;
+  std::exception_ptr thrown;
+  std::atomic<int> state{kQueued};
 };
 
 SqliteDatabase::SqliteDatabase(std::filesystem::path path, const SqliteOptions& options)
@@ -624,131 +643,162 @@ SqlStatus SqliteDatabase::open_connections() {
 SqlStatus SqliteDatabase::write(const SqlWork& work) {
   NestingGuard guard(this);
   if (guard.nested()) return nested_refusal("write");
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
-  if (!take_writer(deadline))
-    return SqlStatus::failure(SqlCode::busy,
-                              "other writers in this process hold the write lock; gave up after " +
-                                  std::to_string(options_.busy_timeout_ms) + " ms");
-  // This caller holds the writer: it joins the open group or opens one.
-  if (!open_group_) {
-    try {
-      open_group_ = std::make_shared<Group>();
-    } catch (...) {
-      give_back_writer();
-      throw;
-    }
-    if (SqlStatus s = begin(*writer_, "BEGIN IMMEDIATE", deadline, options_.busy_timeout_ms);
-        !s.ok()) {
-      open_group_.reset();
-      give_back_writer();
-      return s;
-    }
+  auto me = std::make_shared<Member>(
+      work, Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
+  bool lead = false;
+  {
+    std::lock_guard lock(queue_mutex_);
+    queue_.push_back(me);
+    if (!leading_) leading_ = lead = true;
   }
-  std::shared_ptr<Group> group = open_group_;
-  std::exception_ptr thrown;
-  const SqlStatus status = run_member(*group, work, thrown);
-  end_turn(*group);  // gives back the writer
-  if (thrown) std::rethrow_exception(thrown);
-  if (!status.ok()) return status;  // nothing of it is left to commit
-  return await_commit(*group);
+  if (!lead) {
+    // The pool may run another request meanwhile (which often writes too,
+    // and so joins the group this one is in).
+    BlockingRegion waiting;
+    futex_wait(me->state, kQueued);
+    lead = me->state.load(std::memory_order_acquire) == kLead;
+  }
+  // A new leader's member is at the head of the queue, so lead() runs it.
+  if (lead) this->lead(*me);
+  if (me->thrown) std::rethrow_exception(me->thrown);
+  return me->status;
 }
 
-// Runs work in its own savepoint of the group's transaction, keeping its
-// changes only if it returns ok and none of its statements failed. Returns
-// its status, and stores in thrown what it threw. Marks the group broken if
-// its transaction cannot go on.
-SqlStatus SqliteDatabase::run_member(Group& group, const SqlWork& work,
-                                     std::exception_ptr& thrown) {
+// Runs queued works in one transaction until the queue is empty, the group
+// is full or old, then commits, hands the lead to the next queued caller
+// and wakes the members. Members whose works failed are woken at once.
+void SqliteDatabase::lead(const Member& own) {
   Connection& c = *writer_;
+  std::vector<std::shared_ptr<Member>> done;     // results known: woken below
+  std::vector<std::shared_ptr<Member>> pending;  // ran, waiting for COMMIT
+  SqlStatus broken;  // why the open transaction cannot go on
+  bool open = false, own_done = false;
+  Clock::time_point first_done;
+  const auto finish = [&](std::shared_ptr<Member> m, SqlStatus s) {
+    m->status = std::move(s);
+    if (m.get() == &own) own_done = true;
+    done.push_back(std::move(m));
+  };
+  const auto end_transaction = [&](SqlStatus result) {
+    if (!result.ok()) rollback(c);
+    for (auto& m : pending) finish(std::move(m), result);
+    pending.clear();
+    open = false;
+    broken = {};
+  };
+  for (;;) {
+    std::shared_ptr<Member> m;
+    {
+      std::lock_guard lock(queue_mutex_);
+      if (queue_.empty()) break;
+      if (open && (pending.size() >= static_cast<size_t>(options_.max_group_size) ||
+                   Clock::now() - first_done >= kMaxCommitDelay))
+        break;
+      // With no transaction open, a leader whose own work is done hands
+      // over rather than serve others' failing BEGINs for ever.
+      if (!open && own_done) break;
+      m = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    if (Clock::now() > m->deadline) {
+      // Queued behind slow works for longer than the busy timeout.
+      finish(std::move(m), SqlStatus::failure(SqlCode::busy,
+                                              "waited for the write lock in this process for more "
+                                              "than " + std::to_string(options_.busy_timeout_ms) +
+                                                  " ms"));
+      continue;
+    }
+    if (!open) {
+      SqlStatus s;
+      {
+        BlockingRegion waiting;  // BEGIN may wait for another process's lock
+        s = begin(c, "BEGIN IMMEDIATE", m->deadline, options_.busy_timeout_ms);
+      }
+      if (!s.ok()) {
+        finish(std::move(m), std::move(s));
+        continue;
+      }
+      open = true;
+    }
+    SqlStatus s = run_member(c, *m, broken);
+    if (!broken.ok()) {
+      // Its transaction is gone: the members that ran before fail too.
+      finish(std::move(m), s.ok() ? broken : s);
+      end_transaction(group_failure(broken));
+      continue;
+    }
+    if (!s.ok() || m->thrown) {
+      finish(std::move(m), std::move(s));  // its savepoint is undone
+      continue;
+    }
+    if (pending.empty()) first_done = Clock::now();
+    pending.push_back(std::move(m));
+  }
+  if (open) {
+    SqlStatus result;
+    if (int rc = host_run(c, "COMMIT"); rc != SQLITE_OK)
+      result = failure(c.db, rc);
+    else
+      commits_.fetch_add(1, std::memory_order_relaxed);
+    end_transaction(std::move(result));
+  }
+  // The next leader first, so that writing goes on while members wake.
+  std::shared_ptr<Member> next;
+  {
+    std::lock_guard lock(queue_mutex_);
+    if (queue_.empty())
+      leading_ = false;
+    else
+      next = queue_.front();
+  }
+  if (next) {
+    next->state.store(kLead, std::memory_order_release);
+    futex_wake(next->state);
+  }
+  for (auto& m : done) {
+    if (m.get() == &own) {
+      m->state.store(kDone, std::memory_order_relaxed);  // this thread: no wake
+      continue;
+    }
+    m->state.store(kDone, std::memory_order_release);
+    futex_wake(m->state);
+  }
+}
+
+// Runs m's work in its own savepoint of the open transaction, keeping its
+// changes only if it returns ok and none of its statements failed. Returns
+// its status, and stores in m.thrown what it threw. Sets broken if the
+// transaction cannot go on.
+SqlStatus SqliteDatabase::run_member(Connection& c, Member& m, SqlStatus& broken) {
   if (int rc = host_run(c, "SAVEPOINT gv_write"); rc != SQLITE_OK) {
-    group.broken = failure(c.db, rc);
-    return group.broken;
+    broken = failure(c.db, rc);
+    return broken;
   }
   SqliteTransaction tx(c, true);
   SqlStatus status;
   try {
-    status = work(tx);
+    status = m.work(tx);
   } catch (...) {
-    thrown = std::current_exception();
+    m.thrown = std::current_exception();
   }
   works_.fetch_add(1, std::memory_order_relaxed);
   if (status.ok()) status = tx.failed();
   if (sqlite3_get_autocommit(c.db)) {
     // SQLite rolled back the whole transaction (ON CONFLICT ROLLBACK, an
     // I/O error...): the group's earlier works are gone too.
-    group.broken =
+    broken =
         status.ok() ? SqlStatus::failure(SqlCode::io, "the transaction was rolled back") : status;
-    return group.broken;
+    return broken;
   }
-  const bool keep = status.ok() && !thrown;
+  const bool keep = status.ok() && !m.thrown;
   int rc = SQLITE_OK;
   if (!keep) rc = host_run(c, "ROLLBACK TO gv_write");
   if (rc == SQLITE_OK) rc = host_run(c, "RELEASE gv_write");
   if (rc != SQLITE_OK) {
-    group.broken = failure(c.db, rc);
-    if (keep) status = group.broken;
+    broken = failure(c.db, rc);
+    if (keep) status = broken;
   }
   return status;
-}
-
-// Ends the caller's turn with the writer after its work: hands the writer
-// to a waiting writer and leaves the group open, or ends the group (COMMIT,
-// or ROLLBACK if broken), wakes its members and gives the writer back.
-void SqliteDatabase::end_turn(Group& group) {
-  std::unique_lock lock(writer_mutex_);
-  const auto now = Clock::now();
-  if (++group.works == 1) group.first_done = now;
-  const bool may_grow = group.broken.ok() && group.works < options_.max_group_size &&
-                        now - group.first_done < kMaxCommitDelay;
-  const bool concurrent = group.works > 1 || last_group_works_ > 1;
-  if (may_grow && writers_waiting_ == 0 && concurrent) {
-    // Nobody waits yet, but with concurrent writers (this group or the
-    // last one had several) some are often about to: the members of the
-    // last group, woken by its COMMIT, are runnable and will call write()
-    // again. Letting them run first turns one commit per work into one per
-    // group, at synchronous=NORMAL too, where a COMMIT is too short for
-    // them to arrive during it. Not done for a lone writer, whose yield
-    // could only hand the CPU to unrelated threads.
-    lock.unlock();
-    std::this_thread::yield();
-    lock.lock();
-  }
-  if (may_grow && writers_waiting_ > 0) {
-    // The waiter takes the writer: its wait rechecks writer_taken_ under
-    // writer_mutex_, whether notified or timed out.
-    writer_taken_ = false;
-    lock.unlock();
-    writer_freed_.notify_one();
-    return;
-  }
-  lock.unlock();  // writers queue up while this one commits
-  SqlStatus result;
-  if (!group.broken.ok()) {
-    rollback(*writer_);
-    result = group_failure(group.broken);
-  } else if (int rc = host_run(*writer_, "COMMIT"); rc != SQLITE_OK) {
-    result = failure(writer_->db, rc);
-    rollback(*writer_);
-  } else {
-    commits_.fetch_add(1, std::memory_order_relaxed);
-  }
-  open_group_.reset();
-  lock.lock();
-  last_group_works_ = group.works;
-  writer_taken_ = false;
-  lock.unlock();
-  writer_freed_.notify_one();
-  // The members wait on the flag itself, not on writer_mutex_, so that
-  // waking them does not contend with the writers taking the lock.
-  group.result = std::move(result);
-  group.ended.store(true, std::memory_order_release);
-  group.ended.notify_all();
-}
-
-// Waits until the group has ended and returns its result.
-SqlStatus SqliteDatabase::await_commit(Group& group) {
-  group.ended.wait(false, std::memory_order_acquire);
-  return group.result;
 }
 
 SqliteWriteStats SqliteDatabase::write_stats() const {
@@ -787,23 +837,6 @@ SqlResult<std::string> SqliteDatabase::integrity_check() {
   sqlite3_free(error);
   if (rc != SQLITE_OK) return {failure(reader.value->db, rc)};
   return {{}, lines};
-}
-
-bool SqliteDatabase::take_writer(Clock::time_point deadline) {
-  std::unique_lock lock(writer_mutex_);
-  ++writers_waiting_;  // counted so that group commit hands over to it
-  const bool taken = writer_freed_.wait_until(lock, deadline, [&] { return !writer_taken_; });
-  --writers_waiting_;
-  if (taken) writer_taken_ = true;
-  return taken;
-}
-
-void SqliteDatabase::give_back_writer() {
-  {
-    std::lock_guard lock(writer_mutex_);
-    writer_taken_ = false;
-  }
-  writer_freed_.notify_one();
 }
 
 SqlResult<SqliteDatabase::Connection*> SqliteDatabase::lease_reader(Clock::time_point deadline) {

@@ -3,12 +3,11 @@
 //
 // Connections: one writer and a pool of readers, all on the same file in
 // WAL mode, so readers keep reading their snapshot while a writer works.
-// - write() takes the in-process write lock, then (unless a group is open,
-//   below) BEGIN IMMEDIATE (the file's write lock, which other processes may
-//   hold). Both waits together are bounded by busy_timeout_ms; past it
-//   write() returns busy without running its work, so an overloaded or
-//   locked database answers 503 quickly instead of queueing requests
-//   without end.
+// - write() queues its work for the writer connection (below), which runs
+//   it after BEGIN IMMEDIATE (the file's write lock, which other processes
+//   may hold). A work not begun within busy_timeout_ms of its call is not
+//   run and write() returns busy, so an overloaded or locked database
+//   answers 503 quickly instead of queueing requests without end.
 // - read() leases a reader (query_only) for a deferred transaction; waiting
 //   for a free reader is bounded by the same timeout. Readers never take
 //   part in group commit.
@@ -17,40 +16,39 @@
 //   pass constant SQL strings and pay for parsing once per connection.
 //   SQLite re-prepares a cached statement by itself after a schema change.
 //
-// Group commit. A COMMIT costs far more than a small write (a WAL sync at
-// synchronous=FULL), so concurrent write() calls share one:
-// - The write lock passes from caller to caller; each caller runs its own
-//   work on its own thread (thread-locals and the nesting check rely on
-//   it), inside the group's transaction, within its own SAVEPOINT.
-// - The first caller of a group runs BEGIN IMMEDIATE. After each work the
-//   caller RELEASEs its savepoint, or, if the work failed, threw, or one
-//   of its statements failed, rolls back to it and releases it: only that
-//   caller's changes are undone, and only it sees its failure (or its
-//   exception, rethrown on its thread, at once).
-// - Then, if other writers are waiting for the lock and the group holds
-//   fewer than max_group_size works and its first work ended less than
-//   kMaxCommitDelay ago, the caller hands the lock to one of them without
-//   committing. Otherwise it commits the group (or rolls it back if it is
-//   broken) and wakes its members. When nobody waits yet but writers are
-//   concurrent (this group or the last one ran several works), the caller
-//   first yields the CPU once (std::this_thread::yield): the members of the
-//   last group, just woken, are usually about to write again, and this lets
-//   them queue up. Without it, groups stay near one work at
-//   synchronous=NORMAL, where a COMMIT is shorter than a thread's wake-up.
-//   A lone writer never yields (that could only give the CPU away).
+// Group commit. A COMMIT costs far more than a small write (WAL frames and
+// locks; a sync at synchronous=FULL), so concurrent write() calls share one:
+// - Callers queue. The first to find no leader leads: on its own thread it
+//   runs the queued works one after the other in one transaction, each in
+//   its own SAVEPOINT, taking works that arrive meanwhile too, until the
+//   queue is empty, max_group_size works ran or kMaxCommitDelay passed
+//   since the first ended. Then it commits, hands the lead to the caller
+//   at the head of the queue, and wakes the members. The others sleep
+//   meanwhile (in a BlockingRegion, so the worker pool runs other requests,
+//   whose writes join the queue). No lock passes from thread to thread
+//   between works, so a group costs one commit and one wake-up per member.
+// - So a work may run on another thread than its caller's (the leader's).
+//   Its caller is blocked until it ends; its exception is rethrown on the
+//   caller's thread; a nested write() or read() of the same database from
+//   inside a work is still refused. Works must not rely on thread-locals.
+// - After each work the leader RELEASEs its savepoint, or, if the work
+//   failed, threw, or one of its statements failed, rolls back to it and
+//   releases it: only that caller's changes are undone, and only it sees
+//   its failure (or exception), at once.
 // - A member whose work succeeded returns only once the group's COMMIT is
 //   done, with its result: nothing acknowledged is lost at the configured
 //   synchronous level. A failed COMMIT is rolled back and fails every
 //   member that was waiting for it.
 // - A group is broken when its transaction cannot go on: SQLite rolled it
 //   back entirely (an ON CONFLICT ROLLBACK clause, RAISE(ROLLBACK), I/O
-//   errors, out of memory) or a SAVEPOINT statement failed. Then no one
-//   joins it, it is rolled back, and members waiting for it get io (for
-//   medium failures) or busy (retry: another write in its group undid it).
-// So a caller's wait is bounded by busy_timeout_ms for the lock, plus, once
-// its work is done, the works of later members (at most max_group_size - 1
-// more, each started within kMaxCommitDelay of the group's first work's
-// end) and one COMMIT.
+//   errors, out of memory) or a SAVEPOINT statement failed. It is rolled
+//   back, and its earlier members get io (for medium failures) or busy
+//   (retry: another write in its group undid it); later works run in a new
+//   transaction.
+// So a caller's wait is bounded by busy_timeout_ms until its work begins,
+// plus, once its work is done, the works of later members (at most
+// max_group_size - 1 more, each begun within kMaxCommitDelay of the
+// group's first work's end) and one COMMIT.
 //
 // Error mapping: BUSY/LOCKED -> busy; CONSTRAINT_* -> constraint;
 // IOERR/FULL/CORRUPT/NOTADB/CANTOPEN/NOMEM/READONLY(file) -> io; everything
@@ -64,6 +62,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -102,9 +101,9 @@ struct SqliteWriteStats {
 class SqliteDatabase final : public SqlDatabase {
  public:
   static constexpr size_t kStatementCacheSize = 64;
-  // No one joins a group whose first work ended longer ago than this: the
-  // member then running commits it. Bounds how long finished works wait for
-  // later ones when writers keep arriving (slow works, say).
+  // No work joins a group whose first work ended longer ago than this: the
+  // leader commits it. Bounds how long finished works wait for later ones
+  // when writers keep arriving (slow works, say).
   static constexpr std::chrono::milliseconds kMaxCommitDelay{10};
 
   // Opens (creating if absent) the database file at path and its
@@ -136,35 +135,27 @@ class SqliteDatabase final : public SqlDatabase {
 
  private:
   using Clock = std::chrono::steady_clock;
-  struct Group;
+  struct Member;
+  enum : int { kQueued, kLead, kDone };  // Member::state
 
   SqliteDatabase(std::filesystem::path path, const SqliteOptions& options);
   SqlStatus open_connections();
-  bool take_writer(Clock::time_point deadline);
-  void give_back_writer();
-  SqlStatus run_member(Group& group, const SqlWork& work, std::exception_ptr& thrown);
-  void end_turn(Group& group);
-  SqlStatus await_commit(Group& group);
+  void lead(const Member& own);
+  SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
   SqlResult<Connection*> lease_reader(Clock::time_point deadline);
   void return_reader(Connection* reader);
 
   std::filesystem::path path_;
   SqliteOptions options_;
 
-  // The writer is taken for one work of a group (and, by the group's last
-  // member, for its COMMIT). A flag under a mutex rather than a
-  // std::timed_mutex: waits are bounded the same way, the number of
-  // waiters is known (group commit hands over only when someone waits),
-  // and thread sanitizers understand condition variables.
-  std::mutex writer_mutex_;  // guards the three ints below
-  std::condition_variable writer_freed_;
-  bool writer_taken_ = false;
-  int writers_waiting_ = 0;
-  int last_group_works_ = 0;  // how many works the last group ran
-  std::unique_ptr<Connection> writer_;
-  // The group whose transaction is open on writer_, if any; only the
-  // writer's holder reads or changes this pointer.
-  std::shared_ptr<Group> open_group_;
+  // write() callers in arrival order. The first caller to find no leader
+  // leads: it runs queued works on writer_ and commits them; members wait
+  // until it sets their state. leading_ is true from then until a leader
+  // finds the queue empty.
+  std::mutex queue_mutex_;  // guards queue_ and leading_
+  std::deque<std::shared_ptr<Member>> queue_;
+  bool leading_ = false;
+  std::unique_ptr<Connection> writer_;  // used by the leader only
   std::atomic<uint64_t> works_{0};
   std::atomic<uint64_t> commits_{0};
 
