@@ -307,9 +307,9 @@ struct Received {
 };
 
 Broker::ConsumerFn collect(Received& r) {
-  return [&r](const Delivery& d) {
-    r.add(d.event);
-    return true;
+  return [&r](std::span<const Delivery> run) {
+    for (const auto& d : run) r.add(d.event);
+    return run.size();
   };
 }
 
@@ -435,9 +435,9 @@ TEST_CASE("events: a consumer that gives up at stop leaves its offset uncommitte
   std::atomic<int> calls{0};
   {
     auto broker = make_in_process_broker(options, nullptr);
-    broker->subscribe("g", {"*"}, [&](const Delivery&) {
+    broker->subscribe("g", {"*"}, [&](std::span<const Delivery>) {
       ++calls;
-      return false;  // as if stop() interrupted its retries
+      return size_t{0};  // as if stop() interrupted its retries
     });
     std::string error;
     REQUIRE(broker->start(&error));

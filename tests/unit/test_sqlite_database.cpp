@@ -704,3 +704,46 @@ TEST_CASE("sqlite: a work undoing the whole transaction fails its waiting group-
   CHECK(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
   CHECK(count(*db, "t") == 2);
 }
+
+TEST_CASE("sqlite: nested() keeps a part that succeeds and undoes only a part that fails",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  create_business_tables(*db);
+  int threw = 0;
+  SqlStatus failed_part, refused_part;
+  SqlStatus s = db->write([&](SqlTransaction& tx) -> SqlStatus {
+    REQUIRE(tx.nested([](SqlTransaction& t) { return insert_both(t, 1, 1); }).ok());
+    // A failing statement inside: undone, and the outer transaction goes on.
+    failed_part = tx.nested([](SqlTransaction& t) {
+      (void)insert_both(t, 2, 1);
+      (void)insert_both(t, 1, 1);  // already there
+      return SqlStatus::success();
+    });
+    // A part returning a failure after writing.
+    refused_part = tx.nested([](SqlTransaction& t) {
+      (void)insert_both(t, 3, 1);
+      return SqlStatus::failure(SqlCode::invalid, "no");
+    });
+    try {
+      (void)tx.nested([](SqlTransaction& t) -> SqlStatus {
+        (void)insert_both(t, 4, 1);
+        throw std::runtime_error("part");
+      });
+    } catch (const std::runtime_error&) {
+      ++threw;
+    }
+    return insert_both(tx, 5, 1);
+  });
+  CHECK(s.ok());
+  CHECK(failed_part.code == SqlCode::constraint);
+  CHECK(refused_part.message == "no");
+  CHECK(threw == 1);
+  const std::vector<std::pair<int64_t, int64_t>> kept = {{1, 1}, {5, 1}};
+  CHECK(pairs_in(*db, "item") == kept);
+  CHECK(pairs_in(*db, "outbox") == kept);
+  // Refused in a read transaction.
+  CHECK(db->read([](SqlTransaction& tx) {
+              return tx.nested([](SqlTransaction&) { return SqlStatus::success(); });
+            }).code == SqlCode::invalid);
+}

@@ -101,6 +101,7 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kPruneEvery = std::chrono::minutes(10);
 constexpr int64_t kPruneChunk = 10000;
 constexpr size_t kMaxDeadLetterPage = 1000;
+constexpr size_t kApplyBatch = 128;  // events of a run applied in one transaction
 constexpr auto kDrainWait = std::chrono::seconds(3);  // for done() during stop
 constexpr auto kRecountEvery = std::chrono::seconds(1);  // backlog recount while a batch waits
 
@@ -229,8 +230,12 @@ struct EventEngine::Impl {
   bool relay_source(Source& s, bool final_pass);
   void recount_backlog(Source& s);
   void prune_consumed();
-  bool run_consumer(Consumer& c, const Delivery& d);
+  size_t run_consumer_run(Consumer& c, std::span<const Delivery> run);
+  size_t apply_run(Consumer& c, std::span<const Delivery> run, SqlStatus* failure);
+  bool run_consumer(Consumer& c, const Delivery& d, const SqlStatus& first_failure = {});
   SqlStatus apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate);
+  SqlStatus apply_in(Consumer& c, const Envelope& e, int attempt, SqlTransaction& tx,
+                     bool* duplicate);
   SqlStatus park(Consumer& c, const Envelope& e, int attempts, const std::string& error);
   void recount_dead_letters(Consumer& c);
   // Waits d unless consumers are stopping; false when they are.
@@ -335,7 +340,9 @@ void EventEngine::add_consumer(const std::string& plugin, stores::SqlDatabase& d
   impl_->consumers.emplace(plugin, std::move(c));
   Impl* impl = impl_.get();
   impl_->broker.subscribe(plugin, std::move(patterns),
-                          [impl, raw](const Delivery& d) { return impl->run_consumer(*raw, d); });
+                          [impl, raw](std::span<const Delivery> run) {
+                            return impl->run_consumer_run(*raw, run);
+                          });
 }
 
 bool EventEngine::start(std::string* error) {
@@ -616,55 +623,139 @@ void EventEngine::Impl::prune_consumed() {
 
 // ---- consumer runner ----
 
+// The effect of e in tx: recorded as consumed (or found already consumed:
+// duplicate) and handled.
+SqlStatus EventEngine::Impl::apply_in(Consumer& c, const Envelope& e, int attempt,
+                                      SqlTransaction& tx, bool* duplicate) {
+  *duplicate = false;
+  auto r = tx.exec(
+      "INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2) "
+      "ON CONFLICT (event_id) DO NOTHING",
+      {e.id, now_ms()});
+  if (!r.ok()) return r.status;
+  if (r.value == 0) {
+    *duplicate = true;
+    return SqlStatus::success();
+  }
+  SqlStatus h = c.handler(e, attempt, tx);
+  if (!h.ok()) {
+    if (h.message.empty())
+      h.message = "the handler failed (" + std::string(to_string(h.code)) + ")";
+    return h;
+  }
+  return tx.exec("DELETE FROM gv_dead_letters WHERE event_id = $1", {e.id}).status;
+}
+
+namespace {
+
+// A handler's exception as its failure.
+SqlStatus thrown_failure() {
+  try {
+    throw;
+  } catch (const std::exception& ex) {
+    return invalid(std::string("the handler threw: ") + ex.what());
+  } catch (...) {
+    return invalid("the handler threw an unknown exception");
+  }
+}
+
+// Events published inside a consumer's transaction: counted inside the
+// work, which group commit may run on another thread than the caller's.
+struct PublishWatch {
+  explicit PublishWatch(bool& published) : published_(published), before_(published_on_thread) {}
+  ~PublishWatch() { published_ = published_on_thread != before_; }
+  bool& published_;
+  const int64_t before_;
+};
+
+}  // namespace
+
 SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, bool* duplicate) {
   *duplicate = false;
   bool published = false;
   try {
     SqlStatus st = c.db->write([&](SqlTransaction& tx) -> SqlStatus {
-      // Counted inside the work: group commit may run it on another thread.
-      const int64_t published_before = published_on_thread;
-      struct Count {
-        const int64_t& before;
-        bool& published;
-        ~Count() { published = published_on_thread != before; }
-      } count{published_before, published};
-      auto r = tx.exec(
-          "INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2) "
-          "ON CONFLICT (event_id) DO NOTHING",
-          {e.id, now_ms()});
-      if (!r.ok()) return r.status;
-      if (r.value == 0) {
-        *duplicate = true;
-        return SqlStatus::success();
-      }
-      SqlStatus h = c.handler(e, attempt, tx);
-      if (!h.ok()) {
-        if (h.message.empty())
-          h.message = "the handler failed (" + std::string(to_string(h.code)) + ")";
-        return h;
-      }
-      auto d = tx.exec("DELETE FROM gv_dead_letters WHERE event_id = $1", {e.id});
-      return d.status;
+      PublishWatch watch(published);
+      return apply_in(c, e, attempt, tx, duplicate);
     });
     if (st.ok() && published) wake();
     return st;
-  } catch (const std::exception& ex) {
-    *duplicate = false;
-    return invalid(std::string("the handler threw: ") + ex.what());
   } catch (...) {
     *duplicate = false;
-    return invalid("the handler threw an unknown exception");
+    return thrown_failure();
   }
 }
 
-bool EventEngine::Impl::run_consumer(Consumer& c, const Delivery& d) {
+// Applies events of run, first attempts, in one transaction, each in its
+// own savepoint, up to the first that fails: those before it are committed
+// together. Returns how many were applied, and in failure why the next one
+// failed (ok when all were). When the transaction itself fails (busy, the
+// commit), none was applied and failure is its status.
+size_t EventEngine::Impl::apply_run(Consumer& c, std::span<const Delivery> run,
+                                    SqlStatus* failure) {
+  size_t applied = 0;
+  std::vector<char> duplicate(run.size(), 0);
+  bool published = false;
+  *failure = {};
+  SqlStatus st = c.db->write([&](SqlTransaction& tx) -> SqlStatus {
+    PublishWatch watch(published);
+    applied = 0;
+    for (const Delivery& d : run) {
+      bool dup = false;
+      SqlStatus s;
+      try {
+        s = tx.nested([&](SqlTransaction& t) { return apply_in(c, d.event, 1, t, &dup); });
+      } catch (...) {
+        s = thrown_failure();
+      }
+      if (!s.ok()) {
+        *failure = std::move(s);
+        break;
+      }
+      duplicate[applied++] = dup ? 1 : 0;
+    }
+    return SqlStatus::success();
+  });
+  if (!st.ok()) {
+    *failure = std::move(st);
+    return 0;
+  }
+  if (published) wake();
+  for (size_t i = 0; i < applied; ++i) ++(duplicate[i] ? c.stats->duplicates : c.stats->consumed);
+  return applied;
+}
+
+// The broker's handler of a consuming plugin: applies a run of events in
+// transactions of up to kApplyBatch, and sends an event that fails through
+// run_consumer's retries and parking before going on with the rest.
+size_t EventEngine::Impl::run_consumer_run(Consumer& c, std::span<const Delivery> run) {
+  size_t done = 0;
+  while (done < run.size()) {
+    if (consumers_stopping()) return done;
+    SqlStatus failure;
+    try {
+      done += apply_run(c, run.subspan(done, std::min(run.size() - done, kApplyBatch)), &failure);
+    } catch (...) {
+      failure = thrown_failure();  // outside the handler (allocation): an attempt like others
+    }
+    if (failure.ok()) continue;
+    if (!run_consumer(c, run[done], failure)) return done;
+    ++done;
+  }
+  return done;
+}
+
+bool EventEngine::Impl::run_consumer(Consumer& c, const Delivery& d,
+                                     const SqlStatus& first_failure) {
   try {
     const Envelope& e = d.event;
     auto backoff = options.retry_backoff;
     std::string last_error;
     for (int attempt = 1; attempt <= options.max_attempts; ++attempt) {
       bool duplicate = false;
-      SqlStatus s = apply(c, e, attempt, &duplicate);
+      // A first attempt already made in a run (apply_run) is not repeated.
+      SqlStatus s = attempt == 1 && !first_failure.ok() ? first_failure
+                                                         : apply(c, e, attempt, &duplicate);
       if (s.ok()) {
         if (duplicate)
           ++c.stats->duplicates;

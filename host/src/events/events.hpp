@@ -30,6 +30,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -115,16 +116,19 @@ class Broker {
                        std::function<void(bool ok, const std::string& error)> done) = 0;
 
   // A consumer group: handler receives, for each partition, the events whose
-  // type matches one of patterns, one at a time and in offset order. An
-  // offset is committed only after handler returns for it; after a restart
-  // delivery resumes at the first uncommitted offset (at least once).
-  // handler may block (it retries); it returns true when the event is
-  // applied or parked (its offset may be committed), false when it gave up
-  // because the broker is stopping (the offset is not committed, nothing
-  // more is delivered on that partition, and the event is delivered again
-  // after a restart). If handler throws, the offset is not committed and
-  // the event is delivered again later. Register every group before start().
-  using ConsumerFn = std::function<bool(const Delivery&)>;
+  // type matches one of patterns, in offset order, a run of consecutive
+  // ones at a time (one or more: the in-process broker hands over what one
+  // read of its log found, so that the consumer can apply them in one
+  // transaction). It returns how many of them, from the first, are applied
+  // or parked: their offsets may be committed. It returns fewer than it got
+  // only when it gave up because the broker is stopping: the offsets of the
+  // rest are not committed, nothing more is delivered on that partition,
+  // and they are delivered again after a restart. An offset is committed
+  // only after handler has returned for it; after a restart delivery
+  // resumes at the first uncommitted offset (at least once). handler may
+  // block (it retries). If it throws, no offset of the run is committed and
+  // the run is delivered again later. Register every group before start().
+  using ConsumerFn = std::function<size_t(std::span<const Delivery>)>;
   virtual void subscribe(const std::string& group, std::vector<std::string> patterns,
                          ConsumerFn handler) = 0;
 

@@ -448,38 +448,49 @@ bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
         *progressed = true;
         continue;
       }
+      if (stop_flag_) return false;
+      // The matching events of what was read go to the handler as one run;
+      // rows of other types in between only move the offset.
+      std::vector<Delivery> run;
+      run.reserve(rows.rows.size());
       for (auto& row : rows.rows) {
-        if (stop_flag_) return false;
-        Delivery d;
+        std::string type = text_at(row, 2);
+        if (!g.matches(type)) continue;
+        Delivery& d = run.emplace_back();
         d.partition = p;
         d.offset = int_at(row, 0);
-        d.event.type = text_at(row, 2);
-        if (g.matches(d.event.type)) {
-          d.event.id = text_at(row, 1);
-          d.event.key = text_at(row, 3);
-          d.event.time_ms = int_at(row, 4);
-          d.event.source = text_at(row, 5);
-          d.event.schema_version = static_cast<int>(int_at(row, 6));
-          d.event.payload = text_at(row, 7);
-          bool done = false;
-          try {
-            done = g.handler(d);
-          } catch (const std::exception& e) {
-            log::error("events: consumer threw; the event will be delivered again",
-                       {{"group", g.name}, {"event_id", d.event.id}, {"error", e.what()}});
-            g.retry_after[up] = Clock::now() + kThrowRetry;
-            break;
-          } catch (...) {
-            log::error("events: consumer threw; the event will be delivered again",
-                       {{"group", g.name}, {"event_id", d.event.id}});
-            g.retry_after[up] = Clock::now() + kThrowRetry;
-            break;
-          }
-          if (!done) return false;  // gave up for stop(): offset stays
-        }
-        g.committed[p] = d.offset + 1;
-        *progressed = true;
+        d.event.type = std::move(type);
+        d.event.id = text_at(row, 1);
+        d.event.key = text_at(row, 3);
+        d.event.time_ms = int_at(row, 4);
+        d.event.source = text_at(row, 5);
+        d.event.schema_version = static_cast<int>(int_at(row, 6));
+        d.event.payload = text_at(row, 7);
       }
+      const int64_t after_read = int_at(rows.rows.back(), 0) + 1;
+      size_t done = 0;
+      if (!run.empty()) {
+        try {
+          done = g.handler(run);
+        } catch (const std::exception& e) {
+          log::error("events: consumer threw; its events will be delivered again",
+                     {{"group", g.name}, {"event_id", run.front().event.id}, {"error", e.what()}});
+          g.retry_after[up] = Clock::now() + kThrowRetry;
+          continue;
+        } catch (...) {
+          log::error("events: consumer threw; its events will be delivered again",
+                     {{"group", g.name}, {"event_id", run.front().event.id}});
+          g.retry_after[up] = Clock::now() + kThrowRetry;
+          continue;
+        }
+      }
+      *progressed = true;
+      if (done < run.size()) {
+        // Gave up for stop(): the first event not done keeps its offset.
+        g.committed[p] = run[done].offset;
+        return false;
+      }
+      g.committed[p] = after_read;
     }
   }
   return true;

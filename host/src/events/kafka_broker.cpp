@@ -761,7 +761,7 @@ class KafkaBroker final : public Broker {
     d.offset = m->offset;
     for (;;) {  // a throwing handler is called again: later events of its partition wait
       try {
-        if (!g.handler(d)) return false;
+        if (g.handler(std::span<const Delivery>(&d, 1)) != 1) return false;
         break;
       } catch (const std::exception& ex) {
         log::error("events: a consumer threw; the event is delivered again",

@@ -179,6 +179,14 @@ class SqlTransaction {
   // parameters, discarding rows; stops at the first failure. For
   // migrations and DDL; statements are not cached. Refused in read().
   virtual SqlStatus exec_script(std::string_view sql) = 0;
+
+  // Runs work inside a savepoint of this transaction: its changes are kept
+  // if it returns ok and none of its statements failed; otherwise they
+  // alone are undone, the transaction goes on as before it (a failed
+  // statement inside does not fail the rest), and its status is returned.
+  // If work throws, its changes are undone and the exception rethrown.
+  // Host code only: plugins get no handle to it. Refused in read().
+  virtual SqlStatus nested(const std::function<SqlStatus(SqlTransaction&)>& work) = 0;
 };
 
 // The work function: returns ok to commit, any failure to roll back.

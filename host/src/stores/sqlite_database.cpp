@@ -420,12 +420,50 @@ class SqliteTransaction final : public SqlTransaction {
 
   SqlStatus exec_script(std::string_view sql) override;
 
+  SqlStatus nested(const std::function<SqlStatus(SqlTransaction&)>& work) override {
+    if (!writable_) return fail(invalid("nested() in a read transaction"));
+    if (!failed_.ok()) return failed_;
+    if (int rc = host_run(c_, "SAVEPOINT gv_nested"); rc != SQLITE_OK)
+      return fail(failure(c_.db, rc));
+    SqlStatus status;
+    try {
+      status = work(*this);
+    } catch (...) {
+      end_nested(false);
+      throw;
+    }
+    if (status.ok()) status = failed_;
+    if (!end_nested(status.ok())) return failed_;
+    return status;
+  }
+
   // The first failure of any statement in this transaction; ok if none.
   const SqlStatus& failed() const { return failed_; }
 
  private:
   SqlResult<SqlRows> run(std::string_view sql, const std::vector<SqlValue>& params, bool keep_rows);
   SqlStatus step_all(sqlite3_stmt* st, std::string_view sql, SqlRows* rows);
+
+  // Releases the savepoint of nested(), first undoing its changes unless
+  // keep. False when the transaction cannot go on (SQLite rolled it all
+  // back, or the savepoint could not be ended).
+  // The part's own statement failures are undone with it; when the whole
+  // transaction is lost, failed_ says so.
+  bool end_nested(bool keep) {
+    int rc = SQLITE_OK;
+    if (sqlite3_get_autocommit(c_.db)) {
+      failed_ = SqlStatus::failure(SqlCode::io, "the transaction was rolled back");
+      return false;
+    }
+    if (!keep) rc = host_run(c_, "ROLLBACK TO gv_nested");
+    if (rc == SQLITE_OK) rc = host_run(c_, "RELEASE gv_nested");
+    if (rc != SQLITE_OK) {
+      failed_ = failure(c_.db, rc);
+      return false;
+    }
+    if (!keep) failed_ = {};
+    return true;
+  }
 
   // Records the transaction's first failure: PostgreSQL refuses every later
   // statement of a failed transaction, and SQLite is made to agree.
