@@ -42,11 +42,6 @@ size_t WorkerPool::depth() const {
   return queue_.size();
 }
 
-size_t WorkerPool::running() const {
-  std::lock_guard lock(mutex_);
-  return running_;
-}
-
 unsigned WorkerPool::started_threads() const {
   std::lock_guard lock(mutex_);
   return static_cast<unsigned>(threads_.size());
@@ -84,13 +79,11 @@ void WorkerPool::run() {
     if (queue_.empty()) return;  // stopping and drained
     auto job = std::move(queue_.front());
     queue_.pop_front();
-    ++running_;
     ++active_;
     lock.unlock();
     job();
     job = nullptr;  // destroyed before taking the lock
     lock.lock();
-    --running_;
     --active_;
   }
 }

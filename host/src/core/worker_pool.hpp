@@ -32,9 +32,7 @@ class WorkerPool final : private BlockingObserver {
   // is stopping. Jobs must not throw.
   bool try_submit(std::function<void()> job);
 
-  size_t depth() const;    // jobs waiting
-  size_t running() const;  // jobs being run now (waiting ones included)
-  unsigned threads() const { return limit_; }
+  size_t depth() const;              // jobs waiting
   unsigned started_threads() const;  // threads started so far, spares included
 
   // Runs every queued job, then joins the threads. Idempotent.
@@ -52,8 +50,7 @@ class WorkerPool final : private BlockingObserver {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> queue_;
-  size_t running_ = 0;   // jobs started and not finished
-  unsigned active_ = 0;  // of them, not inside a BlockingRegion
+  unsigned active_ = 0;  // jobs started, not finished and not inside a BlockingRegion
   unsigned idle_ = 0;    // threads waiting for a job
   bool stopping_ = false;
   std::vector<std::thread> threads_;

@@ -693,13 +693,12 @@ SqlStatus EventEngine::Impl::apply(Consumer& c, const Envelope& e, int attempt, 
 // commit), none was applied and failure is its status.
 size_t EventEngine::Impl::apply_run(Consumer& c, std::span<const Delivery> run,
                                     SqlStatus* failure) {
-  size_t applied = 0;
-  std::vector<char> duplicate(run.size(), 0);
+  size_t applied = 0, duplicates = 0;
   bool published = false;
   *failure = {};
   SqlStatus st = c.db->write([&](SqlTransaction& tx) -> SqlStatus {
     PublishWatch watch(published);
-    applied = 0;
+    applied = duplicates = 0;
     for (const Delivery& d : run) {
       bool dup = false;
       SqlStatus s;
@@ -712,7 +711,8 @@ size_t EventEngine::Impl::apply_run(Consumer& c, std::span<const Delivery> run,
         *failure = std::move(s);
         break;
       }
-      duplicate[applied++] = dup ? 1 : 0;
+      ++applied;
+      if (dup) ++duplicates;
     }
     return SqlStatus::success();
   });
@@ -721,7 +721,8 @@ size_t EventEngine::Impl::apply_run(Consumer& c, std::span<const Delivery> run,
     return 0;
   }
   if (published) wake();
-  for (size_t i = 0; i < applied; ++i) ++(duplicate[i] ? c.stats->duplicates : c.stats->consumed);
+  c.stats->duplicates += static_cast<int64_t>(duplicates);
+  c.stats->consumed += static_cast<int64_t>(applied - duplicates);
   return applied;
 }
 

@@ -13,7 +13,6 @@
 #include <cmath>
 #include <list>
 #include <string_view>
-#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -399,6 +398,24 @@ SqlStatus bind_all(const Prepared& p, const std::vector<SqlValue>& params, std::
 
 // ---- transactions ----
 
+// A savepoint's statements: each write() work runs in kWrite, and a part of
+// a work run by SqlTransaction::nested in kNested inside it.
+struct Savepoint {
+  const char* begin;
+  const char* rollback_to;
+  const char* release;
+};
+constexpr Savepoint kWrite{"SAVEPOINT gv_write", "ROLLBACK TO gv_write", "RELEASE gv_write"};
+constexpr Savepoint kNested{"SAVEPOINT gv_nested", "ROLLBACK TO gv_nested", "RELEASE gv_nested"};
+
+// Releases sp, first undoing its changes unless keep. SQLITE_OK or the
+// failing statement's code.
+int end_savepoint(Connection& c, const Savepoint& sp, bool keep) {
+  int rc = keep ? SQLITE_OK : host_run(c, sp.rollback_to);
+  if (rc == SQLITE_OK) rc = host_run(c, sp.release);
+  return rc;
+}
+
 class SqliteTransaction final : public SqlTransaction {
  public:
   SqliteTransaction(Connection& c, bool writable) : c_(c), writable_(writable) {}
@@ -423,8 +440,7 @@ class SqliteTransaction final : public SqlTransaction {
   SqlStatus nested(const std::function<SqlStatus(SqlTransaction&)>& work) override {
     if (!writable_) return fail(invalid("nested() in a read transaction"));
     if (!failed_.ok()) return failed_;
-    if (int rc = host_run(c_, "SAVEPOINT gv_nested"); rc != SQLITE_OK)
-      return fail(failure(c_.db, rc));
+    if (int rc = host_run(c_, kNested.begin); rc != SQLITE_OK) return fail(failure(c_.db, rc));
     SqlStatus status;
     try {
       status = work(*this);
@@ -444,20 +460,15 @@ class SqliteTransaction final : public SqlTransaction {
   SqlResult<SqlRows> run(std::string_view sql, const std::vector<SqlValue>& params, bool keep_rows);
   SqlStatus step_all(sqlite3_stmt* st, std::string_view sql, SqlRows* rows);
 
-  // Releases the savepoint of nested(), first undoing its changes unless
-  // keep. False when the transaction cannot go on (SQLite rolled it all
-  // back, or the savepoint could not be ended).
-  // The part's own statement failures are undone with it; when the whole
-  // transaction is lost, failed_ says so.
+  // Ends the savepoint of nested(), undoing its changes unless keep; the
+  // part's own statement failures are undone with it. False, with failed_
+  // saying why, when the transaction cannot go on.
   bool end_nested(bool keep) {
-    int rc = SQLITE_OK;
     if (sqlite3_get_autocommit(c_.db)) {
       failed_ = SqlStatus::failure(SqlCode::io, "the transaction was rolled back");
       return false;
     }
-    if (!keep) rc = host_run(c_, "ROLLBACK TO gv_nested");
-    if (rc == SQLITE_OK) rc = host_run(c_, "RELEASE gv_nested");
-    if (rc != SQLITE_OK) {
+    if (int rc = end_savepoint(c_, kNested, keep); rc != SQLITE_OK) {
       failed_ = failure(c_.db, rc);
       return false;
     }
@@ -683,21 +694,21 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
   if (guard.nested()) return nested_refusal("write");
   auto me = std::make_shared<Member>(
       work, Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
-  bool lead = false;
+  bool leader = false;
   {
     std::lock_guard lock(queue_mutex_);
     queue_.push_back(me);
-    if (!leading_) leading_ = lead = true;
+    if (!leading_) leading_ = leader = true;
   }
-  if (!lead) {
+  if (!leader) {
     // The pool may run another request meanwhile (which often writes too,
     // and so joins the group this one is in).
     BlockingRegion waiting;
     futex_wait(me->state, kQueued);
-    lead = me->state.load(std::memory_order_acquire) == kLead;
+    leader = me->state.load(std::memory_order_acquire) == kLead;
   }
   // A new leader's member is at the head of the queue, so lead() runs it.
-  if (lead) this->lead(*me);
+  if (leader) lead(*me);
   if (me->thrown) std::rethrow_exception(me->thrown);
   return me->status;
 }
@@ -808,7 +819,7 @@ void SqliteDatabase::lead(const Member& own) {
 // its status, and stores in m.thrown what it threw. Sets broken if the
 // transaction cannot go on.
 SqlStatus SqliteDatabase::run_member(Connection& c, Member& m, SqlStatus& broken) {
-  if (int rc = host_run(c, "SAVEPOINT gv_write"); rc != SQLITE_OK) {
+  if (int rc = host_run(c, kWrite.begin); rc != SQLITE_OK) {
     broken = failure(c.db, rc);
     return broken;
   }
@@ -829,10 +840,7 @@ SqlStatus SqliteDatabase::run_member(Connection& c, Member& m, SqlStatus& broken
     return broken;
   }
   const bool keep = status.ok() && !m.thrown;
-  int rc = SQLITE_OK;
-  if (!keep) rc = host_run(c, "ROLLBACK TO gv_write");
-  if (rc == SQLITE_OK) rc = host_run(c, "RELEASE gv_write");
-  if (rc != SQLITE_OK) {
+  if (int rc = end_savepoint(c, kWrite, keep); rc != SQLITE_OK) {
     broken = failure(c.db, rc);
     if (keep) status = broken;
   }
