@@ -410,12 +410,41 @@ TEST_CASE("sqlite: exec_script runs every statement or fails", "[sql][sqlite]") 
   CHECK(count(*db, "a") == 3);
 }
 
+// Readers map the file (mmap_bytes) while the writer's checkpoints copy the
+// WAL into it with plain writes: every commit is seen, with the map and
+// without, past several checkpoints and a file larger than the map.
+TEST_CASE("sqlite: readers see every commit through the memory map", "[sql][sqlite]") {
+  for (int64_t mmap : {int64_t{0}, int64_t{256} << 10, int64_t{64} << 20}) {
+    TempDir tmp;
+    auto db = open_db(tmp.file(), {.reader_connections = 2, .mmap_bytes = mmap});
+    REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)").ok());
+    int64_t rows = 0;
+    for (int round = 0; round < 60; ++round) {
+      REQUIRE(db->write([&](SqlTransaction& tx) {
+                  for (int i = 0; i < 100; ++i) {
+                    auto r = tx.exec("INSERT INTO t (pad) VALUES ($1)",
+                                     {std::string(1000, static_cast<char>('a' + round % 26))});
+                    if (!r.ok()) return r.status;
+                  }
+                  return SqlStatus{};
+                }).ok());
+      rows += 100;
+      INFO("mmap " << mmap << " round " << round);
+      REQUIRE(count(*db, "t") == rows);
+      auto last = select(*db, "SELECT pad FROM t ORDER BY id DESC LIMIT 1");
+      CHECK(sql_text(last.rows.at(0).at(0)).value_or("").front() == 'a' + round % 26);
+    }
+    CHECK(fs::file_size(tmp.file()) > 1u << 20);  // checkpoints ran into the file
+  }
+}
+
 TEST_CASE("sqlite: open checks options, the file and reports integrity", "[sql][sqlite]") {
   TempDir tmp;
   CHECK(SqliteDatabase::open(tmp.file(), {.synchronous = "OFF"}).status.code == SqlCode::invalid);
   CHECK(SqliteDatabase::open(tmp.file(), {.reader_connections = 0}).status.code ==
         SqlCode::invalid);
   CHECK(SqliteDatabase::open(tmp.file(), {.busy_timeout_ms = -1}).status.code == SqlCode::invalid);
+  CHECK(SqliteDatabase::open(tmp.file(), {.mmap_bytes = -1}).status.code == SqlCode::invalid);
   auto missing = SqliteDatabase::open(tmp.dir / "no" / "such.db");
   CHECK(missing.status.code == SqlCode::io);
   CHECK(missing.status.message.find("no/such.db") != std::string::npos);

@@ -84,6 +84,7 @@ json make_schema() {
        section({{"sqlite_synchronous", {{"type", "string"}, {"enum", {"NORMAL", "FULL"}}}},
                 {"busy_timeout_ms", integer(0, kHour_ms)},
                 {"reader_connections", integer(1, 64)},
+                {"sqlite_mmap_bytes", integer(0, 1LL << 40)},
                 {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
       {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process", "kafka"}}}},
                           {"kafka", section({
@@ -346,6 +347,7 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.text("/storage/sqlite_synchronous", &c->storage.synchronous);
   r.number("/storage/busy_timeout_ms", &c->storage.busy_timeout_ms);
   r.number("/storage/reader_connections", &c->storage.reader_connections);
+  r.number("/storage/sqlite_mmap_bytes", &c->storage.sqlite_mmap_bytes);
   r.number("/storage/cache_max_bytes", &c->storage.cache_max_bytes);
   r.text("/events/broker", &c->events.broker);
   read_kafka(r, &c->events.kafka);

@@ -78,6 +78,7 @@ struct StorageConfig {
   std::string synchronous = "NORMAL";  // NORMAL or FULL
   int busy_timeout_ms = 5000;
   int reader_connections = 4;
+  int64_t sqlite_mmap_bytes = 256 << 20;  // PRAGMA mmap_size of every connection
   size_t cache_max_bytes = 64u << 20;
 };
 

@@ -146,6 +146,7 @@ struct InProcessBrokerOptions {
   int consumer_threads = 2;    // threads delivering to consumers (partition p -> thread p % n)
   int busy_timeout_ms = 5000;
   std::string synchronous = "NORMAL";
+  int64_t mmap_bytes = 256 << 20;  // PRAGMA mmap_size of the log's connections
   int64_t retention_events = 100000;  // consumed events kept in the log for inspection
   std::chrono::milliseconds retention_every{5000};  // how often consumed events are deleted
 };

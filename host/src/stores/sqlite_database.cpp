@@ -320,10 +320,11 @@ SqlResult<std::unique_ptr<Connection>> open_connection(const std::filesystem::pa
   sqlite3_busy_timeout(c->db, o.busy_timeout_ms);
   std::string mode;
   const std::string settings =
-      writer ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + o.synchronous +
-                   "; PRAGMA foreign_keys=ON"
-             : "PRAGMA query_only=ON; PRAGMA foreign_keys=ON";
-  rc = host_exec(*c, settings.c_str(), &mode);
+      (writer ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + o.synchronous +
+                    "; PRAGMA foreign_keys=ON"
+              : std::string("PRAGMA query_only=ON; PRAGMA foreign_keys=ON")) +
+      "; PRAGMA mmap_size=" + std::to_string(o.mmap_bytes);
+  rc = host_exec(*c, settings.c_str(), writer ? &mode : nullptr);
   if (rc != SQLITE_OK) {
     SqlStatus s = failure(c->db, rc);
     s.message = "cannot set up " + path.string() + ": " + s.message;
@@ -668,6 +669,7 @@ SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(const std::files
     return {invalid("synchronous must be NORMAL or FULL, not \"" + options.synchronous + "\"")};
   if (o.busy_timeout_ms < 0) return {invalid("busy_timeout_ms must not be negative")};
   if (o.reader_connections < 1) return {invalid("reader_connections must be at least 1")};
+  if (o.mmap_bytes < 0) return {invalid("mmap_bytes must not be negative")};
   if (o.max_group_size < 1) return {invalid("max_group_size must be at least 1")};
   std::unique_ptr<SqliteDatabase> db(new SqliteDatabase(path, o));
   if (SqlStatus s = db->open_connections(); !s.ok()) return {s};

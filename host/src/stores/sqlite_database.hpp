@@ -90,6 +90,9 @@ struct SqliteOptions {
   // commit); larger groups save commits under load but make the first
   // members of a group wait for the later ones.
   int max_group_size = 64;
+  // Bytes of the file each connection maps into memory (PRAGMA mmap_size):
+  // reads of mapped pages cost no system call. 0 reads with pread only.
+  int64_t mmap_bytes = 256 << 20;
 };
 
 // Counters of the write side since open(), for tests and metrics.
