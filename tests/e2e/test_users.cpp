@@ -161,15 +161,30 @@ TEST_CASE("users: register, login, me, get, update, delete over HTTP", "[users]"
   CHECK(unknown_ms > known_ms * 0.5);
   CHECK(unknown_ms < known_ms * 2.0);
 
-  // Update: display name and email.
-  auto put =
-      http(port, "PUT", "/api/v1/users/" + id,
-           json{{"display_name", "Alice Ü"}, {"email", "new@example.com"}}.dump(), bearer(token));
+  // Update: display name and email; the email only with the password.
+  auto no_proof = http(port, "PUT", "/api/v1/users/" + id,
+                       json{{"display_name", "Alice Ü"}, {"email", "new@example.com"}}.dump(),
+                       bearer(token));
+  CHECK(no_proof.status == 400);
+  CHECK(no_proof.json_body()["error"]["message"] == "old_password: needed to change the email");
+  CHECK(http(port, "PUT", "/api/v1/users/" + id,
+             json{{"email", "new@example.com"}, {"old_password", "not my password"}}.dump(),
+             bearer(token))
+            .status == 403);
+  CHECK(http(port, "GET", "/api/v1/users/me", "", bearer(token)).json_body()["email"] ==
+        "Alice_1@example.com");  // neither changed anything
+  auto put = http(port, "PUT", "/api/v1/users/" + id,
+                  json{{"display_name", "Alice Ü"},
+                       {"email", "new@example.com"},
+                       {"old_password", kPassword}}
+                      .dump(),
+                  bearer(token));
   INFO(put.body);
   REQUIRE(put.status == 200);
   CHECK(put.json_body()["display_name"] == "Alice Ü");
   CHECK(put.json_body()["email"] == "new@example.com");
-  CHECK(http(port, "PUT", "/api/v1/users/" + id, json{{"email", "BOB_1@example.com"}}.dump(),
+  CHECK(http(port, "PUT", "/api/v1/users/" + id,
+             json{{"email", "BOB_1@example.com"}, {"old_password", kPassword}}.dump(),
              bearer(token))
             .status == 409);
 
@@ -373,6 +388,7 @@ TEST_CASE("users: authorization matrix of state-changing operations", "[users][a
       {"users.update", "display_name", {200, 403, 401, 403, 200}},
       {"users.update", "role", {403, 403, 401, 403, 200}},
       {"users.update", "password", {200, 403, 401, 403, 200}},
+      {"users.update", "email", {200, 403, 401, 403, 200}},
       {"users.delete", "", {204, 403, 401, 403, 204}},
       {"users.logout", "", {204, 204, 401, 204, 204}},  // each ends their own session
       {"users.register", "", {201, 201, 201, 201, 201}},
@@ -415,8 +431,10 @@ TEST_CASE("users: authorization matrix of state-changing operations", "[users][a
       HttpResult r;
       if (row.operation == "users.update") {
         json body = row.variant == "display_name" ? json{{"display_name", "Changed"}}
-                    : row.variant == "role"
-                        ? json{{"role", "moderator"}}
+                    : row.variant == "role" ? json{{"role", "moderator"}}
+                    : row.variant == "email"
+                        ? json{{"email", target_name + "_moved@example.com"},
+                               {"old_password", kPassword}}
                         : json{{"password", "brand new pw"}, {"old_password", kPassword}};
         r = http(port, "PUT", "/api/v1/users/" + tid, body.dump(), h);
       } else if (row.operation == "users.delete") {

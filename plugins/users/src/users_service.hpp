@@ -471,20 +471,21 @@ class UsersService {
       if (!admin) throw Error::forbidden("only an admin may change a role");
       c.role = in["role"].get<std::string>();
     }
-    if (in.contains("old_password") && !in.contains("password"))
-      throw Error::bad_request("old_password: only with password");
-    if (in.contains("password")) {
-      std::string p = in["password"].get<std::string>();
-      check_password(p, "password");
-      if (self) {
-        // Even an admin changing their own password proves the old one.
-        if (!in.contains("old_password"))
-          throw Error::bad_request("old_password: needed to change the password");
-        if (!hasher_.verify(current->password_hash, in["old_password"].get<std::string>()))
-          throw Error::forbidden("old_password is wrong");
-      }
-      c.password_hash = hasher_.hash(p);
+    // The password and the email (where the account is reached) change
+    // only with proof of the password: a stolen access token alone cannot
+    // take the account over. Even an admin proves it for their own.
+    bool guarded = in.contains("password") || in.contains("email");
+    if (in.contains("old_password") && !guarded)
+      throw Error::bad_request("old_password: only with password or email");
+    if (in.contains("password")) check_password(in["password"].get<std::string>(), "password");
+    if (self && guarded) {
+      if (!in.contains("old_password"))
+        throw Error::bad_request(std::string("old_password: needed to change the ") +
+                                 (in.contains("password") ? "password" : "email"));
+      if (!hasher_.verify(current->password_hash, in["old_password"].get<std::string>()))
+        throw Error::forbidden("old_password is wrong");
     }
+    if (in.contains("password")) c.password_hash = hasher_.hash(in["password"].get<std::string>());
     if (!c.display_name && !c.email && !c.role && !c.password_hash)
       throw Error::bad_request("nothing to change");
     int64_t now = now_ms();
