@@ -307,6 +307,15 @@ TEST_CASE("a revoked session or user stops working at once, on open sockets too"
   json reply = ws.call("testkit.client");
   CHECK(reply["ok"] == false);
   CHECK(reply["error"]["code"] == "unauthorized");
+  // The revoked token opens no new socket and authenticates none; the old
+  // socket goes on with a valid token.
+  CHECK_THROWS_WITH(WebSocket(host.port(), "/ws?access_token=" + s1), Catch::Contains("401"));
+  WebSocket fresh(host.port());
+  json refused = fresh.call("auth", {{"token", s1}});
+  CHECK(refused["status"] == 401);
+  CHECK(refused["error"]["message"] == "the access token was revoked");
+  REQUIRE(ws.call("auth", {{"token", s2}})["ok"] == true);
+  CHECK(ws.call("testkit.client")["data"]["session_id"] == "s2");
   // Another session of the same user goes on.
   CHECK(host.request("GET", "/api/v1/testkit/client", "", h2).status == 200);
 

@@ -20,6 +20,11 @@ class Dispatcher {
 
   // Tokens revoked before they expire (logout); checked on every call.
   void set_revocations(const auth::Revocations* r) { revocations_ = r; }
+  // True when identity's token was revoked (its session ended, or every
+  // token of its user issued until some time).
+  bool revoked(const auth::Identity& identity) const {
+    return revocations_ && revocations_->revoked(identity);
+  }
 
   // Queues call on the worker pool; done runs there with the reply. False
   // when the queue is full: nothing was queued and done is never called.

@@ -487,10 +487,13 @@ TokenCheck check_token(const ServerState& state, std::string_view token) {
   }
   auth::Identity id;
   auth::VerifyError e = state.deps.keys->verify(token, &id);
-  if (e == auth::VerifyError::none)
-    check.identity = std::move(id);
-  else
+  if (e != auth::VerifyError::none)
     check.problem = auth::describe(e);
+  else if (state.deps.dispatcher && state.deps.dispatcher->revoked(id))
+    // A signed-out token opens no socket and authenticates none.
+    check.problem = "the access token was revoked";
+  else
+    check.identity = std::move(id);
   return check;
 }
 

@@ -647,6 +647,11 @@ gv_status api_revoke(gv_host* host, gv_str session_id, gv_str user_id, int64_t i
   });
 }
 
+int64_t api_access_token_ttl(gv_host* host) {
+  if (!host || !host->services->config) return 0;
+  return host->services->config->auth.access_token_ttl.count();
+}
+
 void api_txn_fail(gv_txn* txn, gv_str message) {
   shield_void([&] {
     if (txn) txn->plugin_error = str(message).substr(0, 2000);
@@ -719,7 +724,8 @@ const gv_host_api_v1* host_api() {
                                      &api_blob_list,
                                      &api_txn_fail,
                                      &api_revoke,
-                                     &api_respond_header};
+                                     &api_respond_header,
+                                     &api_access_token_ttl};
   return &api;
 }
 

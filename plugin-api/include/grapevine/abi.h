@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 2
+#define GV_ABI_MINOR 3
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -335,6 +335,14 @@ typedef struct gv_host_api_v1 {
    * replaces the host's default of 1 second. Over WebSocket and in-process
    * calls headers are dropped. */
   gv_status (*respond_header)(gv_response* response, gv_str name, gv_str value);
+
+  /* ---- ABI 1.3 ---- */
+
+  /* The configured lifetime of access tokens (auth.access_token_ttl_s), in
+   * seconds: what sign_access_token uses for ttl_seconds 0. A plugin that
+   * issues tokens reports it to clients (expires_in) and keeps revocations
+   * that long. */
+  int64_t (*access_token_ttl)(gv_host* host);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in

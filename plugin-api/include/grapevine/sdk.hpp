@@ -826,6 +826,12 @@ class ServiceContext {
     return rc == GV_OK;
   }
 
+  // The configured access-token lifetime (auth.access_token_ttl_s): what
+  // sign_access_token gives a token for ttl 0.
+  std::chrono::seconds access_token_ttl() const {
+    return std::chrono::seconds(shared_->api->access_token_ttl(shared_->host));
+  }
+
   // Signs an access token with the host's key; ttl 0: the configured one.
   std::string sign_access_token(std::string_view user_id, std::string_view roles,
                                 int64_t ttl_seconds = 0, const json& extra = json::object()) const {

@@ -320,9 +320,7 @@ class UsersService {
   // re-asserts recent revocations (the host keeps them in memory only)
   // and promotes the configured admins.
   void start() {
-    std::string probe = ctx_.sign_access_token("0", "", 0, {{"sid", "probe"}});
-    access_ttl_s_ = token_lifetime(probe);
-    ctx_.revoke_session("probe");
+    access_ttl_s_ = ctx_.access_token_ttl().count();
     int64_t now = now_ms();
     auto sids = store_.revoked_since(now - revocation_window_ms());
     for (const auto& sid : sids) ctx_.revoke_session(sid);
@@ -585,13 +583,6 @@ class UsersService {
                                      window.count() - now_s % window.count());
   }
 
-  static int64_t token_lifetime(const std::string& token) {
-    size_t a = token.find('.'), b = token.find('.', a + 1);
-    json claims = json::parse(base64url_decode(token.substr(a + 1, b - a - 1)), nullptr, false);
-    if (claims.is_object() && claims.contains("exp") && claims.contains("iat"))
-      return claims["exp"].get<int64_t>() - claims["iat"].get<int64_t>();
-    return 900;
-  }
 
   int64_t revocation_window_ms() const { return (access_ttl_s_ + 120) * 1000; }
   int64_t refresh_ttl_ms() const {
