@@ -28,7 +28,8 @@ class EvSource : public grapevine::Plugin {
            .http_path = "/api/v1/evsource/items",
            .input_schema = object_schema(
                {{"key", {{"type", "string"}, {"minLength", 1}}}, {"n", {{"type", "integer"}}}},
-               {"key", "n"})},
+               {"key", "n"}),
+           .grouped_write = true},  // answered once its group commits (the crash test's writes)
           [this](const Request& req) {
             std::string key = req.input()["key"];
             int64_t n = req.input()["n"];

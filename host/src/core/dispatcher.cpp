@@ -55,22 +55,40 @@ int header_lookup(const gv_request_v1* req, const char* name, gv_str* value) {
 
 bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> done) {
   ++in_flight_;
-  bool queued = pool_.try_submit([this, call, done = std::move(done)] {
+  bool queued = pool_.try_submit([this, call, done = std::move(done)]() mutable {
+    auto finish = [this, done = std::move(done)](Reply reply) {
+      if (done) done(std::move(reply));  // empty only if grouped() threw after taking it
+      --in_flight_;
+    };
     Reply reply;
     try {
-      reply = run(*call);
+      if (auto refused = prepare(*call)) {
+        reply = std::move(*refused);
+      } else if (call->op->grouped) {
+        // Answered once the plugin's grouped write commits, maybe on
+        // another thread; this worker goes on with the next request.
+        call->op->grouped(call->request_id, [this, call] { return invoke(*call); },
+                          std::move(finish));
+        return;
+      } else {
+        reply = invoke(*call);
+      }
     } catch (const std::exception& e) {  // a host bug: answer, keep serving
       log::error("dispatch failed", {{"op", call->op->name}, {"error", e.what()}});
       reply = error_reply(500, "internal", "the operation failed", call->request_id);
     }
-    done(std::move(reply));
-    --in_flight_;
+    finish(std::move(reply));
   });
   if (!queued) --in_flight_;
   return queued;
 }
 
 Reply Dispatcher::run(Call& call) const {
+  if (auto refused = prepare(call)) return *refused;
+  return invoke(call);
+}
+
+std::optional<Reply> Dispatcher::prepare(Call& call) const {
   if (auto denied = check_access(call)) return *denied;
   if (auto bad = build_input(call)) return *bad;
   auto violations = call.op->schema->validate(call.input);
@@ -83,7 +101,7 @@ Reply Dispatcher::run(Call& call) const {
     return Reply{
         400, error_body("invalid_input", where + ": " + first.message, call.request_id, details)};
   }
-  return invoke(call);
+  return std::nullopt;
 }
 
 std::optional<Reply> Dispatcher::check_access(const Call& call) const {

@@ -39,6 +39,8 @@ class Dispatcher {
   static constexpr int kMaxCallDepth = 8;
 
  private:
+  // Who may call, the input built and validated: a reply when refused.
+  std::optional<Reply> prepare(Call& call) const;
   std::optional<Reply> check_access(const Call& call) const;
   std::optional<Reply> build_input(Call& call) const;
   Reply invoke(Call& call) const;

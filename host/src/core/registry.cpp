@@ -78,6 +78,7 @@ bool Registry::add(const std::string& plugin, const gv_operation_v1& raw, std::s
   }
   op->handler = raw.handler;
   op->handler_ctx = raw.handler_ctx;
+  op->flags = raw.flags;
   if (!op->handler) {
     *error = "operation " + op->name + " has no handler";
     return false;
@@ -119,6 +120,11 @@ bool Registry::add(const std::string& plugin, const gv_operation_v1& raw, std::s
 }
 
 const Operation* Registry::find(std::string_view name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : it->second;
+}
+
+Operation* Registry::find_mutable(std::string_view name) {
   auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : it->second;
 }

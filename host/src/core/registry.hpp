@@ -4,6 +4,7 @@
 
 #include <grapevine/abi.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,8 @@
 #include "core/json_schema.hpp"
 
 namespace gv {
+
+struct Reply;  // core/call.hpp
 
 struct Operation {
   std::string name;         // "posts.create"
@@ -27,6 +30,13 @@ struct Operation {
   std::unique_ptr<JsonSchema> schema;  // compiled input_schema
   gv_handler_fn handler = nullptr;
   void* handler_ctx = nullptr;
+  uint32_t flags = 0;  // GV_OP_*
+  // Set for GV_OP_GROUPED_WRITE by the plugin host: runs `run` (the
+  // handler's call) inside the plugin's grouped write and hands its reply
+  // to done once committed, on some thread. Empty: run on the worker.
+  std::function<void(const std::string& request_id, std::function<Reply()> run,
+                     std::function<void(Reply)> done)>
+      grouped;
 
   struct Segment {
     std::string text;  // literal text, or the parameter name
@@ -45,6 +55,9 @@ class Registry {
   bool add(const std::string& plugin, const gv_operation_v1& raw, std::string* error);
 
   const Operation* find(std::string_view name) const;
+  // While plugins are created only: to attach host behaviour to an
+  // operation just added.
+  Operation* find_mutable(std::string_view name);
 
   // Drops every operation of a plugin that failed after registering some.
   void remove_plugin(const std::string& plugin);

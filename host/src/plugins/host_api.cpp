@@ -15,6 +15,16 @@
 namespace gv::plugins {
 namespace {
 
+// The grouped write a GV_OP_GROUPED_WRITE handler runs in, on this thread
+// while the handler runs; its sql_write and sql_read calls become parts of
+// that transaction.
+struct Ambient {
+  gv_host* host = nullptr;
+  stores::SqlTransaction* tx = nullptr;
+  int published = 0;  // events published by its parts
+};
+thread_local Ambient* t_ambient = nullptr;
+
 // Limits of respond_header (abi.h).
 constexpr size_t kMaxHeaderName = 64;
 constexpr size_t kMaxHeaderValue = 1024;
@@ -50,6 +60,50 @@ void api_log(gv_host* host, gv_log_level level, gv_str message) {
   });
 }
 
+// Runs a GV_OP_GROUPED_WRITE handler (run) as a work of the plugin's
+// grouped write, and its reply to done once the group has committed.
+void run_grouped(gv_host* host, const std::string& request_id, std::function<Reply()> run,
+                 std::function<void(Reply)> done) {
+  if (!host->db) return done(run());  // no database: nothing to group
+  struct State {
+    Ambient ambient;
+    std::optional<Reply> reply;
+  };
+  auto state = std::make_shared<State>();
+  state->ambient.host = host;
+  host->db->write_detached(
+      [state, run = std::move(run)](stores::SqlTransaction& tx) {
+        Ambient* outer = t_ambient;
+        state->ambient.tx = &tx;
+        t_ambient = &state->ambient;
+        try {
+          state->reply = run();
+        } catch (...) {
+          t_ambient = outer;
+          state->ambient.tx = nullptr;
+          throw;
+        }
+        t_ambient = outer;
+        state->ambient.tx = nullptr;
+        return stores::SqlStatus::success();  // its parts were kept or undone each
+      },
+      [host, state, request_id, done = std::move(done)](stores::SqlStatus s) {
+        if (!s.ok() || !state->reply) {
+          // Not begun within the busy timeout, or the group's commit
+          // failed: nothing it did is kept, and its reply may describe
+          // what was not.
+          log::warn("grouped write failed", {{"plugin", host->plugin},
+                                            {"request_id", request_id},
+                                            {"error", s.message}});
+          return done(error_reply(503, "unavailable",
+                                  "the write could not be committed; retry shortly", request_id));
+        }
+        if (state->ambient.published > 0 && host->services->events)
+          host->services->events->notify_published();
+        done(std::move(*state->reply));
+      });
+}
+
 gv_status api_register(gv_host* host, const gv_operation_v1* op) {
   return shield([&]() -> gv_status {
     // A plugin built for an older 1.x minor passes a shorter struct; read
@@ -68,6 +122,12 @@ gv_status api_register(gv_host* host, const gv_operation_v1* op) {
       log::error(error, {{"plugin", host->plugin}});
       return GV_ERR_INVALID;
     }
+    if (op->flags & GV_OP_GROUPED_WRITE)
+      host->services->registry->find_mutable(op->name)->grouped =
+          [host](const std::string& request_id, std::function<Reply()> run,
+                 std::function<void(Reply)> done) {
+            run_grouped(host, request_id, std::move(run), std::move(done));
+          };
     return GV_OK;
   });
 }
@@ -267,6 +327,7 @@ gv_status api_add_migration(gv_host* host, int32_t step, gv_str sql) {
 
 // Runs a plugin's transaction function; returns what the caller of
 // sql_write/sql_read gets.
+
 gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
                   void* error_ctx) {
   if (!host || !work) return GV_ERR_INVALID;
@@ -291,7 +352,25 @@ gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_si
                                                     ? "the plugin's transaction function failed"
                                                     : txn.plugin_error);
   };
-  SqlStatus st = writable ? host->db->write(body) : host->db->read(body);
+  SqlStatus st;
+  if (Ambient* a = t_ambient; a && a->host == host && a->tx) {
+    // A part of the handler's grouped write: kept or undone alone, like a
+    // write() of its own. Inside it, another write() is nested as usual.
+    t_ambient = nullptr;
+    try {
+      st = writable ? a->tx->nested(body) : a->tx->read_only(body);
+    } catch (...) {
+      t_ambient = a;
+      throw;
+    }
+    t_ambient = a;
+    if (st.ok()) {
+      a->published += txn.published;  // the relay is woken after the commit
+      return GV_OK;
+    }
+  } else {
+    st = writable ? host->db->write(body) : host->db->read(body);
+  }
   if (st.ok()) {
     if (txn.published > 0 && host->services->events) host->services->events->notify_published();
     return GV_OK;

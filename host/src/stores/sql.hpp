@@ -187,6 +187,12 @@ class SqlTransaction {
   // If work throws, its changes are undone and the exception rethrown.
   // Host code only: plugins get no handle to it. Refused in read().
   virtual SqlStatus nested(const std::function<SqlStatus(SqlTransaction&)>& work) = 0;
+
+  // Runs work on a read-only view of this transaction: it sees this
+  // transaction's changes, and exec(), exec_script() and changing queries
+  // are refused as in read(). Returns work's status; rethrows. Host code
+  // only.
+  virtual SqlStatus read_only(const std::function<SqlStatus(SqlTransaction&)>& work) = 0;
 };
 
 // The work function: returns ok to commit, any failure to roll back.
@@ -208,8 +214,9 @@ class SqlDatabase {
   // within the busy timeout. Returns invalid, without calling work, when
   // called from inside write() or read() on the same database and thread
   // (no nesting: it would wait on itself).
-  // Work runs on the calling thread. An implementation may commit the works
-  // of several concurrent write() calls together (group commit): each work
+  // An implementation may commit the works of several concurrent write()
+  // calls together (group commit), and run a work on the thread that leads
+  // the group rather than the caller's (so works use no thread-locals): each work
   // still sees the changes of the works before it and is undone alone when
   // it fails or throws, and write() returns ok only once its changes are
   // committed. A failure of the shared COMMIT, or of another work that
@@ -219,6 +226,26 @@ class SqlDatabase {
   // works short, and never make one wait for another thread's write() to
   // return: that thread may be waiting for this work's COMMIT.
   virtual SqlStatus write(const SqlWork& work) = 0;
+
+  // Like write(), but returns without waiting for the commit: work runs on
+  // whichever thread leads its group (maybe this one, before write_detached
+  // returns), and done(status) runs there too once the group has committed
+  // or failed, with what write() would have returned. A throwing work
+  // fails with invalid; nothing is rethrown. done must not call write() or
+  // read() of this database (it may run inside the leader's write). For
+  // callers that must not hold a thread while a commit is pending. The
+  // default runs write() and then done on this thread.
+  virtual void write_detached(SqlWork work, std::function<void(SqlStatus)> done) {
+    SqlStatus s;
+    try {
+      s = write(work);
+    } catch (const std::exception& e) {
+      s = SqlStatus::failure(SqlCode::invalid, std::string("the work threw: ") + e.what());
+    } catch (...) {
+      s = SqlStatus::failure(SqlCode::invalid, "the work threw");
+    }
+    done(std::move(s));
+  }
 
   // Runs work in a read-only snapshot: every query sees the database as of
   // the snapshot's first read, including all writes committed before it,

@@ -1,6 +1,7 @@
 #include "stores/sqlite_database.hpp"
 
 #include "core/blocking.hpp"
+#include "core/thread_name.hpp"
 
 #include <linux/futex.h>
 #include <sqlite3.h>
@@ -454,6 +455,14 @@ class SqliteTransaction final : public SqlTransaction {
     return status;
   }
 
+  SqlStatus read_only(const std::function<SqlStatus(SqlTransaction&)>& work) override {
+    if (!failed_.ok()) return failed_;
+    SqliteTransaction view(c_, false);  // its failures stay its own
+    SqlStatus status = work(view);
+    if (status.ok()) status = view.failed();
+    return status;
+  }
+
   // The first failure of any statement in this transaction; ok if none.
   const SqlStatus& failed() const { return failed_; }
 
@@ -648,6 +657,11 @@ void futex_wake(std::atomic<int>& state) {
 // kDone. status and thrown are written before state becomes kDone.
 struct SqliteDatabase::Member {
   Member(const SqlWork& w, Clock::time_point d) : work(w), deadline(d) {}
+  // Detached: owns its work; done replaces the wake-up.
+  Member(SqlWork w, std::function<void(SqlStatus)> d, Clock::time_point dl)
+      : owned(std::move(w)), done(std::move(d)), work(owned), deadline(dl) {}
+  SqlWork owned;
+  std::function<void(SqlStatus)> done;
   const SqlWork& work;
   const Clock::time_point deadline;  // gives up with busy if not begun by then
   SqlStatus status;
@@ -658,7 +672,75 @@ struct SqliteDatabase::Member {
 SqliteDatabase::SqliteDatabase(std::filesystem::path path, const SqliteOptions& options)
     : path_(std::move(path)), options_(options) {}
 
-SqliteDatabase::~SqliteDatabase() = default;
+SqliteDatabase::~SqliteDatabase() {
+  {
+    std::lock_guard lock(checkpoint_mutex_);
+    checkpoint_stop_ = true;
+  }
+  checkpoint_cv_.notify_all();
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+}
+
+// The writer's WAL hook, after each commit (it replaces SQLite's automatic
+// checkpoint, which copies the whole WAL inside the commit): wakes the
+// checkpointer once the WAL holds kCheckpointPages. The WAL starts over
+// only when a writer finds it all copied, which under steady writes a
+// checkpoint on another connection never sees; so past kRestartPages the
+// writer checkpoints here, between its transactions, copying what the
+// checkpointer has not yet (little), and its next transaction starts the
+// WAL over.
+int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages) {
+  if (pages < kCheckpointPages) return SQLITE_OK;
+  if (pages >= kRestartPages) {
+    // Busy when the checkpointer is at it: the next commit tries again.
+    sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    return SQLITE_OK;
+  }
+  auto* self = static_cast<SqliteDatabase*>(arg);
+  {
+    std::lock_guard lock(self->checkpoint_mutex_);
+    if (self->checkpoint_wanted_) return SQLITE_OK;
+    self->checkpoint_wanted_ = true;
+  }
+  self->checkpoint_cv_.notify_one();
+  return SQLITE_OK;
+}
+
+void SqliteDatabase::run_checkpointer() {
+  name_this_thread("gv-checkpoint");
+  std::unique_lock lock(checkpoint_mutex_);
+  for (;;) {
+    checkpoint_cv_.wait(lock, [this] {
+      return checkpoint_wanted_ || lead_wanted_ || checkpoint_stop_;
+    });
+    if (lead_wanted_) {
+      // Handed the lead by a waiting writer (write()): lead until a
+      // waiting writer can take it, or the queue is empty.
+      lead_wanted_ = false;
+      lock.unlock();
+      {
+        NestingGuard guard(this);
+        static const SqlWork kNoWork;
+        const Member none(kNoWork, Clock::time_point::max());
+        while (lead(none)) {
+        }
+      }
+      lock.lock();
+      continue;
+    }
+    if (checkpoint_stop_) return;
+    lock.unlock();
+    // PASSIVE, like SQLite's automatic checkpoint: copies what no reader
+    // still needs and waits for no one, so writes go on meanwhile (see
+    // on_wal_commit for how the WAL starts over). Busy (the writer's own
+    // checkpoint running, say) waits for the next wake.
+    int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                       nullptr, nullptr);
+    if (rc == SQLITE_OK) checkpoints_.fetch_add(1, std::memory_order_relaxed);
+    lock.lock();
+    checkpoint_wanted_ = false;
+  }
+}
 
 SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(const std::filesystem::path& path,
                                                                 const SqliteOptions& options) {
@@ -688,6 +770,15 @@ SqlStatus SqliteDatabase::open_connections() {
     idle_readers_.push_back(reader.value.get());
     readers_.push_back(std::move(reader.value));
   }
+  auto checkpointer = open_connection(path_, false, options_);
+  if (!checkpointer.ok()) return checkpointer.status;
+  checkpointer_ = std::move(checkpointer.value);
+  // A connection joins the WAL with its first read; until then a
+  // checkpoint through it does nothing.
+  if (int rc = host_exec(*checkpointer_, "SELECT count(*) FROM sqlite_master"); rc != SQLITE_OK)
+    return failure(checkpointer_->db, rc);
+  sqlite3_wal_hook(writer_->db, &SqliteDatabase::on_wal_commit, this);
+  checkpoint_thread_ = std::thread([this] { run_checkpointer(); });
   return {};
 }
 
@@ -710,15 +801,45 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
     leader = me->state.load(std::memory_order_acquire) == kLead;
   }
   // A new leader's member is at the head of the queue, so lead() runs it.
-  if (leader) lead(*me);
+  // Detached works queued behind have no thread to lead them, and this
+  // caller must not serve them for as long as they keep coming: the
+  // database's own thread takes the lead over.
+  if (leader && lead(*me)) {
+    {
+      std::lock_guard lock(checkpoint_mutex_);
+      lead_wanted_ = true;
+    }
+    checkpoint_cv_.notify_one();
+  }
   if (me->thrown) std::rethrow_exception(me->thrown);
   return me->status;
+}
+
+void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)> done) {
+  NestingGuard guard(this);  // the works this thread may lead refuse nested writes
+  if (guard.nested()) return done(nested_refusal("write_detached"));
+  auto me = std::make_shared<Member>(
+      std::move(work), std::move(done),
+      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
+  bool leader = false;
+  {
+    std::lock_guard lock(queue_mutex_);
+    queue_.push_back(std::move(me));
+    if (!leading_) leading_ = leader = true;
+  }
+  if (!leader) return;  // the leader runs it and calls done
+  // Nothing of this thread's waits on the result: lead until the queue has
+  // a waiting writer to hand over to, or is empty.
+  static const SqlWork kNoWork;
+  const Member none(kNoWork, Clock::time_point::max());  // never queued
+  while (lead(none)) {
+  }
 }
 
 // Runs queued works in one transaction until the queue is empty, the group
 // is full or old, then commits, hands the lead to the next queued caller
 // and wakes the members. Members whose works failed are woken at once.
-void SqliteDatabase::lead(const Member& own) {
+bool SqliteDatabase::lead(const Member& own) {
   Connection& c = *writer_;
   std::vector<std::shared_ptr<Member>> done;     // results known: woken below
   std::vector<std::shared_ptr<Member>> pending;  // ran, waiting for COMMIT
@@ -793,12 +914,16 @@ void SqliteDatabase::lead(const Member& own) {
       commits_.fetch_add(1, std::memory_order_relaxed);
     end_transaction(std::move(result));
   }
-  // The next leader first, so that writing goes on while members wake.
+  // The next leader first, so that writing goes on while members wake. A
+  // detached work has no thread to lead: this one goes on.
   std::shared_ptr<Member> next;
+  bool again = false;
   {
     std::lock_guard lock(queue_mutex_);
     if (queue_.empty())
       leading_ = false;
+    else if (queue_.front()->done)
+      again = true;
     else
       next = queue_.front();
   }
@@ -807,6 +932,15 @@ void SqliteDatabase::lead(const Member& own) {
     futex_wake(next->state);
   }
   for (auto& m : done) {
+    if (m->done) {
+      SqlStatus s = m->status;
+      if (m->thrown) s = SqlStatus::failure(SqlCode::invalid, "the work threw");
+      try {
+        m->done(std::move(s));
+      } catch (...) {  // a completion must not stop the leader
+      }
+      continue;
+    }
     if (m.get() == &own) {
       m->state.store(kDone, std::memory_order_relaxed);  // this thread: no wake
       continue;
@@ -814,6 +948,7 @@ void SqliteDatabase::lead(const Member& own) {
     m->state.store(kDone, std::memory_order_release);
     futex_wake(m->state);
   }
+  return again;
 }
 
 // Runs m's work in its own savepoint of the open transaction, keeping its

@@ -67,10 +67,13 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "stores/sql.hpp"
+
+struct sqlite3;  // <sqlite3.h>, kept out of this header
 
 namespace gv::stores {
 
@@ -108,6 +111,14 @@ class SqliteDatabase final : public SqlDatabase {
   // leader commits it. Bounds how long finished works wait for later ones
   // when writers keep arriving (slow works, say).
   static constexpr std::chrono::milliseconds kMaxCommitDelay{10};
+  // A commit that leaves at least this many pages in the WAL wakes the
+  // checkpointer (SQLite's own automatic checkpoint uses the same figure,
+  // but runs it inside that commit, on the writer's thread).
+  static constexpr int kCheckpointPages = 1000;
+  // A commit that leaves the WAL this long checkpoints on the writer, so
+  // that the WAL starts over (see on_wal_commit): bounds the WAL file to
+  // about this many pages.
+  static constexpr int kRestartPages = 4 * kCheckpointPages;
 
   // Opens (creating if absent) the database file at path and its
   // connections, switching it to WAL. The folder must exist. Fails with
@@ -121,10 +132,13 @@ class SqliteDatabase final : public SqlDatabase {
   ~SqliteDatabase() override;
 
   SqlStatus write(const SqlWork& work) override;
+  void write_detached(SqlWork work, std::function<void(SqlStatus)> done) override;
   SqlStatus read(const SqlWork& work) override;
 
   // The write counters so far; works / commits is the mean group size.
   SqliteWriteStats write_stats() const;
+  // Checkpoints run by the background checkpointer so far.
+  uint64_t checkpoints() const { return checkpoints_.load(); }
 
   // Runs PRAGMA integrity_check on a reader and returns its lines joined by
   // '\n': exactly "ok" for a sound file.
@@ -143,9 +157,13 @@ class SqliteDatabase final : public SqlDatabase {
 
   SqliteDatabase(std::filesystem::path path, const SqliteOptions& options);
   SqlStatus open_connections();
-  void lead(const Member& own);
+  // Leads one group; true when detached works head the queue, which have
+  // no thread of their own to hand the lead to: the caller leads again.
+  bool lead(const Member& own);
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
   SqlResult<Connection*> lease_reader(Clock::time_point deadline);
+  void run_checkpointer();
+  static int on_wal_commit(void* self, ::sqlite3* db, const char* name, int pages);
   void return_reader(Connection* reader);
 
   std::filesystem::path path_;
@@ -161,6 +179,17 @@ class SqliteDatabase final : public SqlDatabase {
   std::unique_ptr<Connection> writer_;  // used by the leader only
   std::atomic<uint64_t> works_{0};
   std::atomic<uint64_t> commits_{0};
+
+  // Checkpoints (copying the WAL into the file, with its fsync) run on
+  // their own thread and connection, so that no commit waits for one. The
+  // same thread leads queued detached works that a write() caller leaves.
+  std::unique_ptr<Connection> checkpointer_;
+  std::thread checkpoint_thread_;
+  std::mutex checkpoint_mutex_;  // guards checkpoint_wanted_, checkpoint_stop_
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_wanted_ = false, checkpoint_stop_ = false;
+  bool lead_wanted_ = false;  // the same thread leads detached works handed to it
+  std::atomic<uint64_t> checkpoints_{0};
 
   std::mutex readers_mutex_;  // guards idle_readers_
   std::condition_variable reader_freed_;

@@ -120,7 +120,21 @@ typedef struct gv_operation_v1 {
   const char* role; /* with GV_ACCESS_ROLE */
   gv_handler_fn handler;
   void* handler_ctx; /* passed back to handler; must outlive the host */
+  /* ---- ABI 1.3 (check struct_size) ---- */
+  uint32_t flags; /* GV_OP_* */
 } gv_operation_v1;
+
+/* gv_operation_v1.flags */
+/* The handler runs inside the write transaction of the plugin's database
+ * that groups concurrent requests (group commit), and its answer goes out
+ * once that transaction has committed. Its sql_write calls become parts of
+ * that transaction (each kept or undone alone, as before); no thread waits
+ * for the commit, which makes short writing operations much cheaper under
+ * load. Effects outside the plugin's database (pushes, cache, calls to
+ * other plugins) happen before the commit, and the handler holds up the
+ * group while it runs: for operations whose effect is their writes and
+ * events. If the commit fails, a handler that wrote is answered 503. */
+#define GV_OP_GROUPED_WRITE 1u
 
 typedef struct gv_host gv_host; /* the host's per-plugin context, opaque */
 

@@ -165,6 +165,10 @@ struct Operation {
   std::string summary{};
   Access access = Access::anyone;
   std::string role{};  // with Access::role
+  // Run the handler inside the database's grouped write transaction and
+  // answer once it commits (GV_OP_GROUPED_WRITE in abi.h): for short
+  // operations whose effect is their writes and events.
+  bool grouped_write = false;
 };
 
 namespace detail {
@@ -901,6 +905,7 @@ class Registry {
     raw.role = op.role.c_str();
     raw.handler = &Registry::trampoline;
     raw.handler_ctx = &e;
+    raw.flags = op.grouped_write ? GV_OP_GROUPED_WRITE : 0u;
     if (shared_->api->register_operation(shared_->host, &raw) != GV_OK) {
       entries_.pop_back();
       throw std::invalid_argument("host refused operation " + op.name);
