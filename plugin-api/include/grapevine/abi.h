@@ -133,7 +133,8 @@ typedef struct gv_operation_v1 {
  * load. Effects outside the plugin's database (pushes, cache, calls to
  * other plugins) happen before the commit, and the handler holds up the
  * group while it runs: for operations whose effect is their writes and
- * events. If the commit fails, a handler that wrote is answered 503. */
+ * events. If the group's commit fails (or its work never began within the
+ * busy timeout), the client gets 503, whatever the handler answered. */
 #define GV_OP_GROUPED_WRITE 1u
 
 typedef struct gv_host gv_host; /* the host's per-plugin context, opaque */
