@@ -108,7 +108,7 @@ std::optional<Reply> Dispatcher::check_access(const Call& call) const {
   const Operation& op = *call.op;
   // A revoked token is refused like any bad token, even on public
   // operations, and on sockets that authenticated before the revocation.
-  if (!call.system && call.identity && revocations_ && revocations_->revoked(*call.identity))
+  if (!call.system && call.identity && revoked(*call.identity))
     return error_reply(401, "unauthorized", "the access token was revoked", call.request_id);
   if (call.system || op.access == GV_ACCESS_ANYONE) return std::nullopt;
   if (!call.identity)

@@ -78,7 +78,6 @@ bool Registry::add(const std::string& plugin, const gv_operation_v1& raw, std::s
   }
   op->handler = raw.handler;
   op->handler_ctx = raw.handler_ctx;
-  op->flags = raw.flags;
   if (!op->handler) {
     *error = "operation " + op->name + " has no handler";
     return false;

@@ -30,7 +30,6 @@ struct Operation {
   std::unique_ptr<JsonSchema> schema;  // compiled input_schema
   gv_handler_fn handler = nullptr;
   void* handler_ctx = nullptr;
-  uint32_t flags = 0;  // GV_OP_*
   // Set for GV_OP_GROUPED_WRITE by the plugin host: runs `run` (the
   // handler's call) inside the plugin's grouped write and hands its reply
   // to done once committed, on some thread. Empty: run on the worker.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <strings.h>
 
 #include "core/call.hpp"
 #include "core/log.hpp"
@@ -24,6 +25,18 @@ struct Ambient {
   int published = 0;  // events published by its parts
 };
 thread_local Ambient* t_ambient = nullptr;
+
+// Sets t_ambient for a scope, and restores it after, thrown or not.
+class AmbientScope {
+ public:
+  explicit AmbientScope(Ambient* a) : outer_(t_ambient) { t_ambient = a; }
+  ~AmbientScope() { t_ambient = outer_; }
+  AmbientScope(const AmbientScope&) = delete;
+  AmbientScope& operator=(const AmbientScope&) = delete;
+
+ private:
+  Ambient* outer_;
+};
 
 // Limits of respond_header (abi.h).
 constexpr size_t kMaxHeaderName = 64;
@@ -73,18 +86,9 @@ void run_grouped(gv_host* host, const std::string& request_id, std::function<Rep
   state->ambient.host = host;
   host->db->write_detached(
       [state, run = std::move(run)](stores::SqlTransaction& tx) {
-        Ambient* outer = t_ambient;
-        state->ambient.tx = &tx;
-        t_ambient = &state->ambient;
-        try {
-          state->reply = run();
-        } catch (...) {
-          t_ambient = outer;
-          state->ambient.tx = nullptr;
-          throw;
-        }
-        t_ambient = outer;
-        state->ambient.tx = nullptr;
+        state->ambient.tx = &tx;  // reached only through t_ambient, set meanwhile
+        AmbientScope scope(&state->ambient);
+        state->reply = run();
         return stores::SqlStatus::success();  // its parts were kept or undone each
       },
       [host, state, request_id, done = std::move(done)](stores::SqlStatus s) {
@@ -152,15 +156,12 @@ void api_respond_error(gv_response* r, int status, gv_str code, gv_str message) 
 
 // Headers the host writes itself; a plugin cannot set or repeat them.
 bool host_owned_header(std::string_view name) {
-  static constexpr std::string_view kOwned[] = {
+  static constexpr const char* kOwned[] = {
       "content-type", "content-length", "connection", "transfer-encoding", "server",
       "date",         "x-request-id",   "upgrade",    "keep-alive",        "trailer"};
-  for (auto owned : kOwned)
-    if (name.size() == owned.size() &&
-        std::equal(name.begin(), name.end(), owned.begin(),
-                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
-      return true;
-  return false;
+  const std::string n(name);
+  return std::any_of(std::begin(kOwned), std::end(kOwned),
+                     [&](const char* owned) { return strcasecmp(n.c_str(), owned) == 0; });
 }
 
 bool header_token(std::string_view name) {
@@ -327,7 +328,6 @@ gv_status api_add_migration(gv_host* host, int32_t step, gv_str sql) {
 
 // Runs a plugin's transaction function; returns what the caller of
 // sql_write/sql_read gets.
-
 gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
                   void* error_ctx) {
   if (!host || !work) return GV_ERR_INVALID;
@@ -353,17 +353,13 @@ gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_si
                                                     : txn.plugin_error);
   };
   SqlStatus st;
-  if (Ambient* a = t_ambient; a && a->host == host && a->tx) {
+  if (Ambient* a = t_ambient; a && a->host == host) {
     // A part of the handler's grouped write: kept or undone alone, like a
     // write() of its own. Inside it, another write() is nested as usual.
-    t_ambient = nullptr;
-    try {
+    {
+      AmbientScope outside(nullptr);
       st = writable ? a->tx->nested(body) : a->tx->read_only(body);
-    } catch (...) {
-      t_ambient = a;
-      throw;
     }
-    t_ambient = a;
     if (st.ok()) {
       a->published += txn.published;  // the relay is woken after the commit
       return GV_OK;

@@ -657,11 +657,11 @@ void futex_wake(std::atomic<int>& state) {
 // kDone. status and thrown are written before state becomes kDone.
 struct SqliteDatabase::Member {
   Member(const SqlWork& w, Clock::time_point d) : work(w), deadline(d) {}
-  // Detached: owns its work; done replaces the wake-up.
-  Member(SqlWork w, std::function<void(SqlStatus)> d, Clock::time_point dl)
-      : owned(std::move(w)), done(std::move(d)), work(owned), deadline(dl) {}
+  // Detached: owns its work; completion replaces the wake-up.
+  Member(SqlWork w, std::function<void(SqlStatus)> c, Clock::time_point dl)
+      : owned(std::move(w)), completion(std::move(c)), work(owned), deadline(dl) {}
   SqlWork owned;
-  std::function<void(SqlStatus)> done;
+  std::function<void(SqlStatus)> completion;
   const SqlWork& work;
   const Clock::time_point deadline;  // gives up with busy if not begun by then
   SqlStatus status;
@@ -718,13 +718,7 @@ void SqliteDatabase::run_checkpointer() {
       // waiting writer can take it, or the queue is empty.
       lead_wanted_ = false;
       lock.unlock();
-      {
-        NestingGuard guard(this);
-        static const SqlWork kNoWork;
-        const Member none(kNoWork, Clock::time_point::max());
-        while (lead(none)) {
-        }
-      }
+      lead_detached();
       lock.lock();
       continue;
     }
@@ -804,7 +798,7 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
   // Detached works queued behind have no thread to lead them, and this
   // caller must not serve them for as long as they keep coming: the
   // database's own thread takes the lead over.
-  if (leader && lead(*me)) {
+  if (leader && lead(me.get())) {
     {
       std::lock_guard lock(checkpoint_mutex_);
       lead_wanted_ = true;
@@ -828,18 +822,21 @@ void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)>
     if (!leading_) leading_ = leader = true;
   }
   if (!leader) return;  // the leader runs it and calls done
-  // Nothing of this thread's waits on the result: lead until the queue has
-  // a waiting writer to hand over to, or is empty.
-  static const SqlWork kNoWork;
-  const Member none(kNoWork, Clock::time_point::max());  // never queued
-  while (lead(none)) {
+  lead_detached();
+}
+
+// Leads for no work of this thread's own, until the queue has a waiting
+// writer to hand over to, or is empty.
+void SqliteDatabase::lead_detached() {
+  NestingGuard guard(this);  // the works it runs refuse nested writes
+  while (lead(nullptr)) {
   }
 }
 
 // Runs queued works in one transaction until the queue is empty, the group
 // is full or old, then commits, hands the lead to the next queued caller
 // and wakes the members. Members whose works failed are woken at once.
-bool SqliteDatabase::lead(const Member& own) {
+bool SqliteDatabase::lead(const Member* own) {
   Connection& c = *writer_;
   std::vector<std::shared_ptr<Member>> done;     // results known: woken below
   std::vector<std::shared_ptr<Member>> pending;  // ran, waiting for COMMIT
@@ -848,7 +845,7 @@ bool SqliteDatabase::lead(const Member& own) {
   Clock::time_point first_done;
   const auto finish = [&](std::shared_ptr<Member> m, SqlStatus s) {
     m->status = std::move(s);
-    if (m.get() == &own) own_done = true;
+    if (m.get() == own) own_done = true;
     done.push_back(std::move(m));
   };
   const auto end_transaction = [&](SqlStatus result) {
@@ -922,7 +919,7 @@ bool SqliteDatabase::lead(const Member& own) {
     std::lock_guard lock(queue_mutex_);
     if (queue_.empty())
       leading_ = false;
-    else if (queue_.front()->done)
+    else if (queue_.front()->completion)
       again = true;
     else
       next = queue_.front();
@@ -932,16 +929,16 @@ bool SqliteDatabase::lead(const Member& own) {
     futex_wake(next->state);
   }
   for (auto& m : done) {
-    if (m->done) {
+    if (m->completion) {
       SqlStatus s = m->status;
       if (m->thrown) s = SqlStatus::failure(SqlCode::invalid, "the work threw");
       try {
-        m->done(std::move(s));
+        m->completion(std::move(s));
       } catch (...) {  // a completion must not stop the leader
       }
       continue;
     }
-    if (m.get() == &own) {
+    if (m.get() == own) {
       m->state.store(kDone, std::memory_order_relaxed);  // this thread: no wake
       continue;
     }

@@ -27,6 +27,10 @@
 //   meanwhile (in a BlockingRegion, so the worker pool runs other requests,
 //   whose writes join the queue). No lock passes from thread to thread
 //   between works, so a group costs one commit and one wake-up per member.
+// - write_detached() queues a work with a completion instead of a waiting
+//   caller: the leader calls it after the commit. With no caller to hand
+//   the lead to, the leader goes on; a write() caller whose own work is
+//   done hands such a lead to the database's checkpoint thread instead.
 // - So a work may run on another thread than its caller's (the leader's).
 //   Its caller is blocked until it ends; its exception is rethrown on the
 //   caller's thread; a nested write() or read() of the same database from
@@ -157,9 +161,11 @@ class SqliteDatabase final : public SqlDatabase {
 
   SqliteDatabase(std::filesystem::path path, const SqliteOptions& options);
   SqlStatus open_connections();
-  // Leads one group; true when detached works head the queue, which have
-  // no thread of their own to hand the lead to: the caller leads again.
-  bool lead(const Member& own);
+  // Leads one group, own (the caller's queued work, or null) among them;
+  // true when detached works head the queue, which have no thread of their
+  // own to hand the lead to: the caller leads again.
+  bool lead(const Member* own);
+  void lead_detached();
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
   SqlResult<Connection*> lease_reader(Clock::time_point deadline);
   void run_checkpointer();
