@@ -27,13 +27,14 @@
 // delivered by one thread and its events stay in order. A thread loops:
 // for each of its (group, partition) pairs with something new (committed <
 // next, both in memory) it reads up to kReadBatch rows from the committed
-// offset and hands the ones whose type matches a pattern of the group to
-// the handler, one at a time, moving the in-memory committed offset past
-// each row it is done with (delivered or not matching). After a pass it
-// stores the moved offsets in one write transaction (at least once: a crash
-// before that store redelivers, and the engine drops duplicates by event
-// id). With nothing to do it sleeps on the condition variable until a
-// produce or kIdleWait, never spinning.
+// offset (every pair in one read transaction) and hands the ones whose type
+// matches a pattern of the group to the handler, moving the in-memory
+// committed offset past each row it is done with (delivered or not
+// matching). At most every kStoreEvery it stores the moved offsets in one
+// write transaction (at least once: a crash before that store redelivers,
+// and the engine drops duplicates by event id). With nothing to do it
+// sleeps on the condition variable until a produce, kIdleWait or the next
+// offsets store, never spinning.
 //
 // A handler returning false (giving up for stop()) leaves its offset where
 // it was and ends the thread's delivery. A handler that throws is logged;
@@ -73,6 +74,9 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kReadBatch = 256;
 constexpr auto kIdleWait = std::chrono::milliseconds(1000);
 constexpr auto kThrowRetry = std::chrono::milliseconds(1000);
+// Moved offsets are stored at most this often (and at stop): a crash
+// redelivers at most this much, which consumers drop as duplicates.
+constexpr auto kStoreEvery = std::chrono::milliseconds(100);
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -376,7 +380,8 @@ bool InProcessBroker::append(const std::vector<Envelope>& batch, std::string* er
 }
 
 void InProcessBroker::run(int thread_index) {
-  auto last_retention = Clock::now();
+  auto last_retention = Clock::now(), last_store = Clock::now();
+  bool unstored = false;  // offsets moved since the last store
   for (;;) {
     uint64_t seen;
     {
@@ -387,7 +392,12 @@ void InProcessBroker::run(int thread_index) {
     bool progressed = false, go_on = true;
     try {
       go_on = deliver_pass(thread_index, &progressed);
-      store_offsets(thread_index);
+      unstored = unstored || progressed;
+      if (unstored && Clock::now() - last_store >= kStoreEvery) {
+        store_offsets(thread_index);
+        last_store = Clock::now();
+        unstored = false;
+      }
       if (thread_index == 0 && Clock::now() - last_retention >= options_.retention_every) {
         retention();
         last_retention = Clock::now();
@@ -399,12 +409,14 @@ void InProcessBroker::run(int thread_index) {
     }
     if (!go_on) break;
     if (progressed) continue;
-    // Thread 0 also wakes for retention.
-    auto idle = thread_index == 0
-                    ? std::min<Clock::duration>(
-                          kIdleWait, std::max<Clock::duration>(options_.retention_every,
-                                                               std::chrono::milliseconds(1)))
-                    : Clock::duration(kIdleWait);
+    // Thread 0 also wakes for retention; moved offsets are stored on time.
+    Clock::duration idle = kIdleWait;
+    if (thread_index == 0)
+      idle = std::min(idle, std::max<Clock::duration>(options_.retention_every,
+                                                      std::chrono::milliseconds(1)));
+    if (unstored)
+      idle = std::min(idle, std::max<Clock::duration>(last_store + kStoreEvery - Clock::now(),
+                                                      std::chrono::milliseconds(1)));
     std::unique_lock lock(wake_mutex_);
     wake_.wait_for(lock, idle, [&] { return stopping_ || produced_ != seen; });
   }
@@ -415,84 +427,99 @@ void InProcessBroker::run(int thread_index) {
   }
 }
 
-// One pass over the thread's (group, partition) pairs. False when a handler
-// gave up because of stop().
+// One pass over the thread's (group, partition) pairs: the rows of every
+// pair with something new are read in one read transaction, then handed
+// out pair by pair. False when a handler gave up because of stop().
 bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
-  for (auto& gp : groups_) {
-    Group& g = *gp;
+  struct Pair {
+    Group* g;
+    int p;
+    int64_t next;
+    SqlRows rows;
+  };
+  std::vector<Pair> pairs;
+  const auto now = Clock::now();
+  for (auto& gp : groups_)
     for (int p = thread_index; p < partitions_; p += threads_count_) {
-      if (stop_flag_) return false;
-      const auto up = static_cast<size_t>(p);
-      const int64_t committed = std::max(g.committed[p].load(), int64_t{0});
+      const int64_t committed = std::max(gp->committed[p].load(), int64_t{0});
       const int64_t next = next_[p].load();  // every row below is committed
-      if (committed >= next) continue;
-      if (Clock::now() < g.retry_after[up]) continue;
-      SqlRows rows;
-      SqlStatus s = db_->read([&](SqlTransaction& tx) {
-        auto r = tx.query(
-            "SELECT off, id, type, key, time_ms, source, schema_version, payload FROM log "
-            "WHERE part = $1 AND off >= $2 ORDER BY off LIMIT $3",
-            {static_cast<int64_t>(p), committed, kReadBatch});
-        rows = std::move(r.value);
-        return r.status;
-      });
-      if (!s.ok()) {
-        log::warn("events: broker cannot read its log",
-                  {{"partition", p}, {"group", g.name}, {"error", s.message}});
-        continue;
-      }
-      if (rows.rows.empty()) {
-        // Nothing left below next (cannot happen while retention keeps
-        // every row at or above the lowest committed offset): skip ahead,
-        // but not past rows produced since next was read.
-        g.committed[p] = next;
-        *progressed = true;
-        continue;
-      }
-      if (stop_flag_) return false;
-      // The matching events of what was read go to the handler as one run;
-      // rows of other types in between only move the offset.
-      std::vector<Delivery> run;
-      run.reserve(rows.rows.size());
-      for (auto& row : rows.rows) {
-        std::string type = text_at(row, 2);
-        if (!g.matches(type)) continue;
-        Delivery& d = run.emplace_back();
-        d.partition = p;
-        d.offset = int_at(row, 0);
-        d.event.type = std::move(type);
-        d.event.id = text_at(row, 1);
-        d.event.key = text_at(row, 3);
-        d.event.time_ms = int_at(row, 4);
-        d.event.source = text_at(row, 5);
-        d.event.schema_version = static_cast<int>(int_at(row, 6));
-        d.event.payload = text_at(row, 7);
-      }
-      const int64_t after_read = int_at(rows.rows.back(), 0) + 1;
-      size_t done = 0;
-      if (!run.empty()) {
-        try {
-          done = g.handler(run);
-        } catch (const std::exception& e) {
-          log::error("events: consumer threw; its events will be delivered again",
-                     {{"group", g.name}, {"event_id", run.front().event.id}, {"error", e.what()}});
-          g.retry_after[up] = Clock::now() + kThrowRetry;
-          continue;
-        } catch (...) {
-          log::error("events: consumer threw; its events will be delivered again",
-                     {{"group", g.name}, {"event_id", run.front().event.id}});
-          g.retry_after[up] = Clock::now() + kThrowRetry;
-          continue;
-        }
-      }
-      *progressed = true;
-      if (done < run.size()) {
-        // Gave up for stop(): the first event not done keeps its offset.
-        g.committed[p] = run[done].offset;
-        return false;
-      }
-      g.committed[p] = after_read;
+      if (committed < next && now >= gp->retry_after[static_cast<size_t>(p)])
+        pairs.push_back({gp.get(), p, next, {}});
     }
+  if (pairs.empty()) return true;
+  if (stop_flag_) return false;
+  SqlStatus s = db_->read([&](SqlTransaction& tx) {
+    for (auto& pair : pairs) {
+      const int64_t part = pair.p;
+      const int64_t from = std::max(pair.g->committed[pair.p].load(), int64_t{0});
+      auto r = tx.query(
+          "SELECT off, id, type, key, time_ms, source, schema_version, payload FROM log "
+          "WHERE part = $1 AND off >= $2 ORDER BY off LIMIT $3",
+          {part, from, kReadBatch});
+      if (!r.ok()) return r.status;
+      pair.rows = std::move(r.value);
+    }
+    return SqlStatus::success();
+  });
+  if (!s.ok()) {
+    log::warn("events: broker cannot read its log", {{"error", s.message}});
+    return true;
+  }
+  for (auto& pair : pairs) {
+    Group& g = *pair.g;
+    const int p = pair.p;
+    const auto up = static_cast<size_t>(p);
+    if (stop_flag_) return false;
+    if (pair.rows.rows.empty()) {
+      // Nothing left below next (cannot happen while retention keeps
+      // every row at or above the lowest committed offset): skip ahead,
+      // but not past rows produced since next was read.
+      g.committed[p] = pair.next;
+      *progressed = true;
+      continue;
+    }
+    // The matching events of what was read go to the handler as one run;
+    // rows of other types in between only move the offset.
+    std::vector<Delivery> run;
+    run.reserve(pair.rows.rows.size());
+    for (auto& row : pair.rows.rows) {
+      std::string type = text_at(row, 2);
+      if (!g.matches(type)) continue;
+      Delivery& d = run.emplace_back();
+      d.partition = p;
+      d.offset = int_at(row, 0);
+      d.event.type = std::move(type);
+      d.event.id = text_at(row, 1);
+      d.event.key = text_at(row, 3);
+      d.event.time_ms = int_at(row, 4);
+      d.event.source = text_at(row, 5);
+      d.event.schema_version = static_cast<int>(int_at(row, 6));
+      d.event.payload = text_at(row, 7);
+    }
+    const int64_t after_read = int_at(pair.rows.rows.back(), 0) + 1;
+    size_t done = 0;
+    if (!run.empty()) {
+      try {
+        done = g.handler(run);
+      } catch (const std::exception& e) {
+        log::error("events: consumer threw; its events will be delivered again",
+                   {{"group", g.name}, {"event_id", run.front().event.id}, {"error", e.what()}});
+        g.retry_after[up] = Clock::now() + kThrowRetry;
+        continue;
+      } catch (...) {
+        log::error("events: consumer threw; its events will be delivered again",
+                   {{"group", g.name}, {"event_id", run.front().event.id}});
+        g.retry_after[up] = Clock::now() + kThrowRetry;
+        continue;
+      }
+    }
+    *progressed = true;
+    if (done < run.size()) {
+      // Gave up for stop(): the first event not done keeps its offset.
+      g.committed[p] = run[done].offset;
+      return false;
+    }
+    g.committed[p] = after_read;
   }
   return true;
 }

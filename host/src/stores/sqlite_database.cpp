@@ -683,20 +683,26 @@ SqliteDatabase::~SqliteDatabase() {
 
 // The writer's WAL hook, after each commit (it replaces SQLite's automatic
 // checkpoint, which copies the whole WAL inside the commit): wakes the
-// checkpointer once the WAL holds kCheckpointPages. The WAL starts over
+// checkpointer once the WAL holds kCheckpointPages, then again every
+// kCheckpointStep pages more. The WAL starts over
 // only when a writer finds it all copied, which under steady writes a
 // checkpoint on another connection never sees; so past kRestartPages the
 // writer checkpoints here, between its transactions, copying what the
 // checkpointer has not yet (little), and its next transaction starts the
 // WAL over.
 int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages) {
-  if (pages < kCheckpointPages) return SQLITE_OK;
+  auto* self = static_cast<SqliteDatabase*>(arg);
+  if (pages < kCheckpointPages) {
+    self->checkpoint_at_ = kCheckpointPages;  // the WAL started over
+    return SQLITE_OK;
+  }
   if (pages >= kRestartPages) {
     // Busy when the checkpointer is at it: the next commit tries again.
     sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     return SQLITE_OK;
   }
-  auto* self = static_cast<SqliteDatabase*>(arg);
+  if (pages < self->checkpoint_at_) return SQLITE_OK;
+  self->checkpoint_at_ = pages + kCheckpointStep;
   {
     std::lock_guard lock(self->checkpoint_mutex_);
     if (self->checkpoint_wanted_) return SQLITE_OK;

@@ -119,6 +119,10 @@ class SqliteDatabase final : public SqlDatabase {
   // checkpointer (SQLite's own automatic checkpoint uses the same figure,
   // but runs it inside that commit, on the writer's thread).
   static constexpr int kCheckpointPages = 1000;
+  // Past kCheckpointPages, the checkpointer is woken again each time the
+  // WAL has grown this many pages: a page written by many commits in a row
+  // (a table's last leaf, say) is copied once per wake, not once per commit.
+  static constexpr int kCheckpointStep = kCheckpointPages / 4;
   // A commit that leaves the WAL this long checkpoints on the writer, so
   // that the WAL starts over (see on_wal_commit): bounds the WAL file to
   // about this many pages.
@@ -194,6 +198,9 @@ class SqliteDatabase final : public SqlDatabase {
   std::mutex checkpoint_mutex_;  // guards checkpoint_wanted_, checkpoint_stop_
   std::condition_variable checkpoint_cv_;
   bool checkpoint_wanted_ = false, checkpoint_stop_ = false;
+  // WAL length at which on_wal_commit wakes the checkpointer next; only the
+  // writer's commits (one at a time) touch it.
+  int checkpoint_at_ = kCheckpointPages;
   bool lead_wanted_ = false;  // the same thread leads detached works handed to it
   std::atomic<uint64_t> checkpoints_{0};
 
