@@ -13,6 +13,7 @@
 #include <climits>
 #include <cmath>
 #include <list>
+#include <mutex>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
@@ -307,8 +308,21 @@ int host_run(Connection& c, std::string_view sql) {
   return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
+// Once per process, before SQLite initializes: no memory statistics. With
+// them on (Debian's default) every allocation SQLite makes takes one global
+// mutex, which the writer, the readers and the broker's threads then queue
+// on; the host never reads those statistics.
+void configure_sqlite_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, 4 << 20);
+  });
+}
+
 SqlResult<std::unique_ptr<Connection>> open_connection(const std::filesystem::path& path,
                                                        bool writer, const SqliteOptions& o) {
+  configure_sqlite_once();
   auto c = std::make_unique<Connection>();
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
   if (writer) flags |= SQLITE_OPEN_CREATE;
