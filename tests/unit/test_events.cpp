@@ -456,6 +456,47 @@ TEST_CASE("events: a consumer that gives up at stop leaves its offset uncommitte
   broker->stop();
 }
 
+TEST_CASE("events: a consumer that throws gets its events again after a pause, once each",
+          "[events]") {
+  TempDir tmp;
+  auto options = broker_options(tmp, 2, 1);  // both partitions on one thread: one run
+  Received r;
+  std::atomic<int> calls{0};
+  std::chrono::steady_clock::time_point first_call, second_call;
+  auto broker = make_in_process_broker(options, nullptr);
+  broker->subscribe("g", {"a.*"}, [&](std::span<const Delivery> run) {
+    const int call = ++calls;
+    if (call == 1) {
+      first_call = std::chrono::steady_clock::now();
+      throw std::runtime_error("the consumer fails once");
+    }
+    if (call == 2) second_call = std::chrono::steady_clock::now();
+    for (const auto& d : run) r.add(d.event);
+    return run.size();
+  });
+  std::string error;
+  REQUIRE(broker->start(&error));
+  std::vector<Envelope> batch;
+  for (int i = 0; i < 20; ++i)
+    batch.push_back(make_event(i % 3 ? "a.x" : "b.x", "key" + std::to_string(i % 7)));
+  const size_t matching = 13;  // i % 3 != 0 for 13 of 0..19
+  REQUIRE(produce_sync(*broker, batch, &error));
+  REQUIRE(eventually([&] { return r.size() == matching; }));
+  REQUIRE(eventually([&] { return broker->stats().consumer_lag == 0; }));
+  std::this_thread::sleep_for(50ms);
+  broker->stop();
+
+  std::set<std::string> ids;
+  for (auto& e : r.copy()) {
+    CHECK(e.type == "a.x");
+    ids.insert(e.id);
+  }
+  CHECK(ids.size() == matching);  // the thrown run came again, and was applied once
+  CHECK(r.size() == matching);
+  // Not again at once: a throwing consumer does not spin.
+  CHECK(second_call - first_call >= 900ms);
+}
+
 // ---- engine ----
 
 TEST_CASE("events: end to end, each event applied exactly once", "[events]") {

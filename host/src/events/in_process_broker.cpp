@@ -520,11 +520,12 @@ bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
         // but not past rows produced since next was read.
         g.committed[pair.p] = pair.next;
         *progressed = true;
-      } else if (threw) {
-        g.retry_after[static_cast<size_t>(pair.p)] = later;  // nothing of the run is committed
-      } else if (end <= done) {
+      } else if (end == begin || (!threw && end <= done)) {
+        // All delivered, or nothing to deliver (no row of a matching type).
         g.committed[pair.p] = int_at(pair.rows.rows.back(), 0) + 1;
         *progressed = true;
+      } else if (threw) {
+        g.retry_after[static_cast<size_t>(pair.p)] = later;  // nothing of the run is committed
       } else if (done > begin) {
         g.committed[pair.p] = run[done].offset;  // the first event not done keeps its offset
         *progressed = true;
