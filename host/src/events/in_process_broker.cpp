@@ -28,9 +28,7 @@
 // for each of its (group, partition) pairs with something new (committed <
 // next, both in memory) it reads up to kReadBatch rows from the committed
 // offset (every pair in one read transaction) and hands the ones whose type
-// matches a pattern of the group to the group's handler, as one run for all
-// the group's pairs (partition after partition, so that the consumer applies
-// them in few transactions), moving the in-memory
+// matches a pattern of the group to the handler, moving the in-memory
 // committed offset past each row it is done with (delivered or not
 // matching). At most every kStoreEvery it stores the moved offsets in one
 // write transaction (at least once: a crash before that store redelivers,
@@ -40,7 +38,7 @@
 //
 // A handler returning false (giving up for stop()) leaves its offset where
 // it was and ends the thread's delivery. A handler that throws is logged;
-// the offsets of its run stay and its pairs are retried after kThrowRetry.
+// its offset stays and the pair is retried after kThrowRetry.
 //
 // Retention: thread 0, every retention_every, deletes per partition the log
 // rows below (lowest committed offset over the groups) minus the partition's
@@ -431,7 +429,7 @@ void InProcessBroker::run(int thread_index) {
 
 // One pass over the thread's (group, partition) pairs: the rows of every
 // pair with something new are read in one read transaction, then handed
-// to each group as one run. False when a handler gave up because of stop().
+// out pair by pair. False when a handler gave up because of stop().
 bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
   struct Pair {
     Group* g;
@@ -467,72 +465,61 @@ bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
     log::warn("events: broker cannot read its log", {{"error", s.message}});
     return true;
   }
-  // Per group, the matching events of every pair go to the handler as one
-  // run (pair after pair, so each partition's stay in order), which the
-  // engine applies in as few transactions as it can; rows of other types
-  // only move the offset.
-  for (size_t first = 0; first < pairs.size();) {
-    Group& g = *pairs[first].g;
-    size_t last = first;
-    while (last < pairs.size() && pairs[last].g == &g) ++last;
+  for (auto& pair : pairs) {
+    Group& g = *pair.g;
+    const int p = pair.p;
+    const auto up = static_cast<size_t>(p);
     if (stop_flag_) return false;
-    std::vector<Delivery> run;
-    std::vector<size_t> ends;  // per pair of the group: the end of its events in run
-    for (size_t i = first; i < last; ++i) {
-      for (auto& row : pairs[i].rows.rows) {
-        std::string type = text_at(row, 2);
-        if (!g.matches(type)) continue;
-        Delivery& d = run.emplace_back();
-        d.partition = pairs[i].p;
-        d.offset = int_at(row, 0);
-        d.event.type = std::move(type);
-        d.event.id = text_at(row, 1);
-        d.event.key = text_at(row, 3);
-        d.event.time_ms = int_at(row, 4);
-        d.event.source = text_at(row, 5);
-        d.event.schema_version = static_cast<int>(int_at(row, 6));
-        d.event.payload = text_at(row, 7);
-      }
-      ends.push_back(run.size());
+    if (pair.rows.rows.empty()) {
+      // Nothing left below next (cannot happen while retention keeps
+      // every row at or above the lowest committed offset): skip ahead,
+      // but not past rows produced since next was read.
+      g.committed[p] = pair.next;
+      *progressed = true;
+      continue;
     }
+    // The matching events of what was read go to the handler as one run;
+    // rows of other types in between only move the offset.
+    std::vector<Delivery> run;
+    run.reserve(pair.rows.rows.size());
+    for (auto& row : pair.rows.rows) {
+      std::string type = text_at(row, 2);
+      if (!g.matches(type)) continue;
+      Delivery& d = run.emplace_back();
+      d.partition = p;
+      d.offset = int_at(row, 0);
+      d.event.type = std::move(type);
+      d.event.id = text_at(row, 1);
+      d.event.key = text_at(row, 3);
+      d.event.time_ms = int_at(row, 4);
+      d.event.source = text_at(row, 5);
+      d.event.schema_version = static_cast<int>(int_at(row, 6));
+      d.event.payload = text_at(row, 7);
+    }
+    const int64_t after_read = int_at(pair.rows.rows.back(), 0) + 1;
     size_t done = 0;
-    bool threw = false;
     if (!run.empty()) {
       try {
         done = g.handler(run);
       } catch (const std::exception& e) {
-        threw = true;
         log::error("events: consumer threw; its events will be delivered again",
                    {{"group", g.name}, {"event_id", run.front().event.id}, {"error", e.what()}});
+        g.retry_after[up] = Clock::now() + kThrowRetry;
+        continue;
       } catch (...) {
-        threw = true;
         log::error("events: consumer threw; its events will be delivered again",
                    {{"group", g.name}, {"event_id", run.front().event.id}});
+        g.retry_after[up] = Clock::now() + kThrowRetry;
+        continue;
       }
     }
-    const auto later = Clock::now() + kThrowRetry;
-    for (size_t i = first; i < last; ++i) {
-      Pair& pair = pairs[i];
-      const size_t begin = i == first ? 0 : ends[i - first - 1], end = ends[i - first];
-      if (pair.rows.rows.empty()) {
-        // Nothing left below next (cannot happen while retention keeps
-        // every row at or above the lowest committed offset): skip ahead,
-        // but not past rows produced since next was read.
-        g.committed[pair.p] = pair.next;
-        *progressed = true;
-      } else if (end == begin || (!threw && end <= done)) {
-        // All delivered, or nothing to deliver (no row of a matching type).
-        g.committed[pair.p] = int_at(pair.rows.rows.back(), 0) + 1;
-        *progressed = true;
-      } else if (threw) {
-        g.retry_after[static_cast<size_t>(pair.p)] = later;  // nothing of the run is committed
-      } else if (done > begin) {
-        g.committed[pair.p] = run[done].offset;  // the first event not done keeps its offset
-        *progressed = true;
-      }
+    *progressed = true;
+    if (done < run.size()) {
+      // Gave up for stop(): the first event not done keeps its offset.
+      g.committed[p] = run[done].offset;
+      return false;
     }
-    if (!threw && done < run.size()) return false;  // the handler gave up for stop()
-    first = last;
+    g.committed[p] = after_read;
   }
   return true;
 }
