@@ -308,15 +308,21 @@ int host_run(Connection& c, std::string_view sql) {
   return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-// Once per process, before SQLite initializes: no memory statistics. With
-// them on (Debian's default) every allocation SQLite makes takes one global
-// mutex, which the writer, the readers and the broker's threads then queue
-// on; the host never reads those statistics.
+// Statement journals (the undo log of a savepoint: every group-committed
+// work runs in one) stay in memory up to this size; SQLite's default of
+// 64 KiB spilled them to a temporary file (open, unlink, pwrites) per commit.
+constexpr int kStatementJournalInMemory = 4 << 20;
+
+// Once per process, before SQLite initializes: no memory statistics (with
+// them on, Debian's default, every allocation SQLite makes takes one global
+// mutex that the writer, the readers and the broker's threads queue on; the
+// host never reads them), and statement journals in memory up to
+// kStatementJournalInMemory.
 void configure_sqlite_once() {
   static std::once_flag once;
   std::call_once(once, [] {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, 4 << 20);
+    sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, kStatementJournalInMemory);
   });
 }
 
