@@ -133,12 +133,18 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
       return error_reply(400, "invalid_json", "the body must be a JSON object", call.request_id);
     call.input = std::move(parsed);
   }
-  const auto& props = call.op->input_schema.value("properties", nlohmann::json::object());
+  // The parameter's schema, looked up in place: value() would copy the
+  // schema's properties for every request.
+  static const nlohmann::json no_schema;
+  const auto& schema = call.op->input_schema;
+  auto props = schema.is_object() ? schema.find("properties") : schema.end();
+  bool has_props = props != schema.end() && props->is_object();
   for (const auto& [key, text] : call.params) {
     if (call.input.contains(key))
       return error_reply(400, "invalid_input", key + ": given more than once (path, query or body)",
                          call.request_id);
-    call.input[key] = coerce(text, props.value(key, nlohmann::json()));
+    auto prop = has_props ? props->find(key) : props;
+    call.input[key] = coerce(text, has_props && prop != props->end() ? *prop : no_schema);
   }
   call.params.clear();
   return std::nullopt;

@@ -38,6 +38,8 @@ Answer error_answer(int status, std::string_view code, std::string_view msg,
   return a;
 }
 
+using Clock = std::chrono::steady_clock;
+
 class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(Socket socket, std::shared_ptr<ServerState> state)
@@ -79,11 +81,12 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
   }
 
  private:
-  void read_header() {
+  // now: the time, when the caller has just read the clock.
+  void read_header(Clock::time_point now = Clock::now()) {
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(limits_.header_bytes));
     parser_->body_limit(limits_.body_bytes);
-    watch(first_ ? limits_.request_timeout : limits_.idle_timeout);
+    watch(first_ ? limits_.request_timeout : limits_.idle_timeout, now);
     http::async_read_header(
         stream_, buffer_, *parser_,
         [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
@@ -166,6 +169,13 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     begin_request();
     auto& req = parser_->get();
     keep_alive_ = keep_alive_ && req.keep_alive() && !state_->draining;
+    // A plain path, the common case, is the path as it stands: no query,
+    // no escapes to decode. Anything else goes through the URL parser.
+    if (plain_path(req.target())) {
+      std::string path(req.target());
+      if (auto a = host_endpoint(req.method(), path)) return send(*a, false);
+      return operation(req, nullptr, path);
+    }
     // Origin form ("/path?q") as clients send it, or absolute form
     // ("http://host/path") as proxies may (RFC 9112 3.2.2).
     auto url = boost::urls::parse_origin_form(req.target());
@@ -178,7 +188,21 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     }
     std::string path = url->path();
     if (auto a = host_endpoint(req.method(), path)) return send(*a, false);
-    operation(req, *url, path);
+    operation(req, &*url, path);
+  }
+
+  // True for an origin-form target made only of '/' and the characters a
+  // path segment may hold unescaped (RFC 3986 pchar without '%'): the URL
+  // parser would accept it and give it back unchanged as the path.
+  static bool plain_path(std::string_view target) {
+    if (target.empty() || target[0] != '/') return false;
+    for (unsigned char c : target) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                std::string_view("/-._~!$&'()*+,;=:@").find(static_cast<char>(c)) !=
+                    std::string_view::npos;
+      if (!ok) return false;
+    }
+    return true;
   }
 
   // /healthz, /readyz, /metrics, /api/v1/openapi.json: served on this
@@ -222,7 +246,8 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     return a;
   }
 
-  void operation(http::request<http::string_body>& req, const boost::urls::url_view& url,
+  // url: the parsed target, or nullptr for a plain path (no query).
+  void operation(http::request<http::string_body>& req, const boost::urls::url_view* url,
                  const std::string& path) {
     const Operation* op = nullptr;
     PathParams params;
@@ -255,13 +280,15 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     if (peer_.empty()) peer_ = peer_address(stream_);
     call->client_address = peer_;
     call->params = std::move(params);
-    for (auto p : url.params()) {
-      for (const auto& [k, v] : call->params)
-        if (k == p.key)
-          return send(
-              error_answer(400, "invalid_input", p.key + ": given more than once", request_id_),
-              false);
-      call->params.emplace_back(p.key, p.has_value ? p.value : std::string());
+    if (url) {
+      for (auto p : url->params()) {
+        for (const auto& [k, v] : call->params)
+          if (k == p.key)
+            return send(
+                error_answer(400, "invalid_input", p.key + ": given more than once", request_id_),
+                false);
+        call->params.emplace_back(p.key, p.has_value ? p.value : std::string());
+      }
     }
     auto auth = req[http::field::authorization];
     if (!auth.empty()) {
@@ -358,14 +385,15 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
   }
 
   void on_write(beast::error_code ec, int status) {
-    double secs = seconds_since(started_);
+    auto now = Clock::now();
+    double secs = std::chrono::duration<double>(now - started_).count();
     state_->deps.metrics->observe_request(op_.empty() ? "unknown" : op_, status, secs);
     if (state_->deps.config->log.access)
       log::access({request_id_, "http", method_, path_, op_, status, secs * 1000});
     busy_ = false;
     --state_->active_requests;
     if (ec || !keep_alive_ || state_->draining) return close();
-    read_header();
+    read_header(now);
   }
 
   void upgrade() {
@@ -431,8 +459,8 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
   // Timeouts: a deadline moved forward per request, and one timer that
   // only wakes when a deadline may have passed. Cheaper than arming a timer
   // for every read and write (bench/http).
-  void watch(std::chrono::milliseconds timeout) {
-    deadline_ = std::chrono::steady_clock::now() + timeout;
+  void watch(std::chrono::milliseconds timeout, Clock::time_point now = Clock::now()) {
+    deadline_ = now + timeout;
     if (!watching_ || deadline_ < armed_for_) arm_watchdog();
   }
   // No deadline while a worker runs the operation; the answer sets one.

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <ctime>
 #include <optional>
 #include <string>
@@ -93,15 +92,28 @@ inline bool is_control(char32_t c) {
 
 }  // namespace text
 
+// "2026-12-01T21:57:49.189Z": every post rendered carries one or two, so
+// the digits are written here rather than through snprintf's format parser.
 inline std::string iso8601(int64_t ms) {
+  if (ms < 0) ms = 0;  // post times are after 1970
   std::time_t s = static_cast<std::time_t>(ms / 1000);
   std::tm tm{};
   gmtime_r(&s, &tm);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms % 1000));
-  return buf;
+  int year = tm.tm_year + 1900;
+  if (year > 9999) year = 9999;  // no post is that late; keeps four digits
+  std::string out = "0000-00-00T00:00:00.000Z";
+  auto put = [&out](size_t at, int value, int digits) {
+    for (size_t i = at + static_cast<size_t>(digits); i-- > at; value /= 10)
+      out[i] = static_cast<char>('0' + value % 10);
+  };
+  put(0, year, 4);
+  put(5, tm.tm_mon + 1, 2);
+  put(8, tm.tm_mday, 2);
+  put(11, tm.tm_hour, 2);
+  put(14, tm.tm_min, 2);
+  put(17, tm.tm_sec, 2);
+  put(20, static_cast<int>(ms % 1000), 3);
+  return out;
 }
 
 inline int64_t now_ms() {
