@@ -508,6 +508,57 @@ TEST_CASE("time claims with leeway", "[jwt]") {
   }
 }
 
+TEST_CASE("verified tokens are remembered, within their claims' window and the bound", "[jwt]") {
+  Env env;  // leeway 30 s
+  env.auth.verified_tokens = 3;
+  auto keys = env.load();
+  json c = valid_claims();  // nbf and iat kNow, exp kNow + 600
+  const std::string token = hs_token(valid_header(), c);
+  Identity first, again;
+  REQUIRE(keys->verify(token, &first, system_clock::time_point(seconds(kNow))) ==
+          VerifyError::none);
+  CHECK(keys->verified_tokens() == 1);
+  CHECK(keys->verified_token_hits() == 0);
+  REQUIRE(keys->verify(token, &again, system_clock::time_point(seconds(kNow + 5))) ==
+          VerifyError::none);
+  CHECK(keys->verified_token_hits() == 1);
+  CHECK(again.user_id == "alice");
+  CHECK(again.roles == first.roles);
+  CHECK(again.claims == first.claims);
+  CHECK(again.expires_at == kNow + 600);
+
+  // Outside the window of its claims (leeway included) the answer is what
+  // verifying gives, remembered or not.
+  CHECK(check(*keys, token, kNow + 630) == VerifyError::none);
+  CHECK(check(*keys, token, kNow + 631) == VerifyError::expired);
+  CHECK(check(*keys, token, kNow - 30) == VerifyError::none);
+  CHECK(check(*keys, token, kNow - 31) == VerifyError::not_yet_valid);
+
+  // A token one character away from a remembered one is verified, and
+  // refused; refused tokens are not remembered.
+  std::string tampered = token;
+  char& mid = tampered[tampered.size() - 10];  // inside the signature
+  mid = mid == 'A' ? 'B' : 'A';
+  CHECK(check(*keys, tampered) == VerifyError::bad_signature);
+  CHECK(keys->verified_tokens() == 1);
+
+  // More distinct tokens than the bound never make it hold more.
+  for (int i = 0; i < 10; ++i) {
+    c["sub"] = "user" + std::to_string(i);
+    CHECK(check(*keys, hs_token(valid_header(), c)) == VerifyError::none);
+    CHECK(keys->verified_tokens() <= 3);
+  }
+
+  SECTION("0 remembers none") {
+    env.auth.verified_tokens = 0;
+    auto every_time = env.load();
+    CHECK(check(*every_time, token) == VerifyError::none);
+    CHECK(check(*every_time, token) == VerifyError::none);
+    CHECK(every_time->verified_tokens() == 0);
+    CHECK(every_time->verified_token_hits() == 0);
+  }
+}
+
 TEST_CASE("issuer, audience and subject", "[jwt]") {
   Env env;
   auto keys = env.load();

@@ -18,11 +18,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <system_error>
+#include <unordered_map>
 
 namespace gv::auth {
 
@@ -441,11 +444,75 @@ const char* describe(VerifyError e) {
 
 // ------------------------------------------------------------------- KeySet
 
+// Tokens that verified, by their exact text, with the seconds in which
+// they stay valid: a client sends the same access token with every request
+// until it expires, and verifying it again (an HMAC or Ed25519 check and two
+// JSON parses) is the largest cost of an authenticated request. A hit needs
+// the whole token to match byte for byte and the time to be inside the
+// window its claims gave, so it answers exactly what verifying would.
+// Revocation is not decided here: the host checks it on every request.
+// Bounded by auth.verified_tokens: when full, expired tokens go, and if none
+// had, all go (each is verified once more on its next use).
+class VerifiedTokens {
+ public:
+  explicit VerifiedTokens(size_t max_entries) : max_(max_entries) {}
+
+  bool find(std::string_view token, int64_t now, Identity* out) const {
+    if (max_ == 0) return false;
+    std::shared_ptr<const Entry> e;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = entries_.find(token);
+      if (it == entries_.end()) return false;
+      e = it->second;
+    }
+    if (now < e->valid_from || now > e->valid_until) return false;
+    if (out) *out = e->identity;  // copied outside the lock
+    hits_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  uint64_t hits() const { return hits_.load(std::memory_order_relaxed); }
+
+  void add(std::string_view token, const Identity& id, int64_t valid_from, int64_t valid_until,
+           int64_t now) {
+    if (max_ == 0) return;
+    auto e = std::make_shared<const Entry>(Entry{id, valid_from, valid_until});
+    std::lock_guard lock(mutex_);
+    if (entries_.size() >= max_ && !entries_.count(token)) {
+      std::erase_if(entries_, [now](const auto& kv) { return kv.second->valid_until < now; });
+      if (entries_.size() >= max_) entries_.clear();
+    }
+    entries_.insert_or_assign(std::string(token), std::move(e));
+  }
+
+  size_t size() const {
+    std::lock_guard lock(mutex_);
+    return entries_.size();
+  }
+
+ private:
+  struct Entry {
+    Identity identity;
+    int64_t valid_from, valid_until;  // seconds since the epoch, leeway included
+  };
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+
+  const size_t max_;
+  mutable std::atomic<uint64_t> hits_{0};
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, std::shared_ptr<const Entry>, Hash, std::equal_to<>> entries_;
+};
+
 struct KeySet::Impl {
   std::string issuer, audience;
   std::chrono::seconds ttl{0}, leeway{0};
   std::map<std::string, Key, std::less<>> keys;
   const Key* signing = nullptr;
+  std::unique_ptr<VerifiedTokens> verified;
 
   VerifyError verify(std::string_view token, Identity* out, int64_t now) const;
   VerifyError check_claims(const json& claims, int64_t now) const;
@@ -462,6 +529,7 @@ std::unique_ptr<KeySet> KeySet::load(const config::AuthConfig& auth,
     impl->audience = auth.audience;
     impl->ttl = auth.access_token_ttl;
     impl->leeway = auth.leeway;
+    impl->verified = std::make_unique<VerifiedTokens>(auth.verified_tokens);
     for (const config::AuthKey& cfg : auth.keys) {
       std::string e;
       if (cfg.kid.empty())
@@ -493,11 +561,29 @@ std::unique_ptr<KeySet> KeySet::load(const config::AuthConfig& auth,
 VerifyError KeySet::verify(std::string_view token, Identity* out,
                            std::chrono::system_clock::time_point now) const {
   try {
-    return impl_->verify(token, out, epoch_seconds(now));
+    const int64_t t = epoch_seconds(now);
+    if (impl_->verified->find(token, t, out)) return VerifyError::none;
+    Identity id;
+    VerifyError e = impl_->verify(token, &id, t);
+    if (e != VerifyError::none) return e;
+    // Valid from the later of nbf and iat, until exp, leeway included
+    // (check_claims' own bounds; exp is there, or verify had failed).
+    const int64_t slack = impl_->leeway.count();
+    int64_t from = std::numeric_limits<int64_t>::min(), until = id.expires_at + slack;
+    for (const char* name : {"nbf", "iat"}) {
+      int64_t v = 0;
+      if (numeric_date(id.claims, name, &v)) from = std::max(from, v - slack);
+    }
+    impl_->verified->add(token, id, from, until, t);
+    if (out) *out = std::move(id);
+    return VerifyError::none;
   } catch (...) {  // only allocation failure can get here
     return VerifyError::malformed;
   }
 }
+
+size_t KeySet::verified_tokens() const { return impl_->verified->size(); }
+uint64_t KeySet::verified_token_hits() const { return impl_->verified->hits(); }
 
 VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t now) const {
   Parts parts;

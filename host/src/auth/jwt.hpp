@@ -53,7 +53,9 @@ class KeySet {
                                       const std::filesystem::path& data_dir, std::string* error);
   ~KeySet();
 
-  // Checks signature, kid, alg, typ, exp, nbf, iat, iss, aud and sub.
+  // Checks signature, kid, alg, typ, exp, nbf, iat, iss, aud and sub. A
+  // token that verified before is found by its text, with the same answer
+  // while the time is within its claims (auth.verified_tokens bounds them).
   VerifyError verify(
       std::string_view token, Identity* out,
       std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) const;
@@ -64,6 +66,10 @@ class KeySet {
             std::chrono::seconds ttl = std::chrono::seconds(0)) const;
 
   bool can_sign() const;
+  // How many verified tokens are remembered now (at most auth.verified_tokens),
+  // and how many verify() calls were answered from them.
+  size_t verified_tokens() const;
+  uint64_t verified_token_hits() const;
 
  private:
   struct Impl;

@@ -75,6 +75,7 @@ json make_schema() {
                         {"signing_kid", text(0)},
                         {"access_token_ttl_s", integer(1, kWeek_s)},
                         {"leeway_s", integer(0, 3600)},
+                        {"verified_tokens", integer(0, 1000000)},
                         {"keys", list_of(key)}})},
       {"log",
        section({{"level", {{"type", "string"}, {"enum", {"debug", "info", "warn", "error"}}}},
@@ -271,6 +272,7 @@ void read_auth(const Reader& r, AuthConfig* a) {
   r.text("/auth/signing_kid", &a->signing_kid);
   r.duration("/auth/access_token_ttl_s", &a->access_token_ttl);
   r.duration("/auth/leeway_s", &a->leeway);
+  r.number("/auth/verified_tokens", &a->verified_tokens);
   const json* keys = r.at("/auth/keys");
   std::set<std::string> kids;
   for (size_t i = 0; keys && keys->is_array() && i < keys->size(); ++i) {

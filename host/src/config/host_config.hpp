@@ -63,6 +63,7 @@ struct AuthConfig {
   std::string signing_kid;  // empty: this host does not sign
   std::chrono::seconds access_token_ttl{900};
   std::chrono::seconds leeway{30};
+  size_t verified_tokens = 4096;  // tokens remembered as verified; 0 = verify every time
   std::vector<AuthKey> keys;
 };
 
