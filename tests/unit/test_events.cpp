@@ -254,6 +254,11 @@ TEST_CASE("events: publish validates and appends to the outbox in the caller's t
         SqlCode::invalid);
   CHECK(try_publish("post.created", "k", "[1,2]").code == SqlCode::invalid);
   CHECK(try_publish("post.created", "k", "{not json").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", "\"text\"").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", "").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", " \n ").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", "{} {}").code == SqlCode::invalid);
+  CHECK(try_publish("post.created", "k", "{\"a\":1").code == SqlCode::invalid);
   const std::string big = "{\"x\":\"" + std::string(kMaxPayloadBytes, 'x') + "\"}";
   CHECK(try_publish("post.created", "k", big).code == SqlCode::invalid);
   CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 0);
@@ -282,6 +287,9 @@ TEST_CASE("events: publish validates and appends to the outbox in the caller's t
   // prepare_database twice is harmless.
   CHECK(EventEngine::prepare_database(*db).ok());
   CHECK(scalar(*db, "SELECT last_seq FROM gv_outbox_seq") == 2);
+  // An object with whitespace around it is an object.
+  CHECK(try_publish("post.created", "k", " \n{\"n\":3} ").ok());
+  CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 3);
 }
 
 // ---- broker ----

@@ -280,8 +280,10 @@ stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_v
   if (payload_json.size() > kMaxPayloadBytes)
     return invalid("event payload is " + std::to_string(payload_json.size()) +
                    " bytes, more than the limit of " + std::to_string(kMaxPayloadBytes));
-  auto parsed = nlohmann::json::parse(payload_json, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded() || !parsed.is_object())
+  // Checked without building it: valid JSON whose first token is '{'.
+  auto first = payload_json.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos || payload_json[first] != '{' ||
+      !nlohmann::json::accept(payload_json))
     return invalid("event payload must be a JSON object");
 
   auto seq =
