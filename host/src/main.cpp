@@ -251,6 +251,21 @@ int run(const Args& args) {
   // reach through the host function table.
   gv::stores::MemoryCache cache(cfg.storage.cache_max_bytes);
   add_cache_metrics(&metrics, &cache);
+  if (keys) {
+    const gv::auth::KeySet* k = keys.get();
+    metrics.add_family("grapevine_auth_verified_token_hits_total",
+                       "Requests whose access token was found verified already "
+                       "(auth.verified_tokens).",
+                       "counter", [k] {
+                         return gv::Metrics::Samples{
+                             {"", static_cast<double>(k->verified_token_hits())}};
+                       });
+    metrics.add_family("grapevine_auth_verified_tokens", "Access tokens remembered as verified.",
+                       "gauge", [k] {
+                         return gv::Metrics::Samples{
+                             {"", static_cast<double>(k->verified_tokens())}};
+                       });
+  }
   gv::stores::LocalBlobStore blobs(cfg.data_dir / "blobs");
   std::unique_ptr<gv::events::Broker> broker;
   if (cfg.events.broker == "kafka") {
