@@ -514,8 +514,10 @@ struct KeySet::Impl {
   const Key* signing = nullptr;
   std::unique_ptr<VerifiedTokens> verified;
 
-  VerifyError verify(std::string_view token, Identity* out, int64_t now) const;
-  VerifyError check_claims(const json& claims, int64_t now) const;
+  // *valid_from: the first second the token is valid in (leeway included).
+  VerifyError verify(std::string_view token, Identity* out, int64_t now,
+                     int64_t* valid_from) const;
+  VerifyError check_claims(const json& claims, int64_t now, int64_t* valid_from) const;
 };
 
 KeySet::KeySet(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -564,17 +566,10 @@ VerifyError KeySet::verify(std::string_view token, Identity* out,
     const int64_t t = epoch_seconds(now);
     if (impl_->verified->find(token, t, out)) return VerifyError::none;
     Identity id;
-    VerifyError e = impl_->verify(token, &id, t);
+    int64_t from = 0;
+    VerifyError e = impl_->verify(token, &id, t, &from);
     if (e != VerifyError::none) return e;
-    // Valid from the later of nbf and iat, until exp, leeway included
-    // (check_claims' own bounds; exp is there, or verify had failed).
-    const int64_t slack = impl_->leeway.count();
-    int64_t from = std::numeric_limits<int64_t>::min(), until = id.expires_at + slack;
-    for (const char* name : {"nbf", "iat"}) {
-      int64_t v = 0;
-      if (numeric_date(id.claims, name, &v)) from = std::max(from, v - slack);
-    }
-    impl_->verified->add(token, id, from, until, t);
+    impl_->verified->add(token, id, from, id.expires_at + impl_->leeway.count(), t);
     if (out) *out = std::move(id);
     return VerifyError::none;
   } catch (...) {  // only allocation failure can get here
@@ -585,7 +580,8 @@ VerifyError KeySet::verify(std::string_view token, Identity* out,
 size_t KeySet::verified_tokens() const { return impl_->verified->size(); }
 uint64_t KeySet::verified_token_hits() const { return impl_->verified->hits(); }
 
-VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t now) const {
+VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t now,
+                                 int64_t* valid_from) const {
   Parts parts;
   json header;
   if (!split_token(token, &parts) || !parse_object(parts.header, &header))
@@ -606,7 +602,7 @@ VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t 
   if (!type_ok(header)) return VerifyError::bad_type;
   json claims;
   if (!parse_object(parts.payload, &claims)) return VerifyError::malformed;
-  if (VerifyError e = check_claims(claims, now); e != VerifyError::none) return e;
+  if (VerifyError e = check_claims(claims, now, valid_from); e != VerifyError::none) return e;
   Identity id;
   if (!read_roles(claims, &id.roles)) return VerifyError::malformed;
   id.user_id = *string_member(claims, "sub");
@@ -616,16 +612,20 @@ VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t 
   return VerifyError::none;
 }
 
-VerifyError KeySet::Impl::check_claims(const json& claims, int64_t now) const {
+VerifyError KeySet::Impl::check_claims(const json& claims, int64_t now,
+                                       int64_t* valid_from) const {
   const int64_t slack = leeway.count();
   int64_t exp = 0;
   if (!numeric_date(claims, "exp", &exp) || now - slack > exp) return VerifyError::expired;
+  int64_t from = std::numeric_limits<int64_t>::min();
   for (const char* name : {"nbf", "iat"}) {
     if (!claims.contains(name)) continue;
     int64_t t = 0;
     if (!numeric_date(claims, name, &t)) return VerifyError::malformed;
     if (t > now + slack) return VerifyError::not_yet_valid;
+    from = std::max(from, t - slack);
   }
+  if (valid_from) *valid_from = from;
   const std::string* iss = string_member(claims, "iss");
   if (!iss || *iss != issuer) return VerifyError::bad_issuer;
   if (!audience_ok(claims, audience)) return VerifyError::bad_audience;

@@ -133,18 +133,21 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
       return error_reply(400, "invalid_json", "the body must be a JSON object", call.request_id);
     call.input = std::move(parsed);
   }
-  // The parameter's schema, looked up in place: value() would copy the
-  // schema's properties for every request.
+  // The parameter's schema, looked up in place (value() would copy the
+  // schema's properties for every request); find() on a non-object is end().
   static const nlohmann::json no_schema;
   const auto& schema = call.op->input_schema;
-  auto props = schema.is_object() ? schema.find("properties") : schema.end();
-  bool has_props = props != schema.end() && props->is_object();
+  const auto props = schema.find("properties");
+  auto schema_of = [&](const std::string& key) -> const nlohmann::json& {
+    if (props == schema.end()) return no_schema;
+    auto it = props->find(key);
+    return it == props->end() ? no_schema : *it;
+  };
   for (const auto& [key, text] : call.params) {
     if (call.input.contains(key))
       return error_reply(400, "invalid_input", key + ": given more than once (path, query or body)",
                          call.request_id);
-    auto prop = has_props ? props->find(key) : props;
-    call.input[key] = coerce(text, has_props && prop != props->end() ? *prop : no_schema);
+    call.input[key] = coerce(text, schema_of(key));
   }
   call.params.clear();
   return std::nullopt;
