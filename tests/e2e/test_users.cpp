@@ -307,9 +307,10 @@ TEST_CASE("users: refresh rotation, reuse detection, logout, password change", "
     // Token a was remembered as verified by its first use: revocation
     // still refuses it, and /metrics counts the uses it answered.
     std::string metrics = http(port, "GET", "/metrics").body;
-    auto at = metrics.find("\ngrapevine_auth_verified_token_hits_total ");
+    const std::string hits = "\ngrapevine_auth_verified_token_hits_total ";
+    auto at = metrics.find(hits);
     REQUIRE(at != std::string::npos);
-    CHECK(std::stod(metrics.substr(at + 42)) >= 2);
+    CHECK(std::stod(metrics.substr(at + hits.size())) >= 2);
     CHECK(refresh_status(port, a["refresh_token"]) == 401);
     CHECK(me_status(port, b["access_token"]) == 200);
     // Logout with a refresh token of the caller's other session ends it too.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/metrics.hpp"
+#include "eventually.hpp"
 #include "events/events.hpp"
 #include "stores/sqlite_database.hpp"
 #include "temp_dir.hpp"
@@ -64,15 +65,7 @@ int64_t scalar(SqlDatabase& db, std::string_view sql, std::vector<SqlValue> para
   return v;
 }
 
-template <class F>
-bool eventually(F&& f, std::chrono::milliseconds timeout = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return f();
-}
+using gvtest::eventually;
 
 Envelope make_event(std::string type, std::string key, std::string payload = "{}") {
   Envelope e;

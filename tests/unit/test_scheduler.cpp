@@ -10,6 +10,7 @@
 #include "core/metrics.hpp"
 #include "core/scheduler.hpp"
 #include "core/worker_pool.hpp"
+#include "eventually.hpp"
 
 using namespace std::chrono_literals;
 
@@ -40,14 +41,10 @@ std::string cron_error(std::string_view expr) {
   return error;
 }
 
+// Three seconds: every wait here is for a job due within a few hundred ms.
 template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 3s) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(2ms);
-  }
-  return pred();
+bool eventually(Pred pred) {
+  return gvtest::eventually(pred, 3s);
 }
 
 gv::Scheduler::JobInfo info(const gv::Scheduler& s, const std::string& name) {

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "eventually.hpp"
 #include "stores/sqlite_database.hpp"
 #include "temp_dir.hpp"
 
@@ -438,10 +439,7 @@ TEST_CASE("sqlite: readers see every commit through the memory map", "[sql][sqli
     }
     // Checkpoints ran into the file: the checkpointer copies on its own
     // thread, so give it a moment after the last commit.
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (fs::file_size(tmp.file()) <= 1u << 20 && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(10ms);
-    CHECK(fs::file_size(tmp.file()) > 1u << 20);
+    CHECK(gvtest::eventually([&] { return fs::file_size(tmp.file()) > 1u << 20; }));
   }
 }
 
