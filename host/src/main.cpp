@@ -221,6 +221,18 @@ int run(const Args& args) {
                    ec.message().c_str());
       return 1;
     }
+    // Events still in the log broker's file would never be delivered by
+    // the direct broker: refuse rather than lose them.
+    const auto log_file = cfg.data_dir / "broker" / "events.sqlite";
+    if (cfg.events.broker == "direct" && std::filesystem::exists(log_file, ec)) {
+      std::fprintf(stderr,
+                   "grapevine: events.broker is direct, but %s (the in-process broker's log) "
+                   "exists and may hold events not yet consumed. Stop client writes, run "
+                   "with events.broker: in-process until /readyz shows consumer_lag 0 and "
+                   "outbox_backlog 0, stop, remove the file, then start with direct.\n",
+                   log_file.c_str());
+      return 1;
+    }
     if (!cfg.auth.keys.empty()) {
       std::string error;
       keys = gv::auth::KeySet::load(cfg.auth, cfg.data_dir, &error);
@@ -270,6 +282,11 @@ int run(const Args& args) {
   std::unique_ptr<gv::events::Broker> broker;
   if (cfg.events.broker == "kafka") {
     broker = gv::events::make_kafka_broker(kafka_options(cfg), &metrics);
+  } else if (cfg.events.broker == "direct") {
+    gv::events::DirectBrokerOptions direct;
+    direct.partitions = cfg.events.partitions;
+    direct.consumer_threads = cfg.events.consumer_threads;
+    broker = gv::events::make_direct_broker(direct, &metrics);
   } else {
     gv::events::InProcessBrokerOptions broker_options;
     broker_options.file = cfg.data_dir / "broker" / "events.sqlite";

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -97,8 +98,44 @@ TEST_CASE("an event published with a write reaches its consumer once", "[events]
   CHECK(metrics.find("grapevine_events_outbox_backlog") != std::string::npos);
 }
 
+TEST_CASE("the direct broker will not start over the log broker's file", "[events]") {
+  TempDir data;
+  const fs::path dir = data.path / "d";
+  {
+    Host host({.config = events_config(dir)});  // in-process: leaves broker/events.sqlite
+    REQUIRE(host.started());
+    REQUIRE(http(host.port(), "POST", "/api/v1/evsource/items", item("k", 1)).status == 201);
+    REQUIRE(drained(host.port()));
+    REQUIRE(host.terminate() == 0);
+  }
+  const fs::path log_file = dir / "broker" / "events.sqlite";
+  REQUIRE(fs::exists(log_file));
+  fs::path config = data.path / "direct.yaml";
+  std::ofstream(config) << events_config(dir, json::object(), {{"broker", "direct"}}).dump(2);
+  std::string out;
+  CHECK(run_grapevine({"--config", config.string()}, &out) == 1);
+  INFO(out);
+  CHECK(out.find(log_file.string()) != std::string::npos);
+  CHECK(out.find("consumer_lag 0") != std::string::npos);
+
+  // Without the log, direct starts on the same data and sees the rows.
+  fs::remove(log_file);
+  Host direct({.config = events_config(dir, json::object(), {{"broker", "direct"}})});
+  REQUIRE(direct.started());
+  CHECK(source_rows(direct.port()) == 1);
+  CHECK(http(direct.port(), "GET", "/readyz").json_body()["events"]["broker"]["kind"] == "direct");
+  REQUIRE(http(direct.port(), "POST", "/api/v1/evsource/items", item("k", 2)).status == 201);
+  REQUIRE(drained(direct.port()));
+  CHECK(sink_stats(direct.port())["rows"] == 2);
+  CHECK_FALSE(fs::exists(log_file));
+}
+
 TEST_CASE("kill -9 during acknowledged writes loses nothing and applies nothing twice",
           "[events][crash]") {
+  // The log broker (the default) and the direct one, which keeps events
+  // only in the outboxes until every consumer has applied them.
+  const std::string broker = GENERATE(as<std::string>{}, "in-process", "direct");
+  INFO("broker: " << broker);
   TempDir data;
   const fs::path dir = data.path / "d";
   constexpr int kRounds = 10;
@@ -113,7 +150,8 @@ TEST_CASE("kill -9 during acknowledged writes loses nothing and applies nothing 
     std::atomic<int> round_acked{0};
     bool killed = false;
     while (round_acked < kPerRound) {
-      auto host = std::make_unique<Host>(Host::Options{.config = events_config(dir)});
+      auto host = std::make_unique<Host>(
+          Host::Options{.config = events_config(dir, json::object(), {{"broker", broker}})});
       REQUIRE(host->started());
       std::atomic<bool> stop{false};
       std::vector<std::thread> writers;

@@ -1,11 +1,13 @@
-// Events: ids, patterns, the in-process broker and the engine, on real
+// Events: ids, patterns, the embedded brokers and the engine, on real
 // SQLite files. Backoffs and polls are short so the whole [events] run
 // stays within seconds.
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -78,13 +80,28 @@ Envelope make_event(std::string type, std::string key, std::string payload = "{}
   return e;
 }
 
+// Hands batch to b and waits for its answer (the log broker answers before
+// produce returns, the direct broker once every group has applied it).
+// False, with why, when refused or not answered within 10 s.
 bool produce_sync(Broker& b, std::vector<Envelope> batch, std::string* error = nullptr) {
-  bool result = false;
-  b.produce(std::move(batch), [&](bool ok, const std::string& why) {
-    result = ok;
-    if (error) *error = why;
+  struct Answer {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false, ok = false;
+    std::string why;
+  };
+  auto answer = std::make_shared<Answer>();
+  b.produce(std::move(batch), [answer](bool ok, const std::string& why) {
+    std::lock_guard l(answer->m);
+    answer->done = true;
+    answer->ok = ok;
+    answer->why = why;
+    answer->cv.notify_all();
   });
-  return result;
+  std::unique_lock l(answer->m);
+  if (!answer->cv.wait_for(l, 10s, [&] { return answer->done; })) answer->why = "no answer in 10 s";
+  if (error) *error = answer->why;
+  return answer->done && answer->ok;
 }
 
 InProcessBrokerOptions broker_options(const TempDir& tmp, int partitions = 4, int threads = 2) {
@@ -93,6 +110,15 @@ InProcessBrokerOptions broker_options(const TempDir& tmp, int partitions = 4, in
   o.partitions = partitions;
   o.consumer_threads = threads;
   return o;
+}
+
+// The embedded brokers: "log" (make_in_process_broker, a SQLite log) or
+// "direct" (make_direct_broker, the dispatcher over the outboxes). The
+// engine's tests run on each.
+std::unique_ptr<Broker> make_broker(const std::string& kind, const TempDir& tmp,
+                                    gv::Metrics* metrics, int partitions = 4, int threads = 2) {
+  if (kind == "direct") return make_direct_broker({partitions, threads}, metrics);
+  return make_in_process_broker(broker_options(tmp, partitions, threads), metrics);
 }
 
 EngineOptions fast_options() {
@@ -459,12 +485,13 @@ TEST_CASE("events: a consumer that gives up at stop leaves its offset uncommitte
 
 TEST_CASE("events: a consumer that throws gets its events again after a pause, once each",
           "[events]") {
+  const std::string kind = GENERATE(as<std::string>{}, "log", "direct");
+  INFO("broker: " << kind);
   TempDir tmp;
-  auto options = broker_options(tmp, 1, 1);  // one partition: the retry is of the same events
   Received r;
   std::atomic<int> calls{0};
   std::chrono::steady_clock::time_point first_call, second_call;
-  auto broker = make_in_process_broker(options, nullptr);
+  auto broker = make_broker(kind, tmp, nullptr, 1, 1);  // one partition: the retry is of the same events
   broker->subscribe("g", {"a.*"}, [&](std::span<const Delivery> run) {
     const int call = ++calls;
     if (call == 1) {
@@ -498,14 +525,106 @@ TEST_CASE("events: a consumer that throws gets its events again after a pause, o
   CHECK(second_call - first_call >= 900ms);
 }
 
+TEST_CASE("events: the direct broker answers a batch once every group has applied it",
+          "[events]") {
+  auto broker = make_direct_broker({4, 2}, nullptr);
+  Received all;
+  std::atomic<bool> gate{false};
+  std::atomic<int> held_calls{0};
+  broker->subscribe("all", {"a.*", "b.*"}, collect(all));
+  broker->subscribe("held", {"a.*"}, [&](std::span<const Delivery> run) {
+    ++held_calls;
+    while (!gate) std::this_thread::sleep_for(1ms);  // a slow consumer
+    return run.size();
+  });
+  std::string error;
+  CHECK_FALSE(produce_sync(*broker, {make_event("a.x", "k")}, &error));  // not started
+  CHECK_THAT(error, Catch::Contains("not running"));
+  REQUIRE(broker->start(&error));
+
+  // Nothing wants c.*: answered before produce returns.
+  bool answered = false, ok = false;
+  broker->produce({make_event("c.x", "k")}, [&](bool o, const std::string&) {
+    answered = true;
+    ok = o;
+  });
+  CHECK(answered);
+  CHECK(ok);
+
+  std::atomic<bool> done{false}, done_ok{false};
+  std::vector<Envelope> batch;
+  for (int i = 0; i < 10; ++i)
+    batch.push_back(make_event(i < 6 ? "a.x" : "b.x", "key" + std::to_string(i % 3)));
+  broker->produce(batch, [&](bool o, const std::string&) {
+    done_ok = o;
+    done = true;
+  });
+  REQUIRE(eventually([&] { return all.size() == 10 && held_calls.load() > 0; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK_FALSE(done.load());  // "held" has not applied its six yet
+  CHECK(broker->stats().consumer_lag > 0);
+  gate = true;
+  REQUIRE(eventually([&] { return done.load(); }));
+  CHECK(done_ok.load());
+  REQUIRE(eventually([&] { return broker->stats().consumer_lag == 0; }));
+  CHECK(broker->stats().stored_events == 0);
+  // Order per key within the run of each partition, as produced.
+  std::map<std::string, std::vector<std::string>> by_key;
+  for (auto& e : all.copy()) by_key[e.key].push_back(e.id);
+  for (auto& [key, ids] : by_key) CHECK(std::is_sorted(ids.begin(), ids.end()));
+  broker->stop();
+}
+
+TEST_CASE("events: the direct broker answers at once what it will not apply", "[events]") {
+  auto broker = make_direct_broker({2, 2}, nullptr);
+  std::atomic<int> calls{0};
+  std::atomic<bool> release{false};
+  // Partition of "k" gives up (as when stop() interrupts a retry); the
+  // other partition's consumer blocks until released.
+  const int give_up_partition = partition_of("k", 2);
+  broker->subscribe("g", {"*"}, [&](std::span<const Delivery> run) -> size_t {
+    ++calls;
+    if (run.front().partition == give_up_partition) return 0;
+    while (!release) std::this_thread::sleep_for(1ms);
+    return run.size();
+  });
+  std::string error;
+  REQUIRE(broker->start(&error));
+  std::string other_key;
+  for (int i = 0; other_key.empty(); ++i)
+    if (partition_of("o" + std::to_string(i), 2) != give_up_partition)
+      other_key = "o" + std::to_string(i);
+
+  std::atomic<bool> blocked_done{false}, blocked_ok{true};
+  broker->produce({make_event("a.x", other_key)}, [&](bool ok, const std::string&) {
+    blocked_ok = ok;
+    blocked_done = true;
+  });
+  REQUIRE(eventually([&] { return calls.load() == 1; }));
+  // Given up: answered false without waiting, and so is what comes after.
+  CHECK_FALSE(produce_sync(*broker, {make_event("a.x", "k")}, &error));
+  CHECK_THAT(error, Catch::Contains("stopping"));
+  CHECK_FALSE(produce_sync(*broker, {make_event("a.x", other_key)}, &error));
+  CHECK_FALSE(blocked_done.load());
+  // stop() lets the blocked consumer finish; its batch was applied.
+  std::thread stopper([&] { broker->stop(); });
+  std::this_thread::sleep_for(20ms);
+  release = true;
+  stopper.join();
+  CHECK(blocked_done.load());
+  CHECK(blocked_ok.load());
+}
+
 // ---- engine ----
 
 TEST_CASE("events: end to end, each event applied exactly once", "[events]") {
+  const std::string kind = GENERATE(as<std::string>{}, "log", "direct");
+  INFO("broker: " << kind);
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db", kThings);
   auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
   gv::Metrics metrics;
-  auto broker = make_in_process_broker(broker_options(tmp), &metrics);
+  auto broker = make_broker(kind, tmp, &metrics);
   EventEngine engine(*broker, fast_options(), &metrics);
   engine.add_source("source", *source);
   engine.add_consumer("sink", *sink, {"thing.*"},
@@ -554,11 +673,13 @@ TEST_CASE("events: end to end, each event applied exactly once", "[events]") {
 }
 
 TEST_CASE("events: retries, dead letters and replay", "[events]") {
+  const std::string kind = GENERATE(as<std::string>{}, "log", "direct");
+  INFO("broker: " << kind);
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db", kThings);
   auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
   gv::Metrics metrics;
-  auto broker = make_in_process_broker(broker_options(tmp, 2, 1), &metrics);
+  auto broker = make_broker(kind, tmp, &metrics, 2, 1);
   EventEngine engine(*broker, fast_options(), &metrics);
   std::mutex m;
   std::vector<int> flaky_attempts;
@@ -642,6 +763,8 @@ TEST_CASE("events: retries, dead letters and replay", "[events]") {
 }
 
 TEST_CASE("events: stop wakes a handler in backoff and the event is redelivered", "[events]") {
+  const std::string kind = GENERATE(as<std::string>{}, "log", "direct");
+  INFO("broker: " << kind);
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db", kThings);
   auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
@@ -650,7 +773,7 @@ TEST_CASE("events: stop wakes a handler in backoff and the event is redelivered"
   options.retry_backoff_max = 30s;
   std::atomic<int> attempts{0};
   {
-    auto broker = make_in_process_broker(broker_options(tmp), nullptr);
+    auto broker = make_broker(kind, tmp, nullptr);
     EventEngine engine(*broker, options, nullptr);
     engine.add_source("source", *source);
     engine.add_consumer("sink", *sink, {"*"}, [&](const Envelope&, int, SqlTransaction&) {
@@ -669,7 +792,7 @@ TEST_CASE("events: stop wakes a handler in backoff and the event is redelivered"
     CHECK(engine.dead_letters("sink", 10, "").value.empty());
   }
   // After the restart the event comes again, and now it is applied.
-  auto broker = make_in_process_broker(broker_options(tmp), nullptr);
+  auto broker = make_broker(kind, tmp, nullptr);
   EventEngine engine(*broker, fast_options(), nullptr);
   engine.add_source("source", *source);
   engine.add_consumer("sink", *sink, {"*"},
@@ -708,10 +831,12 @@ class FlakyBroker final : public Broker {
 }  // namespace
 
 TEST_CASE("events: the relay keeps outbox rows until the broker has them", "[events]") {
+  const std::string kind = GENERATE(as<std::string>{}, "log", "direct");
+  INFO("broker: " << kind);
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db", kThings);
   auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
-  auto inner = make_in_process_broker(broker_options(tmp), nullptr);
+  auto inner = make_broker(kind, tmp, nullptr);
   FlakyBroker broker(*inner, 3);
   EventEngine engine(broker, fast_options(), nullptr);
   engine.add_source("source", *source);
@@ -728,6 +853,8 @@ TEST_CASE("events: the relay keeps outbox rows until the broker has them", "[eve
 }
 
 TEST_CASE("events: order per key holds with 8 partitions and 2 consumer threads", "[events]") {
+  const std::string kind = GENERATE(as<std::string>{}, "log", "direct");
+  INFO("broker: " << kind);
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db",
                           "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"
@@ -738,7 +865,7 @@ TEST_CASE("events: order per key holds with 8 partitions and 2 consumer threads"
                         " PRIMARY KEY (key, n));"
                         "CREATE TABLE violations (key TEXT NOT NULL, n BIGINT NOT NULL,"
                         " last BIGINT NOT NULL)");
-  auto broker = make_in_process_broker(broker_options(tmp, 8, 2), nullptr);
+  auto broker = make_broker(kind, tmp, nullptr, 8, 2);
   EventEngine engine(*broker, fast_options(), nullptr);
   engine.add_source("source", *source);
   engine.add_consumer(

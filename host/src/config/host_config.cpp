@@ -87,7 +87,7 @@ json make_schema() {
                 {"reader_connections", integer(1, 64)},
                 {"sqlite_mmap_bytes", integer(0, 1LL << 40)},
                 {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
-      {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process", "kafka"}}}},
+      {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process", "direct", "kafka"}}}},
                           {"kafka", section({
                                         {"bootstrap_servers", text()},
                                         {"topic", text()},

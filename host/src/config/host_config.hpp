@@ -98,7 +98,7 @@ struct KafkaConfig {
 };
 
 struct EventsConfig {
-  std::string broker = "in-process";  // "in-process" or "kafka"
+  std::string broker = "in-process";  // "in-process" (a log), "direct" or "kafka"
   KafkaConfig kafka;
   int partitions = 8;
   int consumer_threads = 2;

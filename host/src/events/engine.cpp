@@ -4,7 +4,7 @@
 //
 // Host tables, created in every plugin database by prepare_database() with
 // SQL both SQLite and PostgreSQL run (BIGINT/INTEGER/TEXT, IF NOT EXISTS,
-// ON CONFLICT, RETURNING):
+// ON CONFLICT, INSERT ... SELECT):
 //   gv_outbox_seq(id INTEGER PK, last_seq BIGINT)   one row: the outbox counter
 //   gv_outbox(seq BIGINT PK, id, type, key, time_ms, source, schema_version,
 //             payload)                              unsent events
@@ -12,8 +12,8 @@
 //   gv_dead_letters(event_id TEXT PK, envelope TEXT (Envelope::to_json),
 //                   attempts INTEGER, error TEXT, parked_ms BIGINT)
 // The outbox sequence comes from the counter row
-// (UPDATE gv_outbox_seq SET last_seq = last_seq + 1 ... RETURNING last_seq)
-// rather than an auto-increment column: it is the same SQL on both
+// (UPDATE gv_outbox_seq SET last_seq = last_seq + 1, then the INSERT reads
+// last_seq from it) rather than an auto-increment column: it is the same SQL on both
 // backends, and because the row stays locked until the publishing
 // transaction ends, seq order is commit order even on PostgreSQL. (With a
 // SEQUENCE, seq 5 may commit before seq 4; the relay would send 5 and its
@@ -286,17 +286,18 @@ stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_v
       !nlohmann::json::accept(payload_json))
     return invalid("event payload must be a JSON object");
 
-  auto seq =
-      tx.query("UPDATE gv_outbox_seq SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq");
-  if (!seq.ok()) return seq.status;
-  if (seq.value.rows.empty())
+  // Two plain statements rather than UPDATE ... RETURNING, which SQLite
+  // runs through a temporary table (about twice the cost of both).
+  auto bumped = tx.exec("UPDATE gv_outbox_seq SET last_seq = last_seq + 1 WHERE id = 1");
+  if (!bumped.ok()) return bumped.status;
+  if (bumped.value == 0)
     return invalid("the database has no event outbox: call EventEngine::prepare_database first");
   std::string event_id = new_event_id();
   auto r = tx.exec(
       "INSERT INTO gv_outbox(seq, id, type, key, time_ms, source, schema_version, payload) "
-      "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-      {int_at(seq.value.rows[0], 0), event_id, std::string(type), std::string(key), now_ms(),
-       std::string(source), static_cast<int64_t>(schema_version), std::string(payload_json)});
+      "SELECT last_seq, $1, $2, $3, $4, $5, $6, $7 FROM gv_outbox_seq WHERE id = 1",
+      {event_id, std::string(type), std::string(key), now_ms(), std::string(source),
+       static_cast<int64_t>(schema_version), std::string(payload_json)});
   if (!r.ok()) return r.status;
   if (id) *id = std::move(event_id);
   ++published_on_thread;
@@ -375,18 +376,19 @@ void EventEngine::notify_published() { impl_->wake(); }
 void EventEngine::stop() {
   Impl& m = *impl_;
   if (!m.started) return;
+  // Consumers stop with the relay: a handler waiting for a retry gives up
+  // now (its event is delivered again after the restart). With the direct
+  // broker the relay's last pass waits for consumers, which must not keep
+  // it waiting for a backoff.
   {
     std::lock_guard lock(m.mutex);
     m.stopping_relay = true;
+    m.stopping_consumers = true;
   }
   m.relay_stop = true;
   m.relay_cv.notify_all();
-  if (m.relay.joinable()) m.relay.join();  // after its last drain pass
-  {
-    std::lock_guard lock(m.mutex);
-    m.stopping_consumers = true;
-  }
   m.backoff_cv.notify_all();
+  if (m.relay.joinable()) m.relay.join();  // after its last drain pass
   m.broker.stop();
   m.started = false;
 }

@@ -92,7 +92,7 @@ struct Delivery {
 };
 
 struct BrokerStats {
-  std::string kind = "in-process";  // "in-process" or "kafka"
+  std::string kind = "in-process";  // "in-process", "direct" or "kafka"
   bool connected = true;      // Kafka: the cluster is reachable
   int brokers_up = 0;         // Kafka: brokers this host is connected to
   int brokers_known = 0;      // Kafka: brokers in the cluster's metadata
@@ -155,6 +155,16 @@ struct InProcessBrokerOptions {
 // with committed offsets per (group, partition), like a one-node Kafka.
 std::unique_ptr<Broker> make_in_process_broker(const InProcessBrokerOptions& options,
                                                Metrics* metrics);
+
+struct DirectBrokerOptions {
+  int partitions = 8;          // order holds per key within a partition
+  int consumer_threads = 2;    // threads delivering to consumers (partition p -> thread p % n)
+};
+
+// The embedded dispatcher over the outboxes: no log of its own; a batch is
+// done (and the relay deletes it from the outbox) once every consumer group
+// has applied it. See direct_broker.cpp.
+std::unique_ptr<Broker> make_direct_broker(const DirectBrokerOptions& options, Metrics* metrics);
 
 struct KafkaBrokerOptions {
   std::string bootstrap_servers;          // "host1:9092,host2:9092"
@@ -235,7 +245,8 @@ class EventEngine {
   bool start(std::string* error);
   // Wakes the relay now (a publishing transaction committed).
   void notify_published();
-  // Stops the relay (after a last drain attempt) and the broker.
+  // Stops the relay (after a last drain attempt), wakes consumers waiting to
+  // retry (their events come again after the restart) and stops the broker.
   void stop();
 
   // Admin: parked events of a consumer, oldest first, at most limit, after
