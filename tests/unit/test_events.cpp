@@ -821,6 +821,7 @@ class FlakyBroker final : public Broker {
   bool start(std::string* error) override { return inner_.start(error); }
   void stop() override { inner_.stop(); }
   BrokerStats stats() const override { return inner_.stats(); }
+  int max_in_flight() const override { return inner_.max_in_flight(); }
   std::atomic<int> calls{0};
 
  private:
@@ -848,6 +849,38 @@ TEST_CASE("events: the relay keeps outbox rows until the broker has them", "[eve
   engine.notify_published();
   REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 10; }));
   CHECK(broker.calls.load() >= 4);
+  REQUIRE(eventually([&] { return scalar(*source, "SELECT count(*) FROM gv_outbox") == 0; }));
+  engine.stop();
+}
+
+TEST_CASE("events: the relay keeps several batches with the direct broker, and no more",
+          "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  auto broker = make_direct_broker({1, 1}, nullptr);
+  auto options = fast_options();
+  options.relay_batch = 10;
+  EventEngine engine(*broker, options, nullptr);
+  std::atomic<bool> gate{false};
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"}, [&](const Envelope& e, int, SqlTransaction& tx) {
+    while (!gate) std::this_thread::sleep_for(1ms);  // a slow consumer
+    return bump(tx, e.type);
+  });
+  std::string error;
+  REQUIRE(engine.start(&error));
+  for (int i = 0; i < 100; ++i) publish_one(*source, "thing.made", "k", "{}");
+  engine.notify_published();
+  // While the consumer is held, the relay hands over max_in_flight batches.
+  const int64_t most = int64_t{10} * broker->max_in_flight();
+  REQUIRE(broker->max_in_flight() > 1);
+  REQUIRE(eventually([&] { return broker->stats().stored_events == most; }));
+  std::this_thread::sleep_for(50ms);
+  CHECK(broker->stats().stored_events == most);
+  CHECK(scalar(*source, "SELECT count(*) FROM gv_outbox") == 100);  // none applied: none deleted
+  gate = true;
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 100; }));
   REQUIRE(eventually([&] { return scalar(*source, "SELECT count(*) FROM gv_outbox") == 0; }));
   engine.stop();
 }

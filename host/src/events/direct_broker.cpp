@@ -57,6 +57,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr size_t kRunLength = 256;  // events handed to a handler at once
 constexpr auto kThrowRetry = std::chrono::milliseconds(1000);
+constexpr int kInFlight = 4;  // batches of a source the relay may have unanswered
 constexpr const char* kStopping = "the in-process broker is stopping";
 
 // One produce() call: done runs once, when pending reaches 0 or at stop.
@@ -205,6 +206,10 @@ class DirectBroker final : public Broker {
     }
     for (auto& b : unfinished) b->answer(false, kStopping);
   }
+
+  // A batch waits for the consumers: with several in flight they always
+  // have the next one.
+  int max_in_flight() const override { return kInFlight; }
 
   BrokerStats stats() const override {
     BrokerStats s;

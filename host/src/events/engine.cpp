@@ -77,6 +77,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -171,12 +172,28 @@ struct EngineStats {
 }  // namespace
 
 struct EventEngine::Impl {
+  // The broker's answer to one produce().
+  struct Done {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false, ok = false;
+    std::string error;
+  };
+  // A batch handed to a broker that takes several at once (pipelined).
+  struct InFlight {
+    int64_t last_seq = 0, rows = 0;
+    std::shared_ptr<Done> done;
+  };
   struct Source {
     std::string plugin;
     SqlDatabase* db;
     Clock::time_point retry_at{};
     std::chrono::milliseconds backoff{0};
     int64_t backlog = 0;
+    // Pipelined relay only: batches not yet answered, oldest first, and the
+    // last seq handed to the broker (0: none since the last failure).
+    std::deque<InFlight> in_flight;
+    int64_t sent_seq = 0;
   };
   struct Consumer {
     std::string plugin;
@@ -228,6 +245,11 @@ struct EventEngine::Impl {
   void relay_loop();
   bool relay_pass(bool final_pass);  // true if some source has more to send now
   bool relay_source(Source& s, bool final_pass);
+  bool relay_pipelined(Source& s, bool final_pass);
+  bool relay_failed(Source& s, const std::string& why);
+  // Reads up to relay_batch unsent rows after seq after, in seq order.
+  SqlStatus read_outbox(Source& s, int64_t after, std::vector<Envelope>* batch, int64_t* last_seq,
+                        int64_t* total);
   void recount_backlog(Source& s);
   void prune_consumed();
   size_t run_consumer_run(Consumer& c, std::span<const Delivery> run);
@@ -487,7 +509,9 @@ bool EventEngine::Impl::relay_pass(bool final_pass) {
     // failed (or did not answer), and its rows wait in the outbox for the
     // next start rather than hold up the shutdown.
     if (Clock::now() >= s.retry_at) {
-      if (relay_source(s, final_pass)) more = true;
+      bool sent = broker.max_in_flight() > 1 ? relay_pipelined(s, final_pass)
+                                             : relay_source(s, final_pass);
+      if (sent) more = true;
     }
     backlog += s.backlog;
   }
@@ -495,31 +519,31 @@ bool EventEngine::Impl::relay_pass(bool final_pass) {
   return more;
 }
 
-// One batch of one source. True when the batch was full and was sent (more
-// may be waiting).
-bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
+// The source waits retry_backoff (doubling up to retry_backoff_max) before
+// its next try. Returns false (nothing more to send now).
+bool EventEngine::Impl::relay_failed(Source& s, const std::string& why) {
+  s.backoff = s.backoff.count() == 0 ? options.retry_backoff
+                                     : std::min(s.backoff * 2, options.retry_backoff_max);
+  s.retry_at = Clock::now() + s.backoff;
+  log::warn("events: relay failed; outbox rows kept for a retry",
+            {{"plugin", s.plugin},
+             {"error", why},
+             {"retry_in_ms", static_cast<int64_t>(s.backoff.count())}});
+  return false;
+}
+
+SqlStatus EventEngine::Impl::read_outbox(Source& s, int64_t after, std::vector<Envelope>* batch,
+                                         int64_t* last_seq, int64_t* total) {
   const int64_t limit = options.relay_batch;
-  std::vector<Envelope> batch;
-  int64_t last_seq = 0, total = 0;
-  auto fail = [&](const std::string& why) {
-    s.backoff = s.backoff.count() == 0 ? options.retry_backoff
-                                       : std::min(s.backoff * 2, options.retry_backoff_max);
-    s.retry_at = Clock::now() + s.backoff;
-    log::warn("events: relay failed; outbox rows kept for a retry",
-              {{"plugin", s.plugin},
-               {"error", why},
-               {"retry_in_ms", static_cast<int64_t>(s.backoff.count())}});
-    return false;
-  };
-  SqlStatus st = s.db->read([&](SqlTransaction& tx) -> SqlStatus {
+  return s.db->read([&](SqlTransaction& tx) -> SqlStatus {
     auto r = tx.query(
         "SELECT seq, id, type, key, time_ms, source, schema_version, payload FROM gv_outbox "
-        "ORDER BY seq LIMIT $1",
-        {limit});
+        "WHERE seq > $1 ORDER BY seq LIMIT $2",
+        {after, limit});
     if (!r.ok()) return r.status;
     for (auto& row : r.value.rows) {
       Envelope e;
-      last_seq = int_at(row, 0);
+      *last_seq = int_at(row, 0);
       e.id = text_at(row, 1);
       e.type = text_at(row, 2);
       e.key = text_at(row, 3);
@@ -527,12 +551,22 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
       e.source = text_at(row, 5);
       e.schema_version = static_cast<int>(int_at(row, 6));
       e.payload = text_at(row, 7);
-      batch.push_back(std::move(e));
+      batch->push_back(std::move(e));
     }
-    total = static_cast<int64_t>(batch.size());
-    if (total == limit) return count_outbox(tx, &total);  // count the rest only when there is one
+    *total = static_cast<int64_t>(batch->size());
+    if (*total == limit) return count_outbox(tx, total);  // count the rest only when there is one
     return SqlStatus::success();
   });
+}
+
+// One batch of one source, waiting for the broker's answer. True when the
+// batch was full and was sent (more may be waiting).
+bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
+  const int64_t limit = options.relay_batch;
+  std::vector<Envelope> batch;
+  int64_t last_seq = 0, total = 0;
+  auto fail = [&](const std::string& why) { return relay_failed(s, why); };
+  SqlStatus st = read_outbox(s, 0, &batch, &last_seq, &total);
   if (!st.ok()) return fail("cannot read the outbox: " + st.message);
   s.backlog = total;
   if (batch.empty()) {
@@ -540,12 +574,6 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
     return false;
   }
 
-  struct Done {
-    std::mutex m;
-    std::condition_variable cv;
-    bool done = false, ok = false;
-    std::string error;
-  };
   auto done = std::make_shared<Done>();
   const auto n = static_cast<int64_t>(batch.size());
   broker.produce(std::move(batch), [done](bool ok, const std::string& error) {
@@ -589,6 +617,91 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
   s.backoff = std::chrono::milliseconds(0);
   s.backlog = std::max<int64_t>(0, total - n);
   return n == limit;
+}
+
+// The relay for a broker that takes several batches of a source at once
+// (Broker::max_in_flight): each pass deletes the rows of the answered
+// batches, oldest first and up to the first unanswered one, then hands the
+// broker the rows after the last ones sent if fewer than max_in_flight
+// batches are out. An answer wakes the relay. A refused batch sends the
+// source back to its first row left, after a backoff (the later batches
+// are sent again too; consumers drop what they had). True when it sent a
+// full batch and may send another at once.
+bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
+  auto answered = [](const InFlight& f, bool* ok, std::string* error) {
+    std::lock_guard lock(f.done->m);
+    *ok = f.done->ok;
+    *error = f.done->error;
+    return f.done->done;
+  };
+  // At stop, the batches out get kDrainWait to be answered.
+  const auto deadline = Clock::now() + kDrainWait;
+  int64_t delete_to = 0, relayed = 0;
+  std::string refused;
+  for (;;) {
+    while (!s.in_flight.empty()) {
+      bool ok = false;
+      std::string error;
+      if (!answered(s.in_flight.front(), &ok, &error)) break;
+      if (!ok) {
+        refused = error;
+        break;
+      }
+      delete_to = s.in_flight.front().last_seq;
+      relayed += s.in_flight.front().rows;
+      s.in_flight.pop_front();
+    }
+    if (!final_pass || s.in_flight.empty() || !refused.empty() || Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (delete_to > 0) {
+    SqlStatus del = s.db->write([&](SqlTransaction& tx) {
+      return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {delete_to}).status;
+    });
+    stats->relayed += relayed;
+    if (!del.ok())  // the next delete covers these rows too, or a restart sends them again
+      log::warn("events: relayed, but cannot delete from the outbox (will send again)",
+                {{"plugin", s.plugin}, {"error", del.message}});
+  }
+  if (!refused.empty()) {
+    s.in_flight.clear();  // their answers, when they come, go nowhere
+    s.sent_seq = 0;
+    return relay_failed(s, refused);
+  }
+  if (final_pass) return false;  // nothing new at stop: the consumers are stopping
+  int64_t out = 0;
+  for (auto& f : s.in_flight) out += f.rows;
+  if (s.in_flight.size() >= static_cast<size_t>(broker.max_in_flight())) {
+    s.backlog = std::max(s.backlog, out);
+    return false;  // woken by an answer
+  }
+  std::vector<Envelope> batch;
+  int64_t last_seq = 0, total = 0;
+  SqlStatus st = read_outbox(s, s.sent_seq, &batch, &last_seq, &total);
+  if (!st.ok()) return relay_failed(s, "cannot read the outbox: " + st.message);
+  s.backlog = out + total;
+  if (batch.empty()) {
+    s.backoff = std::chrono::milliseconds(0);
+    return false;
+  }
+  InFlight f;
+  f.last_seq = last_seq;
+  f.rows = static_cast<int64_t>(batch.size());
+  f.done = std::make_shared<Done>();
+  s.in_flight.push_back(f);
+  s.sent_seq = last_seq;
+  s.backoff = std::chrono::milliseconds(0);
+  const bool full = f.rows == options.relay_batch;
+  broker.produce(std::move(batch), [this, done = f.done](bool ok, const std::string& error) {
+    {
+      std::lock_guard lock(done->m);
+      done->done = true;
+      done->ok = ok;
+      done->error = error;
+    }
+    wake();
+  });
+  return full && s.in_flight.size() < static_cast<size_t>(broker.max_in_flight());
 }
 
 void EventEngine::Impl::recount_backlog(Source& s) {

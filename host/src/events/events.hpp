@@ -138,6 +138,14 @@ class Broker {
   virtual void stop() = 0;
 
   virtual BrokerStats stats() const = 0;
+
+  // How many produce() batches of one source the relay may have unanswered
+  // at once. More than one only where a batch refused means that nothing
+  // after it was delivered out of order either: the relay sends a refused
+  // batch again, and the later ones after it. (The direct broker refuses
+  // only when stopping; a Kafka produce may fail after a later one
+  // succeeded, so Kafka keeps one.)
+  virtual int max_in_flight() const { return 1; }
 };
 
 struct InProcessBrokerOptions {
