@@ -531,6 +531,8 @@ TEST_CASE("events: the direct broker answers a batch once every group has applie
   Received all;
   std::atomic<bool> gate{false};
   std::atomic<int> held_calls{0};
+  // "all" first: a thread serves its pairs in subscription order, so each
+  // thread hands "all" its events before "held" blocks it.
   broker->subscribe("all", {"a.*", "b.*"}, collect(all));
   broker->subscribe("held", {"a.*"}, [&](std::span<const Delivery> run) {
     ++held_calls;
@@ -857,31 +859,82 @@ TEST_CASE("events: the relay keeps several batches with the direct broker, and n
           "[events]") {
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db", kThings);
-  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
-  auto broker = make_direct_broker({1, 1}, nullptr);
+  auto sink = plugin_db(tmp.dir / "sink.db",
+                        "CREATE TABLE counters (name TEXT PRIMARY KEY, n BIGINT NOT NULL);"
+                        "CREATE TABLE last (k TEXT PRIMARY KEY, n BIGINT NOT NULL)");
   auto options = fast_options();
   options.relay_batch = 10;
-  EventEngine engine(*broker, options, nullptr);
   std::atomic<bool> gate{false};
-  engine.add_source("source", *source);
-  engine.add_consumer("sink", *sink, {"*"}, [&](const Envelope& e, int, SqlTransaction& tx) {
+  // Counts applications, and out-of-order ones (n not last + 1).
+  EventHandler handler = [&](const Envelope& e, int, SqlTransaction& tx) -> SqlStatus {
     while (!gate) std::this_thread::sleep_for(1ms);  // a slow consumer
-    return bump(tx, e.type);
-  });
+    const int64_t n = nlohmann::json::parse(e.payload)["n"];
+    auto last = tx.query("SELECT n FROM last WHERE k = 'k'");
+    if (!last.ok()) return last.status;
+    const int64_t prev = last.value.rows.empty() ? 0 : *sql_int(last.value.rows[0][0]);
+    if (auto st = bump(tx, n == prev + 1 ? "in_order" : "out_of_order"); !st.ok()) return st;
+    return tx
+        .exec("INSERT INTO last(k, n) VALUES ('k', $1) ON CONFLICT (k) DO UPDATE SET n = $1",
+              {n})
+        .status;
+  };
+  {
+    auto broker = make_direct_broker({1, 1}, nullptr);
+    EventEngine engine(*broker, options, nullptr);
+    engine.add_source("source", *source);
+    engine.add_consumer("sink", *sink, {"*"}, handler);
+    // Lets a failed check end the test instead of hanging it (declared
+    // after the engine: destroyed, and the consumer released, first).
+    struct OpenOnExit {
+      std::atomic<bool>& gate;
+      ~OpenOnExit() { gate = true; }
+    } open_on_exit{gate};
+    std::string error;
+    REQUIRE(engine.start(&error));
+    // 100 events of one key, n = 1..100, in one transaction (so that the
+    // relay's first read finds them all and its batches are full).
+    SqlStatus published = source->write([&](SqlTransaction& tx) -> SqlStatus {
+      for (int n = 1; n <= 100; ++n)
+        if (auto st = EventEngine::publish(tx, "source", "thing.made", "k",
+                                           "{\"n\":" + std::to_string(n) + "}", 1, nullptr);
+            !st.ok())
+          return st;
+      return SqlStatus::success();
+    });
+    REQUIRE(published.ok());
+    engine.notify_published();
+    // While the consumer is held, the relay hands over max_in_flight batches.
+    const int64_t most = int64_t{10} * broker->max_in_flight();
+    REQUIRE(broker->max_in_flight() > 1);
+    REQUIRE(eventually([&] { return broker->stats().stored_events == most; }));
+    std::this_thread::sleep_for(50ms);
+    CHECK(broker->stats().stored_events == most);
+    CHECK(scalar(*source, "SELECT count(*) FROM gv_outbox") == 100);  // none applied, none deleted
+    // Stop with those batches out: the handler in progress finishes, the
+    // rest are refused at once and stay in the outbox.
+    std::thread opener([&] {
+      std::this_thread::sleep_for(100ms);
+      gate = true;
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    engine.stop();
+    CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+    opener.join();
+  }
+  const int64_t applied_before = counter(*sink, "in_order");
+  CHECK(applied_before < 100);
+  CHECK(scalar(*source, "SELECT count(*) FROM gv_outbox") == 100 - applied_before);
+  // After a restart every event is applied once, in order.
+  auto broker = make_direct_broker({1, 1}, nullptr);
+  EventEngine engine(*broker, options, nullptr);
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"}, handler);
   std::string error;
   REQUIRE(engine.start(&error));
-  for (int i = 0; i < 100; ++i) publish_one(*source, "thing.made", "k", "{}");
-  engine.notify_published();
-  // While the consumer is held, the relay hands over max_in_flight batches.
-  const int64_t most = int64_t{10} * broker->max_in_flight();
-  REQUIRE(broker->max_in_flight() > 1);
-  REQUIRE(eventually([&] { return broker->stats().stored_events == most; }));
-  std::this_thread::sleep_for(50ms);
-  CHECK(broker->stats().stored_events == most);
-  CHECK(scalar(*source, "SELECT count(*) FROM gv_outbox") == 100);  // none applied: none deleted
-  gate = true;
-  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 100; }));
+  REQUIRE(eventually([&] { return counter(*sink, "in_order") == 100; }));
   REQUIRE(eventually([&] { return scalar(*source, "SELECT count(*) FROM gv_outbox") == 0; }));
+  CHECK(counter(*sink, "out_of_order") == 0);
+  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == 100);
   engine.stop();
 }
 

@@ -26,18 +26,25 @@
 // the others.
 //
 // A handler returning fewer than it got (the engine is stopping): the rest
-// are not applied, their batches are answered done(false) at once, later
-// produce() calls too, and the thread ends. A handler that
+// are not applied; their batches, and those of every event still queued
+// in any partition, are answered done(false) at once, so are later
+// produce() calls, and the thread ends (the others finish the run they
+// are in). A handler that
 // throws: the run goes back to the front of its queue and the pair waits
 // kThrowRetry. stop() ends the threads (a handler in progress finishes) and
 // answers every batch not yet complete with done(false, why): the relay
 // keeps its rows in the outbox for the next start.
 //
-// Limits (as the log broker's, and more): the relay has one batch of a
-// source in flight at a time, so a consumer that retries (with backoff, up
-// to max_attempts, then parks) holds up the events of that source for every
-// group until it has parked; and a blocked handler holds up every partition
-// of its thread.
+// The relay may have kInFlight batches of a source out at once
+// (max_in_flight), so the consumers always have the next one. That is safe
+// for order per key because a batch is refused only when stopping, when
+// nothing after it is applied either.
+//
+// Limits (as the log broker's, and more): a source's batches are deleted
+// from its outbox oldest first, so a consumer that retries (with backoff,
+// up to max_attempts, then parks) holds up the events of that source for
+// every group until it has parked, after kInFlight batches; and a blocked
+// handler holds up every partition of its thread.
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -184,6 +191,9 @@ class DirectBroker final : public Broker {
   }
 
   void stop() override {
+    // A second stop() waits for the first: when either returns, no answer
+    // is left to run (done may reach into its caller, the engine).
+    std::lock_guard stopping(stop_mutex_);
     {
       std::lock_guard lock(mutex_);
       if (!running_) return;
@@ -250,6 +260,7 @@ class DirectBroker final : public Broker {
 
   DirectBrokerOptions options_;
   std::shared_ptr<SharedStats> stats_;
+  std::mutex stop_mutex_;     // held through stop()
   mutable std::mutex mutex_;  // guards everything below but the threads' handles
   std::vector<std::unique_ptr<Group>> groups_;
   bool started_ = false, running_ = false;
@@ -340,12 +351,23 @@ void DirectBroker::run(int t) {
       continue;
     }
     if (applied < n) {
-      // The handler gave up (stopping): nothing more is delivered, and the
-      // batches of the rest are answered now, not applied, so the relay
-      // keeps their rows for the next start instead of waiting.
+      // The handler gave up (the engine is stopping): this thread delivers
+      // nothing more, and every batch not yet applied, in this run or
+      // queued anywhere, is answered now, so that the relay keeps their
+      // rows for the next start instead of waiting for them.
       giving_up_ = true;
+      std::vector<std::shared_ptr<Batch>> unapplied;
+      for (size_t i = applied; i < n; ++i) unapplied.push_back(std::move(run[i].batch));
+      for (auto& group : groups_)
+        for (auto& queued : group->parts) {
+          for (auto& item : queued.queue) unapplied.push_back(std::move(item.batch));
+          held_ -= static_cast<int64_t>(queued.queue.size());
+          queued.queue.clear();
+        }
+      held_ -= static_cast<int64_t>(n - applied);
+      stats_->held = held_;
       lock.unlock();
-      for (size_t i = applied; i < n; ++i) run[i].batch->answer(false, kStopping);
+      for (auto& b : unapplied) b->answer(false, kStopping);
       return;
     }
   }

@@ -36,6 +36,10 @@
 // fails the next pass sends the rows again (consumers drop duplicates).
 // (Once stop() is under way the wait for done is bounded by kDrainWait:
 // an unanswered batch stays in the outbox for the next start.)
+// A broker whose max_in_flight() is more than one (the direct broker, which
+// answers a batch only once consumers applied it) gets that many batches
+// of a source at once instead (relay_pipelined): the relay does not wait,
+// an answer wakes it, and it deletes answered batches oldest first.
 // When idle the thread sleeps until notify_published() or relay_poll. It
 // also prunes gv_consumed rows older than consumed_retention (every
 // kPruneEvery, kPruneChunk rows per transaction) and refreshes the backlog
@@ -230,6 +234,7 @@ struct EventEngine::Impl {
   bool metrics_registered = false;
   std::thread relay;
   Clock::time_point last_prune{};
+  Clock::time_point drain_deadline{};  // set for the last pass, at stop
 
   Impl(Broker& b, const EngineOptions& o, Metrics* m) : broker(b), options(o), metrics(m) {
     if (options.relay_batch < 1) options.relay_batch = 1;
@@ -478,12 +483,16 @@ void EventEngine::Impl::relay_loop() {
       wake_relay = false;
     }
     bool more = false;
+    if (stopping) drain_deadline = Clock::now() + kDrainWait;  // for every source at once
     try {
-      more = relay_pass(stopping);
+      // Pruning first: it writes to consumers' databases, and so waits for
+      // a consumer's transaction, which (direct broker) may be applying a
+      // batch this relay just handed over.
       if (!stopping && Clock::now() - last_prune >= kPruneEvery) {
         prune_consumed();
         last_prune = Clock::now();
       }
+      more = relay_pass(stopping);
       stats->lag = broker.stats().consumer_lag;
     } catch (const std::exception& e) {
       log::error("events: relay pass failed", {{"error", e.what()}});
@@ -588,7 +597,7 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
   {
     // Wait for done; once stop() is under way, at most kDrainWait more (the
     // rows stay in the outbox if the broker never answers).
-    auto deadline = final_pass ? Clock::now() + kDrainWait : Clock::time_point::max();
+    auto deadline = final_pass ? drain_deadline : Clock::time_point::max();
     auto recount_at = Clock::now() + kRecountEvery;
     std::unique_lock lock(done->m);
     while (!done->done) {
@@ -634,8 +643,6 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
     *error = f.done->error;
     return f.done->done;
   };
-  // At stop, the batches out get kDrainWait to be answered.
-  const auto deadline = Clock::now() + kDrainWait;
   int64_t delete_to = 0, relayed = 0;
   std::string refused;
   for (;;) {
@@ -650,8 +657,12 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
       delete_to = s.in_flight.front().last_seq;
       relayed += s.in_flight.front().rows;
       s.in_flight.pop_front();
+      s.backoff = std::chrono::milliseconds(0);
     }
-    if (!final_pass || s.in_flight.empty() || !refused.empty() || Clock::now() >= deadline) break;
+    // At stop, what is out gets until drain_deadline (one for all sources).
+    if (!final_pass || s.in_flight.empty() || !refused.empty() ||
+        Clock::now() >= drain_deadline)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   if (delete_to > 0) {
@@ -659,16 +670,24 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
       return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {delete_to}).status;
     });
     stats->relayed += relayed;
-    if (!del.ok())  // the next delete covers these rows too, or a restart sends them again
-      log::warn("events: relayed, but cannot delete from the outbox (will send again)",
-                {{"plugin", s.plugin}, {"error", del.message}});
+    // The next delete covers these rows too, or a restart sends them again.
+    if (!del.ok())
+      return relay_failed(s, "relayed, but cannot delete from the outbox: " + del.message);
+  }
+  if (final_pass) {
+    // Consumers are stopping: what was not applied waits in the outbox.
+    if (!s.in_flight.empty() || !refused.empty())
+      log::info("events: unapplied events stay in the outbox for the next start",
+                {{"plugin", s.plugin}});
+    s.in_flight.clear();
+    s.sent_seq = 0;  // a later start() reads the outbox from its first row
+    return false;
   }
   if (!refused.empty()) {
     s.in_flight.clear();  // their answers, when they come, go nowhere
     s.sent_seq = 0;
     return relay_failed(s, refused);
   }
-  if (final_pass) return false;  // nothing new at stop: the consumers are stopping
   int64_t out = 0;
   for (auto& f : s.in_flight) out += f.rows;
   if (s.in_flight.size() >= static_cast<size_t>(broker.max_in_flight())) {
@@ -679,9 +698,10 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
   int64_t last_seq = 0, total = 0;
   SqlStatus st = read_outbox(s, s.sent_seq, &batch, &last_seq, &total);
   if (!st.ok()) return relay_failed(s, "cannot read the outbox: " + st.message);
-  s.backlog = out + total;
+  const bool full = static_cast<int64_t>(batch.size()) == options.relay_batch;
+  s.backlog = full ? total : out + total;  // a full read counted the whole outbox
   if (batch.empty()) {
-    s.backoff = std::chrono::milliseconds(0);
+    if (s.in_flight.empty()) s.backoff = std::chrono::milliseconds(0);
     return false;
   }
   InFlight f;
@@ -690,8 +710,6 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
   f.done = std::make_shared<Done>();
   s.in_flight.push_back(f);
   s.sent_seq = last_seq;
-  s.backoff = std::chrono::milliseconds(0);
-  const bool full = f.rows == options.relay_batch;
   broker.produce(std::move(batch), [this, done = f.done](bool ok, const std::string& error) {
     {
       std::lock_guard lock(done->m);
