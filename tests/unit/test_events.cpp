@@ -855,6 +855,45 @@ TEST_CASE("events: the relay keeps outbox rows until the broker has them", "[eve
   engine.stop();
 }
 
+TEST_CASE("events: consumed event ids older than consumed_retention are pruned", "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  const int64_t day = 24 * 3600 * 1000;
+  SqlStatus s = sink->write([&](SqlTransaction& tx) -> SqlStatus {
+    for (int i = 0; i < 30; ++i) {
+      // 20 recorded 10 days ago, 10 an hour ago.
+      const int64_t at = i < 20 ? now - 10 * day : now - day / 24;
+      auto r = tx.exec("INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2)",
+                       {"old" + std::to_string(i), at});
+      if (!r.ok()) return r.status;
+    }
+    return SqlStatus::success();
+  });
+  REQUIRE(s.ok());
+  auto broker = make_direct_broker({2, 1}, nullptr);
+  auto options = fast_options();
+  options.consumed_retention = std::chrono::hours(24 * 7);
+  EventEngine engine(*broker, options, nullptr);
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"},
+                      [](const Envelope& e, int, SqlTransaction& tx) { return bump(tx, e.type); });
+  std::string error;
+  REQUIRE(engine.start(&error));  // the relay prunes on its first pass
+  REQUIRE(eventually([&] { return scalar(*sink, "SELECT count(*) FROM gv_consumed") == 10; }));
+  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed WHERE consumed_ms < $1",
+               {now - 7 * day}) == 0);
+  // What it records from now on is kept.
+  publish_one(*source, "thing.made", "k", "{}");
+  engine.notify_published();
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 1; }));
+  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == 11);
+  engine.stop();
+}
+
 TEST_CASE("events: the relay keeps several batches with the direct broker, and no more",
           "[events]") {
   TempDir tmp;
