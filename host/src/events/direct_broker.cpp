@@ -157,9 +157,8 @@ class DirectBroker final : public Broker {
       return;
     }
     auto g = std::make_unique<Group>();
-    g->name = group;
-    g->patterns = std::move(patterns);
-    g->handler = std::move(handler);
+    Subscription& subscription = *g;
+    subscription = {group, std::move(patterns), std::move(handler)};
     groups_.push_back(std::move(g));
   }
 
@@ -171,11 +170,9 @@ class DirectBroker final : public Broker {
     };
     std::lock_guard lock(mutex_);
     if (started_) return fail("the in-process broker is already started");
-    if (options_.partitions < 1 || options_.partitions > 1024)
-      return fail("events partitions must be 1..1024, got " + std::to_string(options_.partitions));
-    if (options_.consumer_threads < 1 || options_.consumer_threads > 64)
-      return fail("events consumer_threads must be 1..64, got " +
-                  std::to_string(options_.consumer_threads));
+    if (auto wrong = check_delivery_options(options_.partitions, options_.consumer_threads);
+        !wrong.empty())
+      return fail(wrong);
     partitions_ = options_.partitions;
     threads_count_ = std::min(options_.consumer_threads, partitions_);
     for (auto& g : groups_) g->parts = std::vector<Partition>(static_cast<size_t>(partitions_));
@@ -236,17 +233,8 @@ class DirectBroker final : public Broker {
     int64_t next_offset = 0;
     Clock::time_point retry_after{};  // after a throw
   };
-  struct Group {
-    std::string name;
-    std::vector<std::string> patterns;
-    ConsumerFn handler;
+  struct Group : Subscription {
     std::vector<Partition> parts;
-
-    bool matches(std::string_view type) const {
-      for (auto& p : patterns)
-        if (type_matches(p, type)) return true;
-      return false;
-    }
   };
   struct Worker {
     std::thread thread;

@@ -208,4 +208,18 @@ int partition_of(std::string_view key, int partitions) {
   return static_cast<int>(fnv1a64(key) % static_cast<uint64_t>(partitions));
 }
 
+bool Subscription::matches(std::string_view type) const {
+  for (const auto& p : patterns)
+    if (type_matches(p, type)) return true;
+  return false;
+}
+
+std::string check_delivery_options(int partitions, int consumer_threads) {
+  if (partitions < 1 || partitions > 1024)
+    return "events partitions must be 1..1024, got " + std::to_string(partitions);
+  if (consumer_threads < 1 || consumer_threads > 64)
+    return "events consumer_threads must be 1..64, got " + std::to_string(consumer_threads);
+  return "";
+}
+
 }  // namespace gv::events

@@ -148,6 +148,20 @@ class Broker {
   virtual int max_in_flight() const { return 1; }
 };
 
+// ---- shared by the embedded brokers ----
+
+// A consumer group as Broker::subscribe() gave it.
+struct Subscription {
+  std::string name;
+  std::vector<std::string> patterns;
+  Broker::ConsumerFn handler;
+  bool matches(std::string_view type) const;  // one of patterns matches type
+};
+
+// The options both embedded brokers check at start: "" when partitions is
+// 1..1024 and consumer_threads 1..64, else what is wrong.
+std::string check_delivery_options(int partitions, int consumer_threads);
+
 struct InProcessBrokerOptions {
   std::filesystem::path file;  // the broker's log, a SQLite file (data_dir/broker/events.db)
   int partitions = 8;          // fixed once the log exists: a different value is refused

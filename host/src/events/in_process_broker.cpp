@@ -144,9 +144,8 @@ class InProcessBroker final : public Broker {
       return;
     }
     auto g = std::make_unique<Group>();
-    g->name = group;
-    g->patterns = std::move(patterns);
-    g->handler = std::move(handler);
+    Subscription& subscription = *g;
+    subscription = {group, std::move(patterns), std::move(handler)};
     groups_.push_back(std::move(g));
   }
 
@@ -169,19 +168,10 @@ class InProcessBroker final : public Broker {
   }
 
  private:
-  struct Group {
-    std::string name;
-    std::vector<std::string> patterns;
-    ConsumerFn handler;
+  struct Group : Subscription {
     std::unique_ptr<std::atomic<int64_t>[]> committed;  // per partition, in memory
     std::vector<int64_t> stored;                        // per partition, in the file
     std::vector<Clock::time_point> retry_after;         // per partition, after a throw
-
-    bool matches(std::string_view type) const {
-      for (auto& p : patterns)
-        if (type_matches(p, type)) return true;
-      return false;
-    }
   };
   struct SharedStats {  // outlives the broker: the metrics callback holds it
     std::atomic<int64_t> stored{0};
@@ -226,11 +216,9 @@ bool InProcessBroker::start(std::string* error) {
     return false;
   };
   if (started_) return fail("the in-process broker is already started");
-  if (options_.partitions < 1 || options_.partitions > 1024)
-    return fail("events partitions must be 1..1024, got " + std::to_string(options_.partitions));
-  if (options_.consumer_threads < 1 || options_.consumer_threads > 64)
-    return fail("events consumer_threads must be 1..64, got " +
-                std::to_string(options_.consumer_threads));
+  if (auto wrong = check_delivery_options(options_.partitions, options_.consumer_threads);
+      !wrong.empty())
+    return fail(wrong);
   partitions_ = options_.partitions;
   threads_count_ = std::min(options_.consumer_threads, partitions_);
 
