@@ -314,6 +314,11 @@ int run(const Args& args) {
     purge.run = [&cache] { cache.purge_expired(10000); };
     std::string error;
     scheduler.add(std::move(purge), &error);
+    gv::Scheduler::Job prune;
+    prune.name = "host.events_prune";
+    prune.interval = std::chrono::minutes(10);
+    prune.run = [&events] { events.prune_consumed(); };
+    scheduler.add(std::move(prune), &error);
   }
   services.cache = &cache;
   services.blobs = &blobs;

@@ -41,9 +41,13 @@
 // of a source at once instead (relay_pipelined): the relay does not wait,
 // an answer wakes it, and it deletes answered batches oldest first.
 // When idle the thread sleeps until notify_published() or relay_poll. It
-// also prunes gv_consumed rows older than consumed_retention (every
-// kPruneEvery, kPruneChunk rows per transaction) and refreshes the backlog
-// and lag gauges. stop() wakes it for a last drain pass before it exits.
+// also refreshes the backlog and lag gauges. stop() wakes it for a last
+// drain pass before it exits.
+//
+// prune_consumed() deletes gv_consumed rows older than consumed_retention,
+// kPruneChunk rows per transaction; the host runs it as the scheduled job
+// host.events_prune (not on the relay thread: it waits for consumers'
+// transactions).
 //
 // Consumer runner (the Broker::ConsumerFn of each consuming plugin, group =
 // plugin name), per delivery, attempt = 1..max_attempts:
@@ -103,7 +107,6 @@ using stores::SqlTransaction;
 using stores::SqlValue;
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kPruneEvery = std::chrono::minutes(10);
 constexpr int64_t kPruneChunk = 10000;
 constexpr size_t kMaxDeadLetterPage = 1000;
 constexpr size_t kApplyBatch = 128;  // events of a run applied in one transaction
@@ -233,7 +236,6 @@ struct EventEngine::Impl {
   bool started = false;
   bool metrics_registered = false;
   std::thread relay;
-  Clock::time_point last_prune{};
   Clock::time_point drain_deadline{};  // set for the last pass, at stop
 
   Impl(Broker& b, const EngineOptions& o, Metrics* m) : broker(b), options(o), metrics(m) {
@@ -256,7 +258,6 @@ struct EventEngine::Impl {
   SqlStatus read_outbox(Source& s, int64_t after, std::vector<Envelope>* batch, int64_t* last_seq,
                         int64_t* total);
   void recount_backlog(Source& s);
-  void prune_consumed();
   size_t run_consumer_run(Consumer& c, std::span<const Delivery> run);
   size_t apply_run(Consumer& c, std::span<const Delivery> run, SqlStatus* failure);
   bool run_consumer(Consumer& c, const Delivery& d, const SqlStatus& first_failure = {});
@@ -485,13 +486,6 @@ void EventEngine::Impl::relay_loop() {
     bool more = false;
     if (stopping) drain_deadline = Clock::now() + kDrainWait;  // for every source at once
     try {
-      // Pruning first: it writes to consumers' databases, and so waits for
-      // a consumer's transaction, which (direct broker) may be applying a
-      // batch this relay just handed over.
-      if (!stopping && Clock::now() - last_prune >= kPruneEvery) {
-        prune_consumed();
-        last_prune = Clock::now();
-      }
       more = relay_pass(stopping);
       stats->lag = broker.stats().consumer_lag;
     } catch (const std::exception& e) {
@@ -732,11 +726,13 @@ void EventEngine::Impl::recount_backlog(Source& s) {
   stats->backlog = others + rows;
 }
 
-void EventEngine::Impl::prune_consumed() {
+int64_t EventEngine::prune_consumed() {
   const int64_t cutoff =
-      now_ms() -
-      std::chrono::duration_cast<std::chrono::milliseconds>(options.consumed_retention).count();
-  for (auto& [name, c] : consumers) {
+      now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
+                     impl_->options.consumed_retention)
+                     .count();
+  int64_t total = 0;
+  for (auto& [name, c] : impl_->consumers) {
     for (int round = 0; round < 1000; ++round) {
       int64_t deleted = 0;
       SqlStatus s = c->db->write([&](SqlTransaction& tx) -> SqlStatus {
@@ -751,9 +747,11 @@ void EventEngine::Impl::prune_consumed() {
         log::warn("events: cannot prune gv_consumed", {{"plugin", name}, {"error", s.message}});
         break;
       }
+      total += deleted;
       if (deleted < kPruneChunk) break;
     }
   }
+  return total;
 }
 
 // ---- consumer runner ----

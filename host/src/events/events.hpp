@@ -282,6 +282,11 @@ class EventEngine {
   stores::SqlStatus replay(const std::string& plugin, const std::string& event_id, int* replayed,
                            int* failed);
 
+  // Deletes the consumed-event records (gv_consumed) older than
+  // consumed_retention from every consumer's database; returns how many.
+  // The host runs it as the job host.events_prune. Any thread, any time.
+  int64_t prune_consumed();
+
   // For /readyz and /metrics.
   int64_t outbox_backlog() const;  // unsent outbox rows, as of the last relay pass
   BrokerStats broker_stats() const;
