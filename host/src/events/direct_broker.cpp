@@ -142,8 +142,7 @@ class DirectBroker final : public Broker {
         }
         wake[static_cast<size_t>(p % threads_count_)] = true;
       }
-      held_ += static_cast<int64_t>(deliveries);
-      stats_->held = held_;
+      stats_->held += static_cast<int64_t>(deliveries);
     }
     for (size_t t = 0; t < wake.size(); ++t)
       if (wake[t]) threads_[t]->cv.notify_one();
@@ -203,13 +202,7 @@ class DirectBroker final : public Broker {
     std::vector<std::shared_ptr<Batch>> unfinished;
     {
       std::lock_guard lock(mutex_);
-      for (auto& g : groups_)
-        for (auto& part : g->parts) {
-          for (auto& item : part.queue) unfinished.push_back(std::move(item.batch));
-          part.queue.clear();
-        }
-      held_ = 0;
-      stats_->held = 0;
+      unfinished = take_queued();
     }
     for (auto& b : unfinished) b->answer(false, kStopping);
   }
@@ -221,9 +214,7 @@ class DirectBroker final : public Broker {
   BrokerStats stats() const override {
     BrokerStats s;
     s.kind = "direct";
-    std::lock_guard lock(mutex_);
-    s.stored_events = held_;
-    s.consumer_lag = held_;
+    s.stored_events = s.consumer_lag = stats_->held.load();
     return s;
   }
 
@@ -241,10 +232,23 @@ class DirectBroker final : public Broker {
     std::condition_variable cv;
   };
   struct SharedStats {  // outlives the broker: the metrics callback holds it
-    std::atomic<int64_t> held{0};
+    std::atomic<int64_t> held{0};  // deliveries queued or with a handler
   };
 
   void run(int t);
+
+  // Empties every queue; returns the batches of what was in them. Under
+  // mutex_.
+  std::vector<std::shared_ptr<Batch>> take_queued() {
+    std::vector<std::shared_ptr<Batch>> batches;
+    for (auto& g : groups_)
+      for (auto& part : g->parts) {
+        for (auto& item : part.queue) batches.push_back(std::move(item.batch));
+        stats_->held -= static_cast<int64_t>(part.queue.size());
+        part.queue.clear();
+      }
+    return batches;
+  }
 
   DirectBrokerOptions options_;
   std::shared_ptr<SharedStats> stats_;
@@ -254,7 +258,6 @@ class DirectBroker final : public Broker {
   bool started_ = false, running_ = false;
   bool giving_up_ = false;  // a handler gave up for stop: nothing more is delivered
   int partitions_ = 0, threads_count_ = 0;
-  int64_t held_ = 0;  // deliveries queued or with a handler
   std::vector<std::unique_ptr<Worker>> threads_;
 };
 
@@ -327,8 +330,7 @@ void DirectBroker::run(int t) {
       i = j;
     }
     lock.lock();
-    held_ -= static_cast<int64_t>(applied);
-    stats_->held = held_;
+    stats_->held -= static_cast<int64_t>(applied);
     if (threw) {
       // Back to the front, in order, to be tried again later.
       for (size_t i = n; i-- > 0;) {
@@ -344,16 +346,9 @@ void DirectBroker::run(int t) {
       // queued anywhere, is answered now, so that the relay keeps their
       // rows for the next start instead of waiting for them.
       giving_up_ = true;
-      std::vector<std::shared_ptr<Batch>> unapplied;
+      std::vector<std::shared_ptr<Batch>> unapplied = take_queued();
       for (size_t i = applied; i < n; ++i) unapplied.push_back(std::move(run[i].batch));
-      for (auto& group : groups_)
-        for (auto& queued : group->parts) {
-          for (auto& item : queued.queue) unapplied.push_back(std::move(item.batch));
-          held_ -= static_cast<int64_t>(queued.queue.size());
-          queued.queue.clear();
-        }
-      held_ -= static_cast<int64_t>(n - applied);
-      stats_->held = held_;
+      stats_->held -= static_cast<int64_t>(n - applied);
       lock.unlock();
       for (auto& b : unapplied) b->answer(false, kStopping);
       return;

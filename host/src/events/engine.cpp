@@ -185,6 +185,23 @@ struct EventEngine::Impl {
     std::condition_variable cv;
     bool done = false, ok = false;
     std::string error;
+
+    void set(bool answer_ok, const std::string& why) {
+      {
+        std::lock_guard lock(m);
+        done = true;
+        ok = answer_ok;
+        error = why;
+      }
+      cv.notify_all();
+    }
+    // Whether answered yet; if so, *answer_ok and *why receive the answer.
+    bool answered(bool* answer_ok, std::string* why) {
+      std::lock_guard lock(m);
+      *answer_ok = ok;
+      *why = error;
+      return done;
+    }
   };
   // A batch handed to a broker that takes several at once (pipelined).
   struct InFlight {
@@ -257,6 +274,12 @@ struct EventEngine::Impl {
   // Reads up to relay_batch unsent rows after seq after, in seq order.
   SqlStatus read_outbox(Source& s, int64_t after, std::vector<Envelope>* batch, int64_t* last_seq,
                         int64_t* total);
+  // Deletes the outbox rows up to seq last (the broker has them).
+  SqlStatus delete_sent(Source& s, int64_t last) {
+    return s.db->write([&](SqlTransaction& tx) {
+      return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {last}).status;
+    });
+  }
   void recount_backlog(Source& s);
   size_t run_consumer_run(Consumer& c, std::span<const Delivery> run);
   size_t apply_run(Consumer& c, std::span<const Delivery> run, SqlStatus* failure);
@@ -568,9 +591,8 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
   const int64_t limit = options.relay_batch;
   std::vector<Envelope> batch;
   int64_t last_seq = 0, total = 0;
-  auto fail = [&](const std::string& why) { return relay_failed(s, why); };
   SqlStatus st = read_outbox(s, 0, &batch, &last_seq, &total);
-  if (!st.ok()) return fail("cannot read the outbox: " + st.message);
+  if (!st.ok()) return relay_failed(s, "cannot read the outbox: " + st.message);
   s.backlog = total;
   if (batch.empty()) {
     s.backoff = std::chrono::milliseconds(0);
@@ -579,15 +601,8 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
 
   auto done = std::make_shared<Done>();
   const auto n = static_cast<int64_t>(batch.size());
-  broker.produce(std::move(batch), [done](bool ok, const std::string& error) {
-    {
-      std::lock_guard lock(done->m);
-      done->done = true;
-      done->ok = ok;
-      done->error = error;
-    }
-    done->cv.notify_all();
-  });
+  broker.produce(std::move(batch),
+                 [done](bool ok, const std::string& error) { done->set(ok, error); });
   {
     // Wait for done; once stop() is under way, at most kDrainWait more (the
     // rows stay in the outbox if the broker never answers).
@@ -607,16 +622,15 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
       if (deadline == Clock::time_point::max() && relay_stop.load())
         deadline = Clock::now() + kDrainWait;
       if (!done->done && Clock::now() >= deadline)
-        return fail("the broker did not confirm the batch before stop");
+        return relay_failed(s, "the broker did not confirm the batch before stop");
     }
-    if (!done->ok) return fail(done->error);
+    if (!done->ok) return relay_failed(s, done->error);
   }
-  SqlStatus del = s.db->write([&](SqlTransaction& tx) {
-    return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {last_seq}).status;
-  });
+  SqlStatus del = delete_sent(s, last_seq);
   stats->relayed += n;
   if (!del.ok())
-    return fail("relayed, but cannot delete from the outbox (will send again): " + del.message);
+    return relay_failed(
+        s, "relayed, but cannot delete from the outbox (will send again): " + del.message);
   s.backoff = std::chrono::milliseconds(0);
   s.backlog = std::max<int64_t>(0, total - n);
   return n == limit;
@@ -631,19 +645,13 @@ bool EventEngine::Impl::relay_source(Source& s, bool final_pass) {
 // are sent again too; consumers drop what they had). True when it sent a
 // full batch and may send another at once.
 bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
-  auto answered = [](const InFlight& f, bool* ok, std::string* error) {
-    std::lock_guard lock(f.done->m);
-    *ok = f.done->ok;
-    *error = f.done->error;
-    return f.done->done;
-  };
   int64_t delete_to = 0, relayed = 0;
   std::string refused;
   for (;;) {
     while (!s.in_flight.empty()) {
       bool ok = false;
       std::string error;
-      if (!answered(s.in_flight.front(), &ok, &error)) break;
+      if (!s.in_flight.front().done->answered(&ok, &error)) break;
       if (!ok) {
         refused = error;
         break;
@@ -660,9 +668,7 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   if (delete_to > 0) {
-    SqlStatus del = s.db->write([&](SqlTransaction& tx) {
-      return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {delete_to}).status;
-    });
+    SqlStatus del = delete_sent(s, delete_to);
     stats->relayed += relayed;
     // The next delete covers these rows too, or a restart sends them again.
     if (!del.ok())
@@ -705,12 +711,7 @@ bool EventEngine::Impl::relay_pipelined(Source& s, bool final_pass) {
   s.in_flight.push_back(f);
   s.sent_seq = last_seq;
   broker.produce(std::move(batch), [this, done = f.done](bool ok, const std::string& error) {
-    {
-      std::lock_guard lock(done->m);
-      done->done = true;
-      done->ok = ok;
-      done->error = error;
-    }
+    done->set(ok, error);
     wake();
   });
   return full && s.in_flight.size() < static_cast<size_t>(broker.max_in_flight());
