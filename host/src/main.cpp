@@ -19,6 +19,7 @@
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/registry.hpp"
+#include "core/response_cache.hpp"
 #include "core/scheduler.hpp"
 #include "core/worker_pool.hpp"
 #include "events/events.hpp"
@@ -144,6 +145,32 @@ void add_cache_metrics(gv::Metrics* metrics, gv::stores::Cache* cache) {
                       stat(&S::bytes_used));
 }
 
+void add_response_cache_metrics(gv::Metrics* metrics, const gv::ResponseCache* cache) {
+  using S = gv::ResponseCache::Stats;
+  struct Family {
+    const char* name;
+    const char* help;
+    const char* type;
+    uint64_t S::*field;
+  };
+  static constexpr Family kFamilies[] = {
+      {"grapevine_response_cache_hits_total", "Requests answered from the response cache.",
+       "counter", &S::hits},
+      {"grapevine_response_cache_misses_total",
+       "Requests of cacheable operations that ran the handler.", "counter", &S::misses},
+      {"grapevine_response_cache_invalidations_total", "Tags plugins marked stale.", "counter",
+       &S::invalidations},
+      {"grapevine_response_cache_evictions_total",
+       "Answers dropped to stay under response_cache.max_bytes.", "counter", &S::evictions},
+      {"grapevine_response_cache_bytes", "Memory the response cache accounts for.", "gauge",
+       &S::bytes},
+  };
+  for (const Family& f : kFamilies)
+    metrics->add_family(f.name, f.help, f.type, [cache, field = f.field] {
+      return gv::Metrics::Samples{{"", static_cast<double>(cache->stats().*field)}};
+    });
+}
+
 // Exit codes: 0 clean stop, 1 start-up failure, 2 bad config or arguments.
 gv::events::KafkaBrokerOptions kafka_options(const gv::config::HostConfig& cfg) {
   const auto& k = cfg.events.kafka;
@@ -246,6 +273,8 @@ int run(const Args& args) {
   dispatcher.set_revocations(&revocations);
   gv::plugins::HostServices services{&cfg, &registry, &dispatcher, &hub, &metrics, keys.get()};
   services.revocations = &revocations;
+  gv::ResponseCache response_cache(cfg.response_cache.max_bytes, cfg.response_cache.max_age);
+  services.response_cache = &response_cache;
   gv::plugins::PluginHost plugins(services);
 
   if (args.command == "check") {
@@ -263,6 +292,7 @@ int run(const Args& args) {
   // reach through the host function table.
   gv::stores::MemoryCache cache(cfg.storage.cache_max_bytes);
   add_cache_metrics(&metrics, &cache);
+  if (response_cache.enabled()) add_response_cache_metrics(&metrics, &response_cache);
   if (keys) {
     const gv::auth::KeySet* k = keys.get();
     metrics.add_family("grapevine_auth_verified_token_hits_total",
@@ -350,7 +380,7 @@ int run(const Args& args) {
   }
   std::atomic<bool> ready{false};
   gv::net::Server server({&cfg, &registry, &dispatcher, &hub, &metrics, keys.get(),
-                          [&ready] { return ready.load(); },
+                          &response_cache, [&ready] { return ready.load(); },
                           [&events] { return readiness(events); }});
   std::string error;
   if (!server.listen(&error)) {

@@ -390,6 +390,130 @@ TEST_CASE("posts: user.deleted removes that user's posts", "[posts][events]") {
   CHECK(deleted == std::set<std::string>(ids.begin(), ids.end()));
 }
 
+// posts.get and posts.history declare the cache tag "post:{postId}": the
+// host answers a repeated GET from memory (X-Cache: hit) until a write to
+// that post commits, and never serves an answer older than that write.
+TEST_CASE("posts: cached answers are fresh after every change", "[posts][cache]") {
+  TempDir data;
+  Host host({.config = posts_config(data.path / "d")});
+  REQUIRE(host.started());
+  int port = host.port();
+  std::string id = create(port, "carl", "first text")["id"];
+  std::string other = create(port, "carl", "untouched")["id"];
+  const std::string path = "/api/v1/posts/" + id;
+  auto get = [&](const std::string& target) { return host.request("GET", target); };
+
+  auto r = get(path);
+  REQUIRE(r.status == 200);
+  CHECK(r.header("x-cache") == "miss");
+  auto again = get(path);
+  CHECK(again.header("x-cache") == "hit");
+  CHECK(again.body == r.body);
+  CHECK(again.header("content-type") == "application/json");
+  CHECK(again.header("x-request-id") != r.header("x-request-id"));
+  // HEAD is served from the same answer, without a body.
+  auto head = host.request("HEAD", path);
+  CHECK(head.status == 200);
+  CHECK(head.header("x-cache") == "hit");
+  CHECK(head.body.empty());
+  CHECK(head.header("content-length") == std::to_string(r.body.size()));
+  CHECK(get("/api/v1/posts/" + other).status == 200);
+
+  // An edit: the next read shows it at once, and history follows too.
+  CHECK(get(path + "/history").header("x-cache") == "miss");
+  CHECK(get(path + "/history").header("x-cache") == "hit");
+  REQUIRE(host.request("PUT", path, body({{"text", "second text"}}), as("carl")).status == 200);
+  r = get(path);
+  CHECK(r.header("x-cache") == "miss");
+  CHECK(r.json_body()["text"] == "second text");
+  auto history = get(path + "/history");
+  CHECK(history.header("x-cache") == "miss");
+  CHECK(history.json_body()["items"].size() == 1);
+  // Another post's answer was not touched.
+  CHECK(get("/api/v1/posts/" + other).header("x-cache") == "hit");
+
+  // A refused edit (not the author) changes nothing and keeps the answer.
+  CHECK(host.request("PUT", path, body({{"text", "hijack"}}), as("mallory")).status == 403);
+  CHECK(get(path).header("x-cache") == "hit");
+  CHECK(get(path).json_body()["text"] == "second text");
+
+  // Counters kept from events: the consumer's commit invalidates.
+  publish(port, {event("like.created", "post:" + id, {{"post_id", id}})});
+  CHECK(eventually([&] { return get(path).json_body()["counters"]["likes"] == 1; }));
+
+  // Bad input and unknown ids are never cached.
+  CHECK(get("/api/v1/posts/999999").status == 404);
+  CHECK(get("/api/v1/posts/999999").header("x-cache").empty());
+  CHECK(get(path + "?extra=1").status == 400);
+  CHECK(get(path + "?extra=1").status == 400);
+
+  // A deleted post is gone for the very next read.
+  REQUIRE(host.request("DELETE", path, "", as("carl")).status == 204);
+  CHECK(get(path).status == 404);
+  CHECK(get(path + "/history").status == 404);
+
+  // user.deleted (a consumer deleting many posts) invalidates each.
+  CHECK(get("/api/v1/posts/" + other).header("x-cache") == "hit");
+  publish(port, {event("user.deleted", "user:carl", {{"id", "carl"}})});
+  CHECK(eventually([&] { return get("/api/v1/posts/" + other).status == 404; }));
+
+  // Over /metrics: hits, misses and invalidations are counted.
+  auto metrics = get("/metrics").body;
+  CHECK(metrics.find("grapevine_response_cache_hits_total") != std::string::npos);
+  CHECK(metrics.find("grapevine_response_cache_invalidations_total") != std::string::npos);
+}
+
+TEST_CASE("posts: no read after an acknowledged edit sees the text before it",
+          "[posts][cache]") {
+  TempDir data;
+  Host host({.config = posts_config(data.path / "d")});
+  REQUIRE(host.started());
+  int port = host.port();
+  std::string id = create(port, "vera", "version 0")["id"];
+  const std::string path = "/api/v1/posts/" + id;
+  // Readers keep the cache filled (and racing its fills with the edits);
+  // after each acknowledged edit, a read must show that edit or a later one.
+  std::atomic<bool> stop{false};
+  std::atomic<int> reads{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t)
+    readers.emplace_back([&] {
+      while (!stop) {
+        http(port, "GET", path);
+        ++reads;
+      }
+    });
+  int stale = 0;
+  for (int v = 1; v <= 60; ++v) {
+    auto put = http(port, "PUT", path, body({{"text", "version " + std::to_string(v)}}), as("vera"));
+    REQUIRE(put.status == 200);
+    auto r = http(port, "GET", path);
+    REQUIRE(r.status == 200);
+    int seen = std::stoi(r.json_body()["text"].get<std::string>().substr(8));
+    if (seen < v) ++stale;
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  CHECK(stale == 0);
+  CHECK(reads > 60);
+}
+
+TEST_CASE("posts: response_cache.max_bytes 0 turns the cache off", "[posts][cache]") {
+  TempDir data;
+  json config = posts_config(data.path / "d");
+  config["response_cache"] = {{"max_bytes", 0}};
+  Host host({.config = config});
+  REQUIRE(host.started());
+  std::string id = create(host.port(), "olga", "plain")["id"];
+  for (int i = 0; i < 2; ++i) {
+    auto r = host.request("GET", "/api/v1/posts/" + id);
+    CHECK(r.status == 200);
+    CHECK(r.header("x-cache").empty());
+  }
+  CHECK(host.request("GET", "/metrics").body.find("grapevine_response_cache_hits_total") ==
+        std::string::npos);
+}
+
 TEST_CASE("posts: authorization matrix", "[posts][auth]") {
   TempDir data;
   Host host({.config = posts_config(data.path / "d")});

@@ -900,3 +900,77 @@ TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", 
   CHECK(count(*db, "t") == 300 * 80);
   CHECK(db->integrity_check().value == "ok");
 }
+
+TEST_CASE("sqlite: after_commit runs once committed, never for undone changes", "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  create_business_tables(*db);
+  std::vector<std::string> ran;
+  std::mutex ran_mutex;
+  auto hook = [&](std::string name) {
+    return [&ran, &ran_mutex, name] {
+      std::lock_guard lock(ran_mutex);
+      ran.push_back(name);
+    };
+  };
+  // Committed: runs after the COMMIT, before write() returns, and sees the
+  // change committed (a read from another connection finds the row).
+  auto other = open_db(tmp.file());
+  int64_t rows_seen = -1;
+  SqlStatus s = db->write([&](SqlTransaction& tx) {
+    (void)insert_both(tx, 1, 1);
+    REQUIRE(tx.after_commit([&] { rows_seen = count(*other, "item"); }).ok());
+    REQUIRE(tx.after_commit(hook("kept")).ok());
+    // A nested part that is undone takes its hooks with it; a kept one not.
+    (void)tx.nested([&](SqlTransaction& t) {
+      REQUIRE(t.after_commit(hook("undone part")).ok());
+      return SqlStatus::failure(SqlCode::invalid, "no");
+    });
+    (void)tx.nested([&](SqlTransaction& t) {
+      REQUIRE(t.after_commit(hook("kept part")).ok());
+      return SqlStatus::success();
+    });
+    CHECK(ran.empty());  // nothing before the commit
+    return SqlStatus::success();
+  });
+  REQUIRE(s.ok());
+  CHECK(rows_seen == 1);
+  CHECK(ran == std::vector<std::string>{"kept", "kept part"});
+
+  // A failing work, a throwing one, and a statement failure: never run.
+  ran.clear();
+  CHECK_FALSE(db->write([&](SqlTransaction& tx) {
+                  (void)tx.after_commit(hook("failed"));
+                  return SqlStatus::failure(SqlCode::invalid, "refused");
+                }).ok());
+  CHECK_THROWS(db->write([&](SqlTransaction& tx) -> SqlStatus {
+    (void)tx.after_commit(hook("threw"));
+    throw std::runtime_error("boom");
+  }));
+  CHECK_FALSE(db->write([&](SqlTransaction& tx) {
+                  (void)tx.after_commit(hook("constraint"));
+                  return insert_both(tx, 1, 1);  // already there
+                }).ok());
+  // Detached writes run theirs before done.
+  std::promise<std::vector<std::string>> at_done;
+  db->write_detached(
+      [&](SqlTransaction& tx) {
+        (void)insert_both(tx, 2, 1);
+        return tx.after_commit(hook("detached"));
+      },
+      [&](SqlStatus st) {
+        CHECK(st.ok());
+        std::lock_guard lock(ran_mutex);
+        at_done.set_value(ran);
+      });
+  CHECK(at_done.get_future().get() == std::vector<std::string>{"detached"});
+  // Refused in reads.
+  CHECK(db->read([&](SqlTransaction& tx) { return tx.after_commit(hook("read")); }).code ==
+        SqlCode::invalid);
+  CHECK(db->write([&](SqlTransaction& tx) {
+              return tx.read_only([&](SqlTransaction& view) {
+                return view.after_commit(hook("view"));
+              });
+            }).code == SqlCode::invalid);
+  CHECK(ran == std::vector<std::string>{"detached"});
+}

@@ -87,6 +87,8 @@ json make_schema() {
                 {"reader_connections", integer(1, 64)},
                 {"sqlite_mmap_bytes", integer(0, 1LL << 40)},
                 {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
+      {"response_cache",
+       section({{"max_bytes", integer(0, 1LL << 40)}, {"max_age_ms", integer(1, kDay_ms)}})},
       {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process", "direct", "kafka"}}}},
                           {"kafka", section({
                                         {"bootstrap_servers", text()},
@@ -351,6 +353,8 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.number("/storage/reader_connections", &c->storage.reader_connections);
   r.number("/storage/sqlite_mmap_bytes", &c->storage.sqlite_mmap_bytes);
   r.number("/storage/cache_max_bytes", &c->storage.cache_max_bytes);
+  r.number("/response_cache/max_bytes", &c->response_cache.max_bytes);
+  r.duration("/response_cache/max_age_ms", &c->response_cache.max_age);
   r.text("/events/broker", &c->events.broker);
   read_kafka(r, &c->events.kafka);
   if (c->events.broker == "kafka" && c->events.kafka.bootstrap_servers.empty())

@@ -83,6 +83,12 @@ struct StorageConfig {
   size_t cache_max_bytes = 64u << 20;
 };
 
+// Answers of cacheable GET operations kept in memory (core/response_cache.hpp).
+struct ResponseCacheConfig {
+  size_t max_bytes = 64u << 20;  // 0: off
+  std::chrono::milliseconds max_age{60000};
+};
+
 // events.kafka: used when events.broker is "kafka".
 struct KafkaConfig {
   std::string bootstrap_servers;
@@ -127,6 +133,7 @@ struct HostConfig {
   AuthConfig auth;
   LogConfig log;
   StorageConfig storage;
+  ResponseCacheConfig response_cache;
   EventsConfig events;
   std::chrono::milliseconds shutdown_grace{10000};
   std::filesystem::path data_dir = "data";

@@ -37,7 +37,69 @@ bool same_route(const Operation& a, const Operation& b) {
   return true;
 }
 
+// Parses a cache tag template ("post:{postId}") over op's path parameters.
+bool parse_cache_tag(Operation& op, std::string_view tag, std::string* error) {
+  auto refuse = [&](const std::string& why) {
+    *error =
+        "operation " + op.name + " cache_tag '" + std::string(tag.substr(0, 200)) + "': " + why;
+    return false;
+  };
+  if (op.http_method != "GET") return refuse("only GET operations can be cached");
+  if (op.access != GV_ACCESS_ANYONE)
+    return refuse("only operations anyone may call can be cached (the answer is shared)");
+  if (tag.empty() || tag.size() > 256) return refuse("must be 1 to 256 characters");
+  std::vector<Operation::Segment> out;
+  while (!tag.empty()) {
+    size_t open = tag.find('{');
+    if (open != 0) {
+      std::string_view literal = tag.substr(0, open);
+      if (literal.find('}') != std::string_view::npos) return refuse("a '}' without its '{'");
+      out.push_back({std::string(literal), false});
+      if (open == std::string_view::npos) break;
+      tag.remove_prefix(open);
+      continue;
+    }
+    size_t close = tag.find('}');
+    if (close == std::string_view::npos) return refuse("a '{' without its '}'");
+    std::string name(tag.substr(1, close - 1));
+    bool known =
+        std::any_of(op.segments.begin(), op.segments.end(),
+                    [&](const Operation::Segment& s) { return s.param && s.text == name; });
+    if (!known) return refuse("{" + name + "} is not a parameter of the path " + op.http_path);
+    out.push_back({std::move(name), true});
+    tag.remove_prefix(close + 1);
+  }
+  op.cache_tag = std::move(out);
+  return true;
+}
+
 }  // namespace
+
+std::string scoped_cache_tag(std::string_view plugin, std::string_view tag) {
+  std::string out;
+  out.reserve(plugin.size() + 1 + tag.size());
+  out.append(plugin);
+  out.push_back('\0');
+  out.append(tag);
+  return out;
+}
+
+std::string cache_tag_of(const Operation& op, const PathParams& params) {
+  std::string out = op.plugin;
+  out.push_back('\0');
+  for (const auto& seg : op.cache_tag) {
+    if (!seg.param) {
+      out += seg.text;
+      continue;
+    }
+    for (const auto& [name, value] : params)
+      if (name == seg.text) {
+        out += value;
+        break;
+      }
+  }
+  return out;
+}
 
 bool parse_path_template(std::string_view path, std::vector<Operation::Segment>* out) {
   static const std::regex literal("[A-Za-z0-9._~-]+");
@@ -107,6 +169,13 @@ bool Registry::add(const std::string& plugin, const gv_operation_v1& raw, std::s
     }
   }
   op->input_schema = strict_schema(std::move(schema));
+  if (raw.cache_tag) {
+    if (raw.flags & GV_OP_GROUPED_WRITE) {
+      *error = "operation " + op->name + " is a grouped write and cannot have a cache_tag";
+      return false;
+    }
+    if (!parse_cache_tag(*op, raw.cache_tag, error)) return false;
+  }
   std::string schema_error;
   op->schema = JsonSchema::compile(op->input_schema, &schema_error);
   if (!op->schema) {

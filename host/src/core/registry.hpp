@@ -42,9 +42,20 @@ struct Operation {
     bool param = false;
   };
   std::vector<Segment> segments;  // the parsed http_path
+
+  // The parsed cache_tag (ABI 1.4): literal text, and path parameters
+  // whose values fill it in. Empty: answers are not cached.
+  std::vector<Segment> cache_tag;
 };
 
 using PathParams = std::vector<std::pair<std::string, std::string>>;
+
+// The tag of an answer of op to a request with these path parameters: the
+// plugin's name, a NUL, then op's cache_tag filled in ("posts\0post:42").
+// Tags are scoped by plugin so that no plugin can invalidate another's.
+std::string cache_tag_of(const Operation& op, const PathParams& params);
+// A plugin's tag as it names it in an invalidation, scoped the same way.
+std::string scoped_cache_tag(std::string_view plugin, std::string_view tag);
 
 class Registry {
  public:

@@ -15,6 +15,7 @@
 #include "core/call.hpp"
 #include "core/log.hpp"
 #include "core/request_id.hpp"
+#include "core/response_cache.hpp"
 #include "net/sessions.hpp"
 
 namespace gv::net {
@@ -28,6 +29,9 @@ struct Answer {
   bool retry_after = false;  // for 503
   bool www_authenticate = false;
   std::vector<std::pair<std::string, std::string>> headers;  // a plugin's, checked by the host
+  // A kept answer, sent instead of body and with its headers.
+  std::shared_ptr<const ResponseCache::Answer> cached;
+  const char* x_cache = nullptr;  // "hit" or "miss" for cacheable operations
 };
 
 Answer error_answer(int status, std::string_view code, std::string_view msg,
@@ -274,22 +278,17 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
         break;
     }
     op_ = op->name;
-    auto call = std::make_shared<Call>();
-    call->op = op;
-    call->request_id = request_id_;
-    if (peer_.empty()) peer_ = peer_address(stream_);
-    call->client_address = peer_;
-    call->params = std::move(params);
     if (url) {
       for (auto p : url->params()) {
-        for (const auto& [k, v] : call->params)
+        for (const auto& [k, v] : params)
           if (k == p.key)
             return send(
                 error_answer(400, "invalid_input", p.key + ": given more than once", request_id_),
                 false);
-        call->params.emplace_back(p.key, p.has_value ? p.value : std::string());
+        params.emplace_back(p.key, p.has_value ? p.value : std::string());
       }
     }
+    std::optional<auth::Identity> identity;
     auto auth = req[http::field::authorization];
     if (!auth.empty()) {
       constexpr std::string_view bearer = "Bearer ";
@@ -303,28 +302,63 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
         a.www_authenticate = true;
         return send(a, false);
       }
-      call->identity = std::move(check.identity);
+      identity = std::move(check.identity);
     }
+    // A cacheable operation's answer to this very target, kept in memory:
+    // sent from here, the handler does not run (core/response_cache.hpp).
+    ResponseCache* cache = state_->deps.response_cache;
+    std::string cache_key;
+    ResponseCache::Ticket ticket;
+    if (cache && cache->enabled() && !op->cache_tag.empty() && req.body().empty()) {
+      std::string_view target(req.target().data(), req.target().size());
+      if (auto hit = cache->find(target, started_)) {
+        Answer a;
+        a.cached = std::move(hit);
+        a.x_cache = "hit";
+        return send(a, false);
+      }
+      cache_key = target;
+      // Taken before the handler reads anything: see ResponseCache.
+      ticket = cache->ticket(cache_tag_of(*op, params));
+    }
+    auto call = std::make_shared<Call>();
+    call->op = op;
+    call->request_id = request_id_;
+    if (peer_.empty()) peer_ = peer_address(stream_);
+    call->client_address = peer_;
+    call->params = std::move(params);
+    call->identity = std::move(identity);
     for (const auto& field : req)
       call->headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
     call->body = std::move(req.body());
     unwatch();
     auto self = shared_from_this();
-    bool queued = state_->deps.dispatcher->submit(call, [self](Reply reply) {
-      asio::post(self->stream_.get_executor(), [self, reply = std::move(reply)]() mutable {
-        Answer a;
-        a.status = static_cast<http::status>(reply.status);
-        a.body = std::move(reply.body);
-        // A plugin's 503 (a locked database, a busy dependency) or 429
-        // tells the client when to come back, like the host's own.
-        a.headers = std::move(reply.headers);
-        bool own_retry_after = std::any_of(a.headers.begin(), a.headers.end(), [](auto& h) {
-          return beast::iequals(h.first, "Retry-After");
+    bool queued = state_->deps.dispatcher->submit(
+        call, [self, cache, cache_key = std::move(cache_key), ticket](Reply reply) mutable {
+          const bool cacheable = !cache_key.empty();
+          std::shared_ptr<const ResponseCache::Answer> kept;
+          if (!cache_key.empty() && reply.status == 200) {
+            kept = std::make_shared<const ResponseCache::Answer>(
+                ResponseCache::Answer{std::move(reply.body), std::move(reply.headers)});
+            cache->store(std::move(cache_key), ticket, kept, Clock::now());
+          }
+          asio::post(self->stream_.get_executor(), [self, reply = std::move(reply),
+                                                    kept = std::move(kept), cacheable]() mutable {
+            Answer a;
+            a.cached = std::move(kept);
+            if (cacheable && reply.status == 200) a.x_cache = "miss";
+            a.status = static_cast<http::status>(reply.status);
+            a.body = std::move(reply.body);
+            // A plugin's 503 (a locked database, a busy dependency) or 429
+            // tells the client when to come back, like the host's own.
+            a.headers = std::move(reply.headers);
+            bool own_retry_after = std::any_of(a.headers.begin(), a.headers.end(), [](auto& h) {
+              return beast::iequals(h.first, "Retry-After");
+            });
+            a.retry_after = (reply.status == 503 || reply.status == 429) && !own_retry_after;
+            self->send(a, false);
+          });
         });
-        a.retry_after = (reply.status == 503 || reply.status == 429) && !own_retry_after;
-        self->send(a, false);
-      });
-    });
     if (!queued) {
       ++state_->deps.metrics->rejected_overload;
       Answer a = error_answer(503, "overloaded", "the server is busy; retry shortly", request_id_);
@@ -351,7 +385,8 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     wire_ += http::obsolete_reason(a.status);
     wire_ += "\r\nServer: grapevine\r\nX-Request-Id: ";
     wire_ += request_id_;  // sanitized: no CR or LF can get here
-    if (!a.body.empty() && !bodyless) {
+    const std::string_view body = a.cached ? std::string_view(a.cached->body) : a.body;
+    if (!body.empty() && !bodyless) {
       wire_ += "\r\nContent-Type: ";
       wire_ += a.content_type;
     }
@@ -360,23 +395,30 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
       wire_ += a.allow;
     }
     if (a.retry_after) wire_ += "\r\nRetry-After: 1";
-    for (const auto& [name, value] : a.headers) {
-      wire_ += "\r\n";
-      wire_ += name;
-      wire_ += ": ";
-      wire_ += value;
+    for (const auto* headers : {&a.headers, a.cached ? &a.cached->headers : nullptr}) {
+      if (!headers) continue;
+      for (const auto& [name, value] : *headers) {
+        wire_ += "\r\n";
+        wire_ += name;
+        wire_ += ": ";
+        wire_ += value;
+      }
+    }
+    if (a.x_cache) {
+      wire_ += "\r\nX-Cache: ";
+      wire_ += a.x_cache;
     }
     if (a.www_authenticate) wire_ += "\r\nWWW-Authenticate: Bearer error=\"invalid_token\"";
     if (status >= 200 && status != 204) {
       wire_ += "\r\nContent-Length: ";
-      wire_ += std::to_string(bodyless ? 0 : a.body.size());
+      wire_ += std::to_string(bodyless ? 0 : body.size());
     }
     if (!keep_alive_)
       wire_ += "\r\nConnection: close";
     else if (version == 10)
       wire_ += "\r\nConnection: keep-alive";
     wire_ += "\r\n\r\n";
-    if (!head && !bodyless) wire_ += a.body;
+    if (!head && !bodyless) wire_ += body;
     watch(limits_.request_timeout);
     asio::async_write(stream_, asio::buffer(wire_),
                       [self = shared_from_this(), status](beast::error_code ec, size_t) {

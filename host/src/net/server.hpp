@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/registry.hpp"
+#include "core/response_cache.hpp"
 
 namespace gv::net {
 
@@ -25,6 +26,7 @@ struct ServerDeps {
   Hub* hub = nullptr;
   Metrics* metrics = nullptr;
   const auth::KeySet* keys = nullptr;  // nullptr: no token is ever valid
+  ResponseCache* response_cache = nullptr;  // nullptr: no answer is cached
   std::function<bool()> ready;         // every plugin started
   // Extra members of the /readyz body (the event broker's state); optional.
   std::function<nlohmann::json()> readiness;

@@ -1,9 +1,9 @@
 #include "plugins/host_api.hpp"
 
+#include <strings.h>
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <strings.h>
 
 #include "core/call.hpp"
 #include "core/log.hpp"
@@ -96,9 +96,8 @@ void run_grouped(gv_host* host, const std::string& request_id, std::function<Rep
           // Not begun within the busy timeout, or the group's commit
           // failed: nothing it did is kept, and its reply may describe
           // what was not.
-          log::warn("grouped write failed", {{"plugin", host->plugin},
-                                            {"request_id", request_id},
-                                            {"error", s.message}});
+          log::warn("grouped write failed",
+                    {{"plugin", host->plugin}, {"request_id", request_id}, {"error", s.message}});
           return done(error_reply(503, "unavailable",
                                   "the write could not be committed; retry shortly", request_id));
         }
@@ -183,10 +182,14 @@ gv_status api_respond_header(gv_response* r, gv_str name_in, gv_str value_in) {
     if (!r) return GV_ERR_INVALID;
     const std::string name = str(name_in), value = str(value_in);
     const char* problem = nullptr;
-    if (!header_token(name)) problem = "not a header name (1..64 token characters)";
-    else if (host_owned_header(name)) problem = "a header the host sets itself";
-    else if (!header_value(value)) problem = "a value with control characters or over 1024 bytes";
-    else if (r->headers.size() >= kMaxHeaders) problem = "more than 16 headers";
+    if (!header_token(name))
+      problem = "not a header name (1..64 token characters)";
+    else if (host_owned_header(name))
+      problem = "a header the host sets itself";
+    else if (!header_value(value))
+      problem = "a value with control characters or over 1024 bytes";
+    else if (r->headers.size() >= kMaxHeaders)
+      problem = "more than 16 headers";
     if (problem) {
       log::error("a plugin's response header was refused",
                  {{"header", std::string(name.substr(0, kMaxHeaderName))},
@@ -733,6 +736,33 @@ void api_txn_fail(gv_txn* txn, gv_str message) {
   });
 }
 
+// A tag as a plugin names it: 1..1024 bytes.
+constexpr size_t kMaxCacheTag = 1024;
+
+gv_status api_txn_invalidate(gv_txn* txn, gv_str tag) {
+  return shield([&]() -> gv_status {
+    if (!txn || !txn->tx || !txn->host || !txn->writable || tag.len == 0 ||
+        tag.len > kMaxCacheTag || !tag.data)
+      return GV_ERR_INVALID;
+    ResponseCache* cache = txn->host->services->response_cache;
+    if (!cache || !cache->enabled()) return GV_OK;
+    auto st =
+        txn->tx->after_commit([cache, scoped = scoped_cache_tag(txn->host->plugin, str(tag))] {
+          cache->invalidate(scoped);
+        });
+    return st.ok() ? GV_OK : GV_ERR_INVALID;
+  });
+}
+
+gv_status api_invalidate(gv_host* host, gv_str tag) {
+  return shield([&]() -> gv_status {
+    if (!host || tag.len == 0 || tag.len > kMaxCacheTag || !tag.data) return GV_ERR_INVALID;
+    ResponseCache* cache = host->services->response_cache;
+    if (cache) cache->invalidate(scoped_cache_tag(host->plugin, str(tag)));
+    return GV_OK;
+  });
+}
+
 }  // namespace
 
 stores::SqlStatus deliver_event(gv_host* host, const gv_event_v1& event,
@@ -800,7 +830,9 @@ const gv_host_api_v1* host_api() {
                                      &api_txn_fail,
                                      &api_revoke,
                                      &api_respond_header,
-                                     &api_access_token_ttl};
+                                     &api_access_token_ttl,
+                                     &api_txn_invalidate,
+                                     &api_invalidate};
   return &api;
 }
 

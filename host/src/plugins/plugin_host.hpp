@@ -19,6 +19,7 @@
 #include "core/hub.hpp"
 #include "core/metrics.hpp"
 #include "core/registry.hpp"
+#include "core/response_cache.hpp"
 #include "plugins/manifest.hpp"
 
 namespace gv {
@@ -48,6 +49,7 @@ struct HostServices {
   events::EventEngine* events = nullptr;
   Scheduler* scheduler = nullptr;
   auth::Revocations* revocations = nullptr;
+  ResponseCache* response_cache = nullptr;  // ABI 1.4: invalidations; may be null
 };
 
 // plugin_dirs with "$ORIGIN" replaced by the folder of the running binary.

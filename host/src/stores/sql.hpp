@@ -193,6 +193,14 @@ class SqlTransaction {
   // are refused as in read(). Returns work's status; rethrows. Host code
   // only.
   virtual SqlStatus read_only(const std::function<SqlStatus(SqlTransaction&)>& work) = 0;
+
+  // Runs fn once this write transaction has committed (with group commit:
+  // after the group's COMMIT), on the thread that committed, before
+  // write() returns; never if these changes are undone (the work fails or
+  // throws, the nested() part that registered it is undone, the COMMIT
+  // fails). fn must be quick, must not throw and must not use this
+  // database. Refused (invalid) in read() and read_only().
+  virtual SqlStatus after_commit(std::function<void()> fn) = 0;
 };
 
 // The work function: returns ok to commit, any failure to roll back.

@@ -438,9 +438,13 @@ int end_savepoint(Connection& c, const Savepoint& sp, bool keep) {
   return rc;
 }
 
+using CommitHooks = std::vector<std::function<void()>>;
+
 class SqliteTransaction final : public SqlTransaction {
  public:
-  SqliteTransaction(Connection& c, bool writable) : c_(c), writable_(writable) {}
+  // on_commit: where after_commit() keeps its functions; null in reads.
+  SqliteTransaction(Connection& c, bool writable, CommitHooks* on_commit = nullptr)
+      : c_(c), writable_(writable), on_commit_(on_commit) {}
 
   SqlResult<SqlRows> query(std::string_view sql, const std::vector<SqlValue>& params) override {
     return run(sql, params, true);
@@ -463,16 +467,29 @@ class SqliteTransaction final : public SqlTransaction {
     if (!writable_) return fail(invalid("nested() in a read transaction"));
     if (!failed_.ok()) return failed_;
     if (int rc = host_run(c_, kNested.begin); rc != SQLITE_OK) return fail(failure(c_.db, rc));
+    // The part's after_commit functions go with its changes.
+    const size_t hooks = on_commit_ ? on_commit_->size() : 0;
+    auto drop_hooks = [&] {
+      if (on_commit_) on_commit_->resize(hooks);
+    };
     SqlStatus status;
     try {
       status = work(*this);
     } catch (...) {
       end_nested(false);
+      drop_hooks();
       throw;
     }
     if (status.ok()) status = failed_;
+    if (!status.ok()) drop_hooks();
     if (!end_nested(status.ok())) return failed_;
     return status;
+  }
+
+  SqlStatus after_commit(std::function<void()> fn) override {
+    if (!writable_ || !on_commit_) return invalid("after_commit() in a read transaction");
+    on_commit_->push_back(std::move(fn));
+    return {};
   }
 
   SqlStatus read_only(const std::function<SqlStatus(SqlTransaction&)>& work) override {
@@ -515,6 +532,7 @@ class SqliteTransaction final : public SqlTransaction {
 
   Connection& c_;
   const bool writable_;
+  CommitHooks* const on_commit_;
   SqlStatus failed_;
 };
 
@@ -686,6 +704,7 @@ struct SqliteDatabase::Member {
   const Clock::time_point deadline;  // gives up with busy if not begun by then
   SqlStatus status;
   std::exception_ptr thrown;
+  CommitHooks on_commit;  // after_commit() of its work, run once committed
   std::atomic<int> state{kQueued};
 };
 
@@ -736,9 +755,8 @@ void SqliteDatabase::run_checkpointer() {
   name_this_thread("gv-checkpoint");
   std::unique_lock lock(checkpoint_mutex_);
   for (;;) {
-    checkpoint_cv_.wait(lock, [this] {
-      return checkpoint_wanted_ || lead_wanted_ || checkpoint_stop_;
-    });
+    checkpoint_cv_.wait(lock,
+                        [this] { return checkpoint_wanted_ || lead_wanted_ || checkpoint_stop_; });
     if (lead_wanted_) {
       // Handed the lead by a waiting writer (write()): lead until a
       // waiting writer can take it, or the queue is empty.
@@ -838,9 +856,9 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
 void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)> done) {
   NestingGuard guard(this);  // the works this thread may lead refuse nested writes
   if (guard.nested()) return done(nested_refusal("write_detached"));
-  auto me = std::make_shared<Member>(
-      std::move(work), std::move(done),
-      Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
+  auto me =
+      std::make_shared<Member>(std::move(work), std::move(done),
+                               Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
   bool leader = false;
   {
     std::lock_guard lock(queue_mutex_);
@@ -866,7 +884,7 @@ bool SqliteDatabase::lead(const Member* own) {
   Connection& c = *writer_;
   std::vector<std::shared_ptr<Member>> done;     // results known: woken below
   std::vector<std::shared_ptr<Member>> pending;  // ran, waiting for COMMIT
-  SqlStatus broken;  // why the open transaction cannot go on
+  SqlStatus broken;                              // why the open transaction cannot go on
   bool open = false, own_done = false;
   Clock::time_point first_done;
   const auto finish = [&](std::shared_ptr<Member> m, SqlStatus s) {
@@ -876,7 +894,15 @@ bool SqliteDatabase::lead(const Member* own) {
   };
   const auto end_transaction = [&](SqlStatus result) {
     if (!result.ok()) rollback(c);
-    for (auto& m : pending) finish(std::move(m), result);
+    for (auto& m : pending) {
+      if (result.ok())
+        for (auto& hook : m->on_commit) try {
+            hook();
+          } catch (...) {  // documented not to throw; the commit stands
+          }
+      m->on_commit.clear();
+      finish(std::move(m), result);
+    }
     pending.clear();
     open = false;
     broken = {};
@@ -897,10 +923,11 @@ bool SqliteDatabase::lead(const Member* own) {
     }
     if (Clock::now() > m->deadline) {
       // Queued behind slow works for longer than the busy timeout.
-      finish(std::move(m), SqlStatus::failure(SqlCode::busy,
-                                              "waited for the write lock in this process for more "
-                                              "than " + std::to_string(options_.busy_timeout_ms) +
-                                                  " ms"));
+      finish(std::move(m),
+             SqlStatus::failure(SqlCode::busy,
+                                "waited for the write lock in this process for more "
+                                "than " +
+                                    std::to_string(options_.busy_timeout_ms) + " ms"));
       continue;
     }
     if (!open) {
@@ -983,7 +1010,7 @@ SqlStatus SqliteDatabase::run_member(Connection& c, Member& m, SqlStatus& broken
     broken = failure(c.db, rc);
     return broken;
   }
-  SqliteTransaction tx(c, true);
+  SqliteTransaction tx(c, true, &m.on_commit);
   SqlStatus status;
   try {
     status = m.work(tx);

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 3
+#define GV_ABI_MINOR 4
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -122,6 +122,17 @@ typedef struct gv_operation_v1 {
   void* handler_ctx; /* passed back to handler; must outlive the host */
   /* ---- ABI 1.3 (check struct_size) ---- */
   uint32_t flags; /* GV_OP_* */
+  /* ---- ABI 1.4 (check struct_size) ---- */
+  /* NULL, or what a 200 answer shows, as a template over the path's
+   * parameters ("post:{postId}"): the host then keeps such answers in memory
+   * (response_cache in host config) and serves a repeated request for the
+   * same path and query from there, on the I/O thread, without calling the
+   * handler. Only for HTTP GET operations with GV_ACCESS_ANYONE whose answer
+   * depends on nothing but the path and query: not on the caller, not on
+   * request headers, not on the time. The plugin marks the tag stale with
+   * txn_invalidate in every write that changes what it shows. Over
+   * WebSocket and in-process calls the handler always runs. */
+  const char* cache_tag;
 } gv_operation_v1;
 
 /* gv_operation_v1.flags */
@@ -358,6 +369,17 @@ typedef struct gv_host_api_v1 {
    * issues tokens reports it to clients (expires_in) and keeps revocations
    * that long. */
   int64_t (*access_token_ttl)(gv_host* host);
+
+  /* ---- ABI 1.4 ---- */
+
+  /* Marks the host's cached answers tagged `tag` (a cache_tag with its
+   * parameters filled in: "post:42") stale once txn, a write transaction,
+   * has committed; nothing happens if it rolls back. Tags are the calling
+   * plugin's own: another plugin's "post:42" is a different tag. Refused in
+   * a read transaction (GV_ERR_INVALID). */
+  gv_status (*txn_invalidate)(gv_txn* txn, gv_str tag);
+  /* The same at once, for changes outside the plugin's database. */
+  gv_status (*invalidate)(gv_host* host, gv_str tag);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in

@@ -169,6 +169,12 @@ struct Operation {
   // answer once it commits (GV_OP_GROUPED_WRITE in abi.h): for short
   // operations whose effect is their writes and events.
   bool grouped_write = false;
+  // For a GET that anyone may call and whose answer depends only on its
+  // path and query: what the answer shows, over the path's parameters
+  // ("post:{postId}"). The host then keeps 200 answers in memory and sends
+  // them again without calling the handler, until a write calls
+  // Tx::invalidate("post:42") (see sdk-docs, "Cached answers").
+  std::string cache_tag{};
 };
 
 namespace detail {
@@ -394,6 +400,16 @@ class Tx {
                                          &detail::StringSink::write, &id);
     if (rc != GV_OK) throw detail::SqlFailure{rc};
     return id.out;
+  }
+
+  // Marks the host's cached answers tagged `tag` stale once this (write)
+  // transaction commits; nothing if it rolls back. Call it in every write
+  // that changes what an operation with a cache_tag shows: "post:" + id
+  // for an operation tagged "post:{postId}".
+  void invalidate(std::string_view tag) {
+    if (!writable_) throw std::logic_error("invalidate needs a write transaction");
+    gv_status rc = shared_->api->txn_invalidate(txn_, to_gv(tag));
+    if (rc != GV_OK) throw detail::SqlFailure{rc};
   }
 
  private:
@@ -763,6 +779,13 @@ class ServiceContext {
     std::string text = data.dump(-1, ' ', false, json::error_handler_t::replace);
     shared_->api->push_to_channel(shared_->host, to_gv(channel), to_gv(event), to_gv(text));
   }
+  // Marks the host's cached answers tagged `tag` stale at once, for changes
+  // outside the plugin's database; after a database write, use
+  // Tx::invalidate, which waits for the commit.
+  void invalidate(std::string_view tag) const {
+    if (shared_->api->invalidate(shared_->host, to_gv(tag)) != GV_OK)
+      throw std::invalid_argument("invalidate: a tag is 1 to 1024 bytes");
+  }
   // Returns false when the connection is gone.
   bool join_channel(uint64_t connection_id, std::string_view channel) const {
     return shared_->api->join_channel(shared_->host, connection_id, to_gv(channel)) == GV_OK;
@@ -906,6 +929,7 @@ class Registry {
     raw.handler = &Registry::trampoline;
     raw.handler_ctx = &e;
     raw.flags = op.grouped_write ? GV_OP_GROUPED_WRITE : 0u;
+    raw.cache_tag = op.cache_tag.empty() ? nullptr : op.cache_tag.c_str();
     if (shared_->api->register_operation(shared_->host, &raw) != GV_OK) {
       entries_.pop_back();
       throw std::invalid_argument("host refused operation " + op.name);

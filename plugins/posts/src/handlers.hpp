@@ -49,7 +49,10 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
                 .http_method = "GET",
                 .http_path = "/api/v1/posts/{postId}",
                 .input_schema = object({{"postId", id}}, {"postId"}),
-                .summary = "A post with its counters"},
+                .summary = "A post with its counters",
+                // Answers are kept by the host until the post changes
+                // (PostsStore::cache_tag).
+                .cache_tag = "post:{postId}"},
                [&service](const Request& r) {
                  return Response(service.get(r.input()["postId"].get<std::string>()));
                });
@@ -79,7 +82,8 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
                 .http_method = "GET",
                 .http_path = "/api/v1/posts/{postId}/history",
                 .input_schema = object(history_props, {"postId"}),
-                .summary = "Earlier versions of a post, newest first, in cursor pages"},
+                .summary = "Earlier versions of a post, newest first, in cursor pages",
+                .cache_tag = "post:{postId}"},
                [&service](const Request& r) { return Response(service.history(r.input())); });
 
   json list_props = page;

@@ -157,6 +157,7 @@ class PostsStore {
           {id, text, now_ms});
       Post updated = from_row(*row);
       tx.publish("post.updated", event_key(id), payload(updated));
+      tx.invalidate(cache_tag(id));
       return updated;
     });
   }
@@ -226,7 +227,9 @@ class PostsStore {
     std::string col = column(counter);
     std::string sql = "UPDATE posts SET " + col + " = CASE WHEN " + col + " + $2 < 0 THEN 0 ELSE " +
                       col + " + $2 END WHERE id = $1 AND deleted_ms IS NULL";
-    return tx.exec(sql, {id, delta}) > 0;
+    if (tx.exec(sql, {id, delta}) == 0) return false;
+    tx.invalidate(cache_tag(id));
+    return true;
   }
 
   // Forgets idempotency keys claimed before cutoff_ms; how many.
@@ -237,6 +240,9 @@ class PostsStore {
   }
 
   static std::string event_key(int64_t id) { return "post:" + std::to_string(id); }
+  // What cached answers of posts.get and posts.history are tagged with
+  // (their cache_tag "post:{postId}"); every change to a post marks it.
+  static std::string cache_tag(int64_t id) { return "post:" + std::to_string(id); }
 
  private:
   static constexpr const char* kColumns =
@@ -286,6 +292,7 @@ class PostsStore {
     tx.exec("UPDATE posts SET deleted_ms = $2, text = '' WHERE id = $1", {post.id, now_ms});
     tx.exec("DELETE FROM post_versions WHERE post_id = $1", {post.id});
     tx.publish("post.deleted", event_key(post.id), payload(post));
+    tx.invalidate(cache_tag(post.id));
   }
 
   grapevine::Database db_;
