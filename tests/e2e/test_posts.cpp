@@ -418,6 +418,13 @@ TEST_CASE("posts: cached answers are fresh after every change", "[posts][cache]"
   CHECK(head.body.empty());
   CHECK(head.header("content-length") == std::to_string(r.body.size()));
   CHECK(get("/api/v1/posts/" + other).status == 200);
+  // Another spelling of the same target shares the answer (and so its
+  // invalidation): the id's digits percent-encoded.
+  std::string escaped = "/api/v1/posts/";
+  for (char c : id) escaped += std::string("%3") + c;
+  auto spelled = get(escaped);
+  CHECK(spelled.header("x-cache") == "hit");
+  CHECK(spelled.body == r.body);
 
   // An edit: the next read shows it at once, and history follows too.
   CHECK(get(path + "/history").header("x-cache") == "miss");
@@ -426,6 +433,7 @@ TEST_CASE("posts: cached answers are fresh after every change", "[posts][cache]"
   r = get(path);
   CHECK(r.header("x-cache") == "miss");
   CHECK(r.json_body()["text"] == "second text");
+  CHECK(get(escaped).json_body()["text"] == "second text");
   auto history = get(path + "/history");
   CHECK(history.header("x-cache") == "miss");
   CHECK(history.json_body()["items"].size() == 1);

@@ -109,8 +109,11 @@ TEST_CASE("values from the file are applied", "[config]") {
       "auth: {leeway_s: 0}\n"
       "log: {level: debug, access: false}\n"
       "data_dir: ../var/gv\n"
+      "response_cache: {max_bytes: 0, max_age_ms: 250}\n"
       "plugin_dirs: [/opt/p]\n");
   REQUIRE(r.ok);
+  CHECK(r.config.response_cache.max_bytes == 0);
+  CHECK(r.config.response_cache.max_age == std::chrono::milliseconds(250));
   CHECK(r.config.server.listen_host == "::1");
   CHECK(r.config.server.listen_port == 9000);
   CHECK(r.config.server.io_threads == 2);
@@ -164,6 +167,8 @@ TEST_CASE("unknown keys and bad values are refused", "[config]") {
   CHECK(one_error("plugins:\n  hello:\n    config: [1]\n").message ==
         "expected object, found array");
   CHECK(one_error("- a\n").message == "expected object, found array");
+  CHECK(one_error("response_cache: {max_bytes: 4096}\n").message ==
+        "must be 0 (no cache) or at least 65536");
 }
 
 TEST_CASE("!env takes a value from the environment", "[config]") {

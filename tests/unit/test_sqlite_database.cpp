@@ -565,6 +565,8 @@ TEST_CASE("sqlite: a group shares one commit; a failing member leaves no trace",
   std::atomic<bool> holding{false};
   std::vector<SqlStatus> status(kMembers);
   std::vector<int> threw(kMembers, 0);
+  std::mutex hooks_mutex;
+  std::vector<int> hooks_ran;  // members whose after_commit ran
   std::vector<std::thread> threads;
   for (int m = 0; m < kMembers; ++m) {
     if (m == 1)
@@ -578,6 +580,10 @@ TEST_CASE("sqlite: a group shares one commit; a failing member leaves no trace",
             while (started < kMembers) std::this_thread::sleep_for(1ms);
             std::this_thread::sleep_for(150ms);  // they are all waiting now
           }
+          REQUIRE(tx.after_commit([&, m] {
+                      std::lock_guard lock(hooks_mutex);
+                      hooks_ran.push_back(m);
+                    }).ok());
           SqlStatus s = insert_both(tx, m, 1);
           if (role[m] == refuse) return SqlStatus::failure(SqlCode::constraint, "refused");
           if (role[m] == collide) {
@@ -610,6 +616,11 @@ TEST_CASE("sqlite: a group shares one commit; a failing member leaves no trace",
   CHECK(status[4].code == SqlCode::constraint);
   CHECK(pairs_in(*db, "item") == kept);
   CHECK(pairs_in(*db, "outbox") == kept);
+  // after_commit ran for exactly the members whose changes were kept.
+  std::sort(hooks_ran.begin(), hooks_ran.end());
+  std::vector<int> kept_members;
+  for (const auto& [m, n] : kept) kept_members.push_back(static_cast<int>(m));
+  CHECK(hooks_ran == kept_members);
 
   const auto after = db->write_stats();
   const auto works = after.works - before.works, commits = after.commits - before.commits;
@@ -716,11 +727,14 @@ TEST_CASE("sqlite: a work undoing the whole transaction fails its waiting group-
   // The first write holds the lock until the second waits for it, so both
   // run in one group; the second's conflict rolls back the transaction.
   std::atomic<bool> holding{false}, second_started{false};
+  std::atomic<int> hooks_ran{0};
   auto first = std::async(std::launch::async, [&] {
     return db->write([&](SqlTransaction& tx) {
       holding = true;
       while (!second_started) std::this_thread::sleep_for(1ms);
       std::this_thread::sleep_for(150ms);
+      // Its changes go with the group's transaction: so does this.
+      REQUIRE(tx.after_commit([&] { ++hooks_ran; }).ok());
       return tx.exec("INSERT INTO t VALUES (1)").status;
     });
   });
@@ -734,6 +748,7 @@ TEST_CASE("sqlite: a work undoing the whole transaction fails its waiting group-
   CHECK(first_status.code == SqlCode::busy);  // retry: it was not at fault
   CHECK(first_status.message.find("commit group") != std::string::npos);
   CHECK(count(*db, "t") == 1);
+  CHECK(hooks_ran == 0);
   // The next writes open a new group.
   CHECK(exec_one(*db, "INSERT INTO t VALUES (1)").ok());
   CHECK(count(*db, "t") == 2);

@@ -89,30 +89,31 @@ json make_schema() {
                 {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
       {"response_cache",
        section({{"max_bytes", integer(0, 1LL << 40)}, {"max_age_ms", integer(1, kDay_ms)}})},
-      {"events", section({{"broker", {{"type", "string"}, {"enum", {"in-process", "direct", "kafka"}}}},
-                          {"kafka", section({
-                                        {"bootstrap_servers", text()},
-                                        {"topic", text()},
-                                        {"create_topic", boolean()},
-                                        {"replication_factor", integer(0, 32)},
-                                        {"client_id", text(0)},
-                                        {"group_prefix", text(0)},
-                                        {"message_timeout_ms", integer(1000, kHour_ms)},
-                                        {"session_timeout_ms", integer(1000, kHour_ms)},
-                                        {"commit_interval_ms", integer(10, kHour_ms)},
-                                        {"properties",
-                                         {{"type", "object"},
-                                          {"additionalProperties",
-                                           {{"type", {"string", "integer", "boolean"}}}}}},
-                                    })},
-                          {"partitions", integer(1, 1024)},
-                          {"consumer_threads", integer(1, 64)},
-                          {"relay_batch", integer(1, 100000)},
-                          {"max_attempts", integer(1, 1000)},
-                          {"retry_backoff_ms", integer(1, kHour_ms)},
-                          {"retry_backoff_max_ms", integer(1, kDay_ms)},
-                          {"consumed_retention_h", integer(1, 24 * 365)},
-                          {"log_retention_events", integer(0, 1LL << 40)}})},
+      {"events",
+       section({{"broker", {{"type", "string"}, {"enum", {"in-process", "direct", "kafka"}}}},
+                {"kafka",
+                 section({
+                     {"bootstrap_servers", text()},
+                     {"topic", text()},
+                     {"create_topic", boolean()},
+                     {"replication_factor", integer(0, 32)},
+                     {"client_id", text(0)},
+                     {"group_prefix", text(0)},
+                     {"message_timeout_ms", integer(1000, kHour_ms)},
+                     {"session_timeout_ms", integer(1000, kHour_ms)},
+                     {"commit_interval_ms", integer(10, kHour_ms)},
+                     {"properties",
+                      {{"type", "object"},
+                       {"additionalProperties", {{"type", {"string", "integer", "boolean"}}}}}},
+                 })},
+                {"partitions", integer(1, 1024)},
+                {"consumer_threads", integer(1, 64)},
+                {"relay_batch", integer(1, 100000)},
+                {"max_attempts", integer(1, 1000)},
+                {"retry_backoff_ms", integer(1, kHour_ms)},
+                {"retry_backoff_max_ms", integer(1, kDay_ms)},
+                {"consumed_retention_h", integer(1, 24 * 365)},
+                {"log_retention_events", integer(0, 1LL << 40)}})},
       {"shutdown", section({{"grace_ms", integer(0, kHour_ms)}})},
       {"data_dir", text()},
       {"plugin_dirs", list_of(text())},
@@ -328,9 +329,12 @@ void read_kafka(const Reader& r, KafkaConfig* k) {
   if (const json* props = r.at("/events/kafka/properties"); props && props->is_object()) {
     for (auto it = props->begin(); it != props->end(); ++it) {
       const json& v = it.value();
-      if (v.is_string()) k->properties.emplace_back(it.key(), v.get<std::string>());
-      else if (v.is_boolean()) k->properties.emplace_back(it.key(), v.get<bool>() ? "true" : "false");
-      else if (v.is_number_integer()) k->properties.emplace_back(it.key(), v.dump());
+      if (v.is_string())
+        k->properties.emplace_back(it.key(), v.get<std::string>());
+      else if (v.is_boolean())
+        k->properties.emplace_back(it.key(), v.get<bool>() ? "true" : "false");
+      else if (v.is_number_integer())
+        k->properties.emplace_back(it.key(), v.dump());
     }
   }
 }
@@ -354,6 +358,8 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.number("/storage/sqlite_mmap_bytes", &c->storage.sqlite_mmap_bytes);
   r.number("/storage/cache_max_bytes", &c->storage.cache_max_bytes);
   r.number("/response_cache/max_bytes", &c->response_cache.max_bytes);
+  if (c->response_cache.max_bytes > 0 && c->response_cache.max_bytes < (1u << 16))
+    r.error("/response_cache/max_bytes", "must be 0 (no cache) or at least 65536");
   r.duration("/response_cache/max_age_ms", &c->response_cache.max_age);
   r.text("/events/broker", &c->events.broker);
   read_kafka(r, &c->events.kafka);

@@ -45,7 +45,7 @@ ResponseCache::Ticket ResponseCache::ticket(std::string_view tag) const {
 }
 
 void ResponseCache::store(std::string key, Ticket ticket, std::shared_ptr<const Answer> answer,
-                          Clock::time_point now) {
+                          Clock::time_point asked) {
   if (!enabled() || !answer) return;
   size_t bytes = key.size() + answer->body.size() + kEntryOverhead;
   for (const auto& [name, value] : answer->headers) bytes += name.size() + value.size() + 64;
@@ -68,7 +68,8 @@ void ResponseCache::store(std::string key, Ticket ticket, std::shared_ptr<const 
     erase(s, last);
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
-  s.lru.push_front(Entry{std::move(key), std::move(answer), ticket, now + max_age_, bytes, false});
+  s.lru.push_front(
+      Entry{std::move(key), std::move(answer), ticket, asked + max_age_, bytes, false});
   s.index.emplace(s.lru.front().key, s.lru.begin());
   s.bytes += bytes;
   stores_.fetch_add(1, std::memory_order_relaxed);

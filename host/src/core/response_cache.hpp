@@ -69,9 +69,11 @@ class ResponseCache {
   Ticket ticket(std::string_view tag) const;
 
   // Stores answer under key unless its tag was invalidated since ticket
-  // was taken, or it alone is larger than a shard's share of max_bytes.
+  // was taken, or it alone is larger than a shard's share of max_bytes
+  // (max_bytes / kShards). asked: when the request began, before the
+  // handler read anything; the answer's age counts from then.
   void store(std::string key, Ticket ticket, std::shared_ptr<const Answer> answer,
-             Clock::time_point now);
+             Clock::time_point asked);
 
   // Every answer stored under tag, or under a tag sharing its counter, is
   // stale from now on.

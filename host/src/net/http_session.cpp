@@ -310,14 +310,24 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     std::string cache_key;
     ResponseCache::Ticket ticket;
     if (cache && cache->enabled() && !op->cache_tag.empty() && req.body().empty()) {
-      std::string_view target(req.target().data(), req.target().size());
-      if (auto hit = cache->find(target, started_)) {
+      // Keyed by the decoded path and query, so that spellings of one
+      // target ("%34%32" for "42", absolute form) share an entry.
+      if (url)
+        for (auto p : url->params()) {
+          cache_key += '\0';
+          cache_key += p.key;
+          cache_key += '=';
+          cache_key += p.value;
+        }
+      std::string_view key = path;
+      if (!cache_key.empty()) key = cache_key = path + cache_key;
+      if (auto hit = cache->find(key, started_)) {
         Answer a;
         a.cached = std::move(hit);
         a.x_cache = "hit";
         return send(a, false);
       }
-      cache_key = target;
+      if (cache_key.empty()) cache_key = path;
       // Taken before the handler reads anything: see ResponseCache.
       ticket = cache->ticket(cache_tag_of(*op, params));
     }
@@ -333,32 +343,33 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     call->body = std::move(req.body());
     unwatch();
     auto self = shared_from_this();
-    bool queued = state_->deps.dispatcher->submit(
-        call, [self, cache, cache_key = std::move(cache_key), ticket](Reply reply) mutable {
-          const bool cacheable = !cache_key.empty();
-          std::shared_ptr<const ResponseCache::Answer> kept;
-          if (!cache_key.empty() && reply.status == 200) {
-            kept = std::make_shared<const ResponseCache::Answer>(
-                ResponseCache::Answer{std::move(reply.body), std::move(reply.headers)});
-            cache->store(std::move(cache_key), ticket, kept, Clock::now());
-          }
-          asio::post(self->stream_.get_executor(), [self, reply = std::move(reply),
-                                                    kept = std::move(kept), cacheable]() mutable {
-            Answer a;
-            a.cached = std::move(kept);
-            if (cacheable && reply.status == 200) a.x_cache = "miss";
-            a.status = static_cast<http::status>(reply.status);
-            a.body = std::move(reply.body);
-            // A plugin's 503 (a locked database, a busy dependency) or 429
-            // tells the client when to come back, like the host's own.
-            a.headers = std::move(reply.headers);
-            bool own_retry_after = std::any_of(a.headers.begin(), a.headers.end(), [](auto& h) {
-              return beast::iequals(h.first, "Retry-After");
-            });
-            a.retry_after = (reply.status == 503 || reply.status == 429) && !own_retry_after;
-            self->send(a, false);
-          });
-        });
+    bool queued = state_->deps.dispatcher->submit(call, [self, cache,
+                                                         cache_key = std::move(cache_key), ticket,
+                                                         asked = started_](Reply reply) mutable {
+      const bool cacheable = !cache_key.empty();
+      std::shared_ptr<const ResponseCache::Answer> kept;
+      if (!cache_key.empty() && reply.status == 200) {
+        kept = std::make_shared<const ResponseCache::Answer>(
+            ResponseCache::Answer{std::move(reply.body), std::move(reply.headers)});
+        cache->store(std::move(cache_key), ticket, kept, asked);  // its age counts from the request
+      }
+      asio::post(self->stream_.get_executor(),
+                 [self, reply = std::move(reply), kept = std::move(kept), cacheable]() mutable {
+                   Answer a;
+                   a.cached = std::move(kept);
+                   if (cacheable && reply.status == 200) a.x_cache = "miss";
+                   a.status = static_cast<http::status>(reply.status);
+                   a.body = std::move(reply.body);
+                   // A plugin's 503 (a locked database, a busy dependency) or 429
+                   // tells the client when to come back, like the host's own.
+                   a.headers = std::move(reply.headers);
+                   bool own_retry_after =
+                       std::any_of(a.headers.begin(), a.headers.end(),
+                                   [](auto& h) { return beast::iequals(h.first, "Retry-After"); });
+                   a.retry_after = (reply.status == 503 || reply.status == 429) && !own_retry_after;
+                   self->send(a, false);
+                 });
+    });
     if (!queued) {
       ++state_->deps.metrics->rejected_overload;
       Answer a = error_answer(503, "overloaded", "the server is busy; retry shortly", request_id_);

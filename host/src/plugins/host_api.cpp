@@ -157,7 +157,8 @@ void api_respond_error(gv_response* r, int status, gv_str code, gv_str message) 
 bool host_owned_header(std::string_view name) {
   static constexpr const char* kOwned[] = {
       "content-type", "content-length", "connection", "transfer-encoding", "server",
-      "date",         "x-request-id",   "upgrade",    "keep-alive",        "trailer"};
+      "date",         "x-request-id",   "upgrade",    "keep-alive",        "trailer",
+      "x-cache"};
   const std::string n(name);
   return std::any_of(std::begin(kOwned), std::end(kOwned),
                      [&](const char* owned) { return strcasecmp(n.c_str(), owned) == 0; });

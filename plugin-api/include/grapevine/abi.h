@@ -356,7 +356,7 @@ typedef struct gv_host_api_v1 {
    * Cache-Control, ETag, ... A name is 1..64 token characters, a value at
    * most 1024 bytes without control characters, at most 16 headers per
    * answer; the host's own (Content-Type, Content-Length, Connection,
-   * Transfer-Encoding, Server, Date, X-Request-Id, Upgrade) are refused:
+   * Transfer-Encoding, Server, Date, X-Request-Id, Upgrade, X-Cache) are refused:
    * GV_ERR_INVALID, and the header is not sent. A plugin's Retry-After
    * replaces the host's default of 1 second. Over WebSocket and in-process
    * calls headers are dropped. */
