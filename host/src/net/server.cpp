@@ -4,6 +4,7 @@
 #include "net/server.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -21,7 +22,11 @@ struct Server::Impl {
     state->openapi_json = state->deps.registry->openapi("Grapevine", GRAPEVINE_VERSION).dump();
     unsigned n = state->deps.config->server.io_threads;
     if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i) contexts.push_back(std::make_unique<asio::io_context>(1));
+    // One thread runs each context, and a socket is touched only by its
+    // context's thread (other threads post to it): so the reactor needs no
+    // lock per socket operation (registration and the scheduler keep theirs).
+    for (unsigned i = 0; i < n; ++i)
+      contexts.push_back(std::make_unique<asio::io_context>(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO));
     acceptor.emplace(*contexts[0]);
     signals.emplace(*contexts[0], SIGINT, SIGTERM);
     drain_timer.emplace(*contexts[0]);
@@ -36,7 +41,11 @@ struct Server::Impl {
         log::warn("accept failed", {{"error", ec.message()}});
       } else {
         socket.set_option(tcp::no_delay(true), ec);
-        start_http_session(std::move(socket), state);
+        // Started on its own context's thread, the only one that may touch it.
+        auto executor = socket.get_executor();
+        asio::post(executor, [socket = std::move(socket), state = state]() mutable {
+          start_http_session(std::move(socket), std::move(state));
+        });
       }
       accept();
     });
