@@ -449,6 +449,28 @@ TEST_CASE("posts: cached answers are fresh after every change", "[posts][cache]"
   publish(port, {event("like.created", "post:" + id, {{"post_id", id}})});
   CHECK(eventually([&] { return get(path).json_body()["counters"]["likes"] == 1; }));
 
+  // An author's pages: kept, and fresh after a new post, an edit and a
+  // counter event; another author's new post leaves them alone.
+  const std::string list = "/api/v1/users/carl/posts";
+  CHECK(get(list).header("x-cache") == "miss");
+  CHECK(get(list).header("x-cache") == "hit");
+  std::string third = create(port, "carl", "third post")["id"];
+  auto page = get(list);
+  CHECK(page.header("x-cache") == "miss");
+  REQUIRE(page.json_body()["items"].size() == 3);
+  CHECK(page.json_body()["items"][0]["id"] == third);
+  CHECK(get(list + "?limit=1").json_body()["items"][0]["id"] == third);
+  create(port, "dora", "not carl's");
+  CHECK(get(list).header("x-cache") == "hit");
+  REQUIRE(host.request("PUT", "/api/v1/posts/" + third, body({{"text", "third, edited"}}),
+                       as("carl"))
+              .status == 200);
+  CHECK(get(list).json_body()["items"][0]["text"] == "third, edited");
+  CHECK(get(list + "?limit=1").json_body()["items"][0]["text"] == "third, edited");
+  publish(port, {event("like.created", "post:" + third, {{"post_id", third}})});
+  CHECK(eventually(
+      [&] { return get(list).json_body()["items"][0]["counters"]["likes"] == 1; }));
+
   // Bad input and unknown ids are never cached.
   CHECK(get("/api/v1/posts/999999").status == 404);
   CHECK(get("/api/v1/posts/999999").header("x-cache").empty());
@@ -459,11 +481,13 @@ TEST_CASE("posts: cached answers are fresh after every change", "[posts][cache]"
   REQUIRE(host.request("DELETE", path, "", as("carl")).status == 204);
   CHECK(get(path).status == 404);
   CHECK(get(path + "/history").status == 404);
+  CHECK(get(list).json_body()["items"].size() == 2);
 
   // user.deleted (a consumer deleting many posts) invalidates each.
   CHECK(get("/api/v1/posts/" + other).header("x-cache") == "hit");
   publish(port, {event("user.deleted", "user:carl", {{"id", "carl"}})});
   CHECK(eventually([&] { return get("/api/v1/posts/" + other).status == 404; }));
+  CHECK(get(list).json_body()["items"].empty());
 
   // Over /metrics: hits, misses and invalidations are counted.
   auto metrics = get("/metrics").body;

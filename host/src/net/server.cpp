@@ -10,9 +10,11 @@
 #include <boost/asio/strand.hpp>
 #include <thread>
 
+#include <unistd.h>
+
 #include "core/log.hpp"
-#include "net/sessions.hpp"
 #include "core/thread_name.hpp"
+#include "net/sessions.hpp"
 
 namespace gv::net {
 
@@ -32,21 +34,35 @@ struct Server::Impl {
     drain_timer.emplace(*contexts[0]);
   }
 
+  // Accepts on context 0, then hands the descriptor over: the connection's
+  // socket is opened (registered with the reactor) and used only on the
+  // thread of the context it is dealt to.
   void accept() {
-    asio::io_context& next = *contexts[next_context++ % contexts.size()];
-    acceptor->async_accept(next.get_executor(), [this](beast::error_code ec, Socket socket) {
+    acceptor->async_accept([this](beast::error_code ec, tcp::socket socket) {
       if (ec) {
         if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
         // Out of file descriptors and the like: keep serving the others.
         log::warn("accept failed", {{"error", ec.message()}});
-      } else {
-        socket.set_option(tcp::no_delay(true), ec);
-        // Started on its own context's thread, the only one that may touch it.
-        auto executor = socket.get_executor();
-        asio::post(executor, [socket = std::move(socket), state = state]() mutable {
-          start_http_session(std::move(socket), std::move(state));
-        });
+        return accept();
       }
+      socket.set_option(tcp::no_delay(true), ec);
+      const tcp protocol = acceptor->local_endpoint(ec).protocol();
+      const int fd = socket.release(ec);
+      if (ec) {
+        log::warn("accept failed", {{"error", ec.message()}});
+        return accept();
+      }
+      asio::io_context& next = *contexts[next_context++ % contexts.size()];
+      asio::post(next, [this, &next, protocol, fd] {
+        Socket mine(next.get_executor());
+        beast::error_code e;
+        mine.assign(protocol, fd, e);
+        if (e) {
+          ::close(fd);
+          return;
+        }
+        start_http_session(std::move(mine), state);
+      });
       accept();
     });
   }

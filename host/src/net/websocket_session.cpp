@@ -51,7 +51,7 @@ class WebSocketSession : public PushTarget,
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(http::field::server, "grapevine"); }));
     ws_.async_accept(upgrade, [self = shared_from_this()](beast::error_code ec) {
-      if (ec) return;
+      if (ec) return self->close_socket();
       self->connection_id_ = self->state_->deps.hub->add(
           std::weak_ptr<PushTarget>(self), self->identity_ ? self->identity_->user_id : "");
       self->arm_expiry();
@@ -81,7 +81,7 @@ class WebSocketSession : public PushTarget,
 
   void on_read(beast::error_code ec) {
     // Oversize messages: Beast has already sent close code 1009 (too big).
-    if (ec) return;
+    if (ec) return close_socket();
     if (!ws_.got_text()) {
       reply_error(nullptr, 400, "bad_request", "send text frames of JSON");
     } else {
@@ -289,7 +289,18 @@ class WebSocketSession : public PushTarget,
     // A peer that never answers the close frame must not hold shutdown.
     ws_.set_option(
         websocket::stream_base::timeout{std::chrono::seconds(1), std::chrono::seconds(1), false});
-    ws_.async_close(reason, [self = shared_from_this()](beast::error_code) {});
+    ws_.async_close(reason,
+                    [self = shared_from_this()](beast::error_code) { self->close_socket(); });
+  }
+
+  // Closes the TCP socket here, on the session's own thread, once the
+  // session is over: its last reference may be dropped on another thread
+  // (a worker's reply, a push, the drain), and the I/O contexts take no
+  // lock per socket operation (server.cpp), so the socket must not be
+  // closed by the destructor there. Closing twice is harmless.
+  void close_socket() {
+    beast::error_code ec;
+    beast::get_lowest_layer(ws_).socket().close(ec);
   }
 
   websocket::stream<Stream> ws_;

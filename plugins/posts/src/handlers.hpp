@@ -93,7 +93,8 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
        .http_method = "GET",
        .http_path = "/api/v1/users/{userId}/posts",
        .input_schema = object(list_props, {"userId"}),
-       .summary = "A user's posts, newest first, in cursor pages"},
+       .summary = "A user's posts, newest first, in cursor pages",
+       .cache_tag = "author:{userId}"},
       [&service](const Request& r) { return Response(service.list_by_author(r.input())); });
 }
 

@@ -123,6 +123,7 @@ class PostsStore {
           {author, text, reply_to, now_ms});
       Post post = from_row(*row);
       tx.publish("post.created", event_key(post.id), payload(post));
+      tx.invalidate(author_tag(author));
       StoredAnswer answer{201, render(post), false};
       if (idem)
         tx.exec(
@@ -158,6 +159,7 @@ class PostsStore {
       Post updated = from_row(*row);
       tx.publish("post.updated", event_key(id), payload(updated));
       tx.invalidate(cache_tag(id));
+      tx.invalidate(author_tag(updated.author_id));
       return updated;
     });
   }
@@ -227,8 +229,10 @@ class PostsStore {
     std::string col = column(counter);
     std::string sql = "UPDATE posts SET " + col + " = CASE WHEN " + col + " + $2 < 0 THEN 0 ELSE " +
                       col + " + $2 END WHERE id = $1 AND deleted_ms IS NULL";
-    if (tx.exec(sql, {id, delta}) == 0) return false;
+    auto row = tx.query_one(sql + " RETURNING author_id", {id, delta});
+    if (!row) return false;
     tx.invalidate(cache_tag(id));
+    tx.invalidate(author_tag((*row)["author_id"].as_text()));
     return true;
   }
 
@@ -243,6 +247,10 @@ class PostsStore {
   // What cached answers of posts.get and posts.history are tagged with
   // (their cache_tag "post:{postId}"); every change to a post marks it.
   static std::string cache_tag(int64_t id) { return "post:" + std::to_string(id); }
+  // What cached pages of posts.list_by_user are tagged with ("author:{userId}"):
+  // every post an author creates, edits or loses, and every counter that
+  // moves on one of them, marks it.
+  static std::string author_tag(const std::string& author) { return "author:" + author; }
 
  private:
   static constexpr const char* kColumns =
@@ -293,6 +301,7 @@ class PostsStore {
     tx.exec("DELETE FROM post_versions WHERE post_id = $1", {post.id});
     tx.publish("post.deleted", event_key(post.id), payload(post));
     tx.invalidate(cache_tag(post.id));
+    tx.invalidate(author_tag(post.author_id));
   }
 
   grapevine::Database db_;
