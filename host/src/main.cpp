@@ -171,6 +171,11 @@ void add_response_cache_metrics(gv::Metrics* metrics, const gv::ResponseCache* c
     });
 }
 
+// The in-process broker's log (events.broker: in-process).
+std::filesystem::path log_broker_file(const gv::config::HostConfig& cfg) {
+  return cfg.data_dir / "broker" / "events.sqlite";
+}
+
 // Exit codes: 0 clean stop, 1 start-up failure, 2 bad config or arguments.
 gv::events::KafkaBrokerOptions kafka_options(const gv::config::HostConfig& cfg) {
   const auto& k = cfg.events.kafka;
@@ -250,7 +255,7 @@ int run(const Args& args) {
     }
     // Events still in the log broker's file would never be delivered by
     // the direct broker: refuse rather than lose them.
-    const auto log_file = cfg.data_dir / "broker" / "events.sqlite";
+    const auto log_file = log_broker_file(cfg);
     if (cfg.events.broker == "direct" && std::filesystem::exists(log_file, ec)) {
       std::fprintf(stderr,
                    "grapevine: events.broker is direct, but %s (the in-process broker's log) "
@@ -319,7 +324,7 @@ int run(const Args& args) {
     broker = gv::events::make_direct_broker(direct, &metrics);
   } else {
     gv::events::InProcessBrokerOptions broker_options;
-    broker_options.file = cfg.data_dir / "broker" / "events.sqlite";
+    broker_options.file = log_broker_file(cfg);
     broker_options.partitions = cfg.events.partitions;
     broker_options.consumer_threads = cfg.events.consumer_threads;
     broker_options.busy_timeout_ms = cfg.storage.busy_timeout_ms;

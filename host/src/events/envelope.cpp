@@ -36,6 +36,7 @@
 #include <mutex>
 #include <random>
 
+#include "core/log.hpp"
 #include "events/events.hpp"
 
 namespace gv::events {
@@ -212,6 +213,10 @@ bool Subscription::matches(std::string_view type) const {
   for (const auto& p : patterns)
     if (type_matches(p, type)) return true;
   return false;
+}
+
+void log_late_subscription(const std::string& group) {
+  log::error("events: subscribe after start is ignored", {{"group", group}});
 }
 
 std::string check_delivery_options(int partitions, int consumer_threads) {

@@ -158,6 +158,16 @@ struct Subscription {
   bool matches(std::string_view type) const;  // one of patterns matches type
 };
 
+// An embedded broker's subscribe(): adds the group, as a G (a Subscription
+// with the broker's own per-group state), before start; after start it is
+// logged and ignored.
+void log_late_subscription(const std::string& group);
+template <class G>
+void add_group(std::vector<std::unique_ptr<G>>& groups, bool started, Subscription subscription) {
+  if (started) return log_late_subscription(subscription.name);
+  groups.push_back(std::make_unique<G>(std::move(subscription)));
+}
+
 // The options both embedded brokers check at start: "" when partitions is
 // 1..1024 and consumer_threads 1..64, else what is wrong.
 std::string check_delivery_options(int partitions, int consumer_threads);

@@ -139,14 +139,7 @@ class InProcessBroker final : public Broker {
 
   void subscribe(const std::string& group, std::vector<std::string> patterns,
                  ConsumerFn handler) override {
-    if (started_) {
-      log::error("events: subscribe after start is ignored", {{"group", group}});
-      return;
-    }
-    auto g = std::make_unique<Group>();
-    Subscription& subscription = *g;
-    subscription = {group, std::move(patterns), std::move(handler)};
-    groups_.push_back(std::move(g));
+    add_group(groups_, started_, {group, std::move(patterns), std::move(handler)});
   }
 
   bool start(std::string* error) override;

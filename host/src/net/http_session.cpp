@@ -311,23 +311,26 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     ResponseCache::Ticket ticket;
     if (cache && cache->enabled() && !op->cache_tag.empty() && req.body().empty()) {
       // Keyed by the decoded path and query, so that spellings of one
-      // target ("%34%32" for "42", absolute form) share an entry.
-      if (url)
+      // target ("%34%32" for "42", absolute form) share an entry. Without
+      // a query the path is the key, looked up without a copy.
+      std::string with_query;
+      if (url && !url->params().empty()) {
+        with_query = path;
         for (auto p : url->params()) {
-          cache_key += '\0';
-          cache_key += p.key;
-          cache_key += '=';
-          cache_key += p.value;
+          with_query += '\0';
+          with_query += p.key;
+          with_query += '=';
+          with_query += p.value;
         }
-      std::string_view key = path;
-      if (!cache_key.empty()) key = cache_key = path + cache_key;
+      }
+      const std::string_view key = with_query.empty() ? std::string_view(path) : with_query;
       if (auto hit = cache->find(key, started_)) {
         Answer a;
         a.cached = std::move(hit);
         a.x_cache = "hit";
         return send(a, false);
       }
-      if (cache_key.empty()) cache_key = path;
+      cache_key = key;
       // Taken before the handler reads anything: see ResponseCache.
       ticket = cache->ticket(cache_tag_of(*op, params));
     }

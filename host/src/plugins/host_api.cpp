@@ -738,13 +738,11 @@ void api_txn_fail(gv_txn* txn, gv_str message) {
 }
 
 // A tag as a plugin names it: 1..1024 bytes.
-constexpr size_t kMaxCacheTag = 1024;
+bool valid_tag(gv_str tag) { return tag.data && tag.len > 0 && tag.len <= 1024; }
 
 gv_status api_txn_invalidate(gv_txn* txn, gv_str tag) {
   return shield([&]() -> gv_status {
-    if (!txn || !txn->tx || !txn->host || !txn->writable || tag.len == 0 ||
-        tag.len > kMaxCacheTag || !tag.data)
-      return GV_ERR_INVALID;
+    if (!txn || !txn->tx || !txn->host || !txn->writable || !valid_tag(tag)) return GV_ERR_INVALID;
     ResponseCache* cache = txn->host->services->response_cache;
     if (!cache || !cache->enabled()) return GV_OK;
     auto st =
@@ -757,7 +755,7 @@ gv_status api_txn_invalidate(gv_txn* txn, gv_str tag) {
 
 gv_status api_invalidate(gv_host* host, gv_str tag) {
   return shield([&]() -> gv_status {
-    if (!host || tag.len == 0 || tag.len > kMaxCacheTag || !tag.data) return GV_ERR_INVALID;
+    if (!host || !valid_tag(tag)) return GV_ERR_INVALID;
     ResponseCache* cache = host->services->response_cache;
     if (cache) cache->invalidate(scoped_cache_tag(host->plugin, str(tag)));
     return GV_OK;
