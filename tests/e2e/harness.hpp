@@ -56,6 +56,7 @@ class Host {
     std::optional<json> config;  // default_config() when empty
     std::vector<std::pair<std::string, std::string>> env;
     std::vector<std::string> args;  // extra command-line arguments
+    bool without_io_uring = false;  // the kernel refuses io_uring (seccomp), as in a container
   };
   explicit Host(Options options);
   Host() : Host(Options{}) {}
