@@ -227,7 +227,10 @@ int exec_epoll(char** argv, const std::string& reason) {
       std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / "grapevine-epoll";
   if (!reason.empty()) setenv("GRAPEVINE_IO_FALLBACK", reason.c_str(), 1);
   execv(program.c_str(), argv);
-  std::fprintf(stderr, "grapevine: cannot run %s: %s\n", program.c_str(), std::strerror(errno));
+  int error = errno;
+  std::string why = reason.empty() ? "" : "; needed because the kernel refuses io_uring: " + reason;
+  std::fprintf(stderr, "grapevine: cannot run %s: %s%s\n", program.c_str(), std::strerror(error),
+               why.c_str());
   return 1;
 }
 

@@ -58,6 +58,20 @@ TEST_CASE("grapevine serves on io_uring, or on epoll where the kernel refuses io
     CHECK(out.find("refuses") == std::string::npos);
     check_serves(host);
   }
+  SECTION("auto, io_uring refused, grapevine-epoll not installed: a clear error") {
+    TempDir bin;
+    fs::copy_file(grapevine_binary(), bin.path / "grapevine");
+    setenv("GRAPEVINE_TEST_BINARY", (bin.path / "grapevine").c_str(), 1);
+    Host::Options options;
+    options.without_io_uring = true;
+    Host host(options);
+    unsetenv("GRAPEVINE_TEST_BINARY");
+    CHECK_FALSE(host.started());
+    CHECK(host.wait() == 1);
+    std::string out = host.output();
+    CHECK(out.find("cannot run " + (bin.path / "grapevine-epoll").string()) != std::string::npos);
+    CHECK(out.find("needed because the kernel refuses io_uring") != std::string::npos);
+  }
   SECTION("io_uring asked for and refused: a clear error, nothing started") {
     TempDir dir;
     Host::Options options{config_with_io(dir, "io_uring")};
