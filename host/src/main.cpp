@@ -47,6 +47,9 @@ Options:
   --data-dir DIR     keep data here instead of data_dir
   --plugin-dir DIR   with 'plugins': look here (repeatable) instead of the
                      config's plugin_dirs
+
+grapevine serves on io_uring; where the kernel refuses it, server.io: auto
+runs grapevine-epoll (installed beside it) in its place.
 )";
 
 struct Args {
@@ -479,7 +482,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args.command == "version") {
-    std::printf("grapevine %s (plugin ABI %d.%d)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR, GV_ABI_MINOR);
+    std::printf("grapevine %s (plugin ABI %d.%d, I/O on %s)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR,
+                GV_ABI_MINOR, gv::net::io_backend());
     return 0;
   }
   if (args.command == "plugins") return list_plugins(args);

@@ -100,6 +100,16 @@ TEST_CASE("a grapevine built without io_uring serves on epoll", "[io]") {
 
 #endif
 
+TEST_CASE("--version names the I/O back end", "[io]") {
+  std::string out;
+  CHECK(run_grapevine({"--version"}, &out) == 0);
+#ifdef GRAPEVINE_IO_URING_BUILD
+  CHECK(out.find("I/O on io_uring") != std::string::npos);
+#else
+  CHECK(out.find("I/O on epoll") != std::string::npos);
+#endif
+}
+
 TEST_CASE("server.io takes auto, io_uring or epoll only", "[io][config]") {
   TempDir dir;
   std::string out;
