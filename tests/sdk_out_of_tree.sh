@@ -16,9 +16,4 @@ cmake --build "$work/build" >/dev/null
 test -f "$work/build/hello.so"
 # The installed host lists it too.
 "$work/prefix/bin/grapevine" plugins --plugin-dir "$work/build" | grep -q '^hello '
-# Built with io_uring, grapevine-epoll (server.io: auto's fallback) is
-# installed beside it.
-if [ -e "$build_dir/bin/grapevine-epoll" ]; then
-  "$work/prefix/bin/grapevine-epoll" plugins --plugin-dir "$work/build" | grep -q '^hello '
-fi
 GRAPEVINE_TEST_PLUGIN_DIR="$work/build" "$e2e" '[sdk]'

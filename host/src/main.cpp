@@ -2,8 +2,6 @@
 #include <grapevine/abi.h>
 
 #include <atomic>
-#include <cerrno>
-#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -47,9 +45,6 @@ Options:
   --data-dir DIR     keep data here instead of data_dir
   --plugin-dir DIR   with 'plugins': look here (repeatable) instead of the
                      config's plugin_dirs
-
-grapevine serves on io_uring; where the kernel refuses it, server.io: auto
-runs grapevine-epoll (installed beside it) in its place.
 )";
 
 struct Args {
@@ -57,11 +52,9 @@ struct Args {
   std::string config;
   gv::config::Overrides overrides;
   std::vector<std::string> plugin_dirs;
-  char** argv = nullptr;  // as given, for running grapevine-epoll in our place
 };
 
 bool parse_args(int argc, char** argv, Args* args, std::string* error) {
-  args->argv = argv;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&](std::string* out) {
@@ -222,41 +215,6 @@ nlohmann::json readiness(const gv::events::EventEngine& events) {
   return {{"events", {{"outbox_backlog", events.outbox_backlog()}, {"broker", broker}}}};
 }
 
-// Runs grapevine-epoll, installed beside this program, in this process's
-// place: same arguments, same process id. Returns only when it cannot.
-int exec_epoll(char** argv, const std::string& reason) {
-  std::error_code ec;
-  auto program =
-      std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() / "grapevine-epoll";
-  if (!reason.empty()) setenv("GRAPEVINE_IO_FALLBACK", reason.c_str(), 1);
-  execv(program.c_str(), argv);
-  int error = errno;
-  std::string why = reason.empty() ? "" : "; needed because the kernel refuses io_uring: " + reason;
-  std::fprintf(stderr, "grapevine: cannot run %s: %s%s\n", program.c_str(), std::strerror(error),
-               why.c_str());
-  return 1;
-}
-
-// Settles the I/O back end (server.io) before anything starts: -1 to go
-// on in this process, else the exit code.
-int choose_io(const gv::config::HostConfig& cfg, char** argv) {
-  const std::string built = gv::net::io_backend();
-  const std::string& want = cfg.server.io;
-  if (built == "epoll") {
-    if (want != "io_uring") return -1;
-    std::fprintf(stderr, "grapevine: server.io is io_uring, but %s is built for epoll only\n",
-                 argv[0]);
-    return 1;
-  }
-  if (want == "epoll") return exec_epoll(argv, "");
-  std::string why;
-  if (gv::net::io_backend_usable(&why)) return -1;
-  if (want == "auto") return exec_epoll(argv, why);
-  std::fprintf(stderr, "grapevine: server.io is io_uring, but the kernel refuses it: %s\n",
-               why.c_str());
-  return 1;
-}
-
 int run(const Args& args) {
   gv::config::HostConfig cfg;
   std::vector<gv::config::Diagnostic> problems;
@@ -276,15 +234,7 @@ int run(const Args& args) {
     std::fprintf(stderr, "grapevine: %zu config error(s); nothing was started\n", problems.size());
     return 2;
   }
-  if (args.command == "run") {
-    int code = choose_io(cfg, args.argv);
-    if (code >= 0) return code;
-  }
   gv::log::set_level(gv::log::parse_level(cfg.log.level));
-  if (const char* why = std::getenv("GRAPEVINE_IO_FALLBACK")) {
-    gv::log::warn("the kernel refuses io_uring; serving on epoll", {{"reason", why}});
-    unsetenv("GRAPEVINE_IO_FALLBACK");
-  }
   gv::Metrics metrics;
   gv::Registry registry;
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -450,7 +400,6 @@ int run(const Args& args) {
   gv::log::info("listening", {{"address", server.address()},
                               {"plugins", plugins.names()},
                               {"operations", registry.size()},
-                              {"io", gv::net::io_backend()},
                               {"version", GRAPEVINE_VERSION}});
   gv::log::flush();  // whoever waits for "listening" sees it now
   server.run();
@@ -482,8 +431,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args.command == "version") {
-    std::printf("grapevine %s (plugin ABI %d.%d, I/O on %s)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR,
-                GV_ABI_MINOR, gv::net::io_backend());
+    std::printf("grapevine %s (plugin ABI %d.%d)\n", GRAPEVINE_VERSION, GV_ABI_MAJOR, GV_ABI_MINOR);
     return 0;
   }
   if (args.command == "plugins") return list_plugins(args);

@@ -2,16 +2,11 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <openssl/hmac.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -113,6 +108,8 @@ HttpClient::~HttpClient() {
   impl_->stream.socket().shutdown(tcp::socket::shutdown_both, ec);
 }
 
+void HttpClient::abort() { ::shutdown(impl_->stream.socket().native_handle(), SHUT_RDWR); }
+
 HttpResult HttpClient::request(const std::string& method, const std::string& target,
                                const std::string& body, const Headers& headers) {
   bhttp::request<bhttp::string_body> req(bhttp::string_to_verb(method), target, 11);
@@ -186,11 +183,7 @@ std::string make_token(json payload, json header, const std::string& secret) {
   return signing_input + "." + base64url(std::string(reinterpret_cast<char*>(mac), len));
 }
 
-fs::path grapevine_binary() {
-  // ctest's e2e_epoll runs the transport tests against grapevine-epoll.
-  if (const char* bin = std::getenv("GRAPEVINE_TEST_BINARY")) return bin;
-  return GRAPEVINE_BINARY;
-}
+fs::path grapevine_binary() { return GRAPEVINE_BINARY; }
 fs::path build_plugin_dir() {
   if (const char* dir = std::getenv("GRAPEVINE_TEST_PLUGIN_DIR")) return dir;
   return GRAPEVINE_BUILD_PLUGIN_DIR;
@@ -214,33 +207,10 @@ json default_config(const fs::path& data_dir) {
 
 namespace {
 
-// What a container runtime's default seccomp profile does: io_uring_setup
-// fails with EPERM, everything else is allowed.
-void deny_io_uring() {
-  sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-#if defined(__x86_64__)
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 3),
-#elif defined(__aarch64__)
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_AARCH64, 0, 3),
-#endif
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
-      prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0)
-    _exit(126);
-}
-
 int spawn(const std::vector<std::string>& args, const fs::path& output,
-          const std::vector<std::pair<std::string, std::string>>& env,
-          bool without_io_uring = false) {
+          const std::vector<std::pair<std::string, std::string>>& env) {
   pid_t pid = fork();
   if (pid != 0) return pid;
-  if (without_io_uring) deny_io_uring();
   int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   dup2(fd, 1);
   dup2(fd, 2);
@@ -281,7 +251,7 @@ Host::Host(Options options) : dir_(std::make_unique<TempDir>()) {
   std::ofstream(config_file) << config.dump(2) << "\n";
   std::vector<std::string> args = {"--config", config_file.string()};
   args.insert(args.end(), options.args.begin(), options.args.end());
-  pid_ = spawn(args, dir_->path / "output.log", options.env, options.without_io_uring);
+  pid_ = spawn(args, dir_->path / "output.log", options.env);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (std::chrono::steady_clock::now() < deadline) {
     std::string out = output();

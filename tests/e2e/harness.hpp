@@ -56,7 +56,6 @@ class Host {
     std::optional<json> config;  // default_config() when empty
     std::vector<std::pair<std::string, std::string>> env;
     std::vector<std::string> args;  // extra command-line arguments
-    bool without_io_uring = false;  // the kernel refuses io_uring (seccomp), as in a container
   };
   explicit Host(Options options);
   Host() : Host(Options{}) {}
@@ -133,6 +132,9 @@ class HttpClient {
   ~HttpClient();
   HttpResult request(const std::string& method, const std::string& target,
                      const std::string& body = "", const Headers& headers = {});
+  // Shuts the connection down from any thread: a request() blocked on it
+  // (a server that never answers) then throws.
+  void abort();
 
  private:
   struct Impl;

@@ -54,9 +54,7 @@ json make_schema() {
   json plugin =
       section({{"enabled", boolean()}, {"optional", boolean()}, {"config", {{"type", "object"}}}});
   return section({
-      {"server", section({{"listen", text()},
-                          {"io_threads", integer(0, 1024)},
-                          {"io", {{"type", "string"}, {"enum", {"auto", "io_uring", "epoll"}}}}})},
+      {"server", section({{"listen", text()}, {"io_threads", integer(0, 1024)}})},
       {"limits", section({{"header_bytes", integer(512, 1 << 20)},
                           {"body_bytes", integer(1, 1LL << 32)},
                           {"request_timeout_ms", integer(1, kDay_ms)},
@@ -224,7 +222,6 @@ void read_server(const Reader& r, ServerConfig* s) {
     if (!problem.empty()) r.error("/server/listen", problem);
   }
   r.number("/server/io_threads", &s->io_threads);
-  r.text("/server/io", &s->io);
 }
 
 void read_limits(const Reader& r, LimitsConfig* l) {

@@ -21,9 +21,6 @@ struct ServerConfig {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 8080;
   unsigned io_threads = 0;  // 0: one per core
-  // Asio back end: "io_uring" (grapevine), "epoll" (grapevine-epoll), or
-  // "auto": io_uring where the kernel allows it, else epoll.
-  std::string io = "auto";
 };
 
 struct LimitsConfig {

@@ -18,29 +18,6 @@
 
 namespace gv::net {
 
-const char* io_backend() {
-#if defined(BOOST_ASIO_HAS_IO_URING) && defined(BOOST_ASIO_DISABLE_EPOLL)
-  return "io_uring";
-#else
-  return "epoll";
-#endif
-}
-
-bool io_backend_usable(std::string* why) {
-  try {
-    // What the server makes first: a context, a socket and a timer. On
-    // io_uring the socket's service sets up the ring, and throws when the
-    // kernel refuses it.
-    asio::io_context context(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO);
-    asio::ip::tcp::socket socket(context);
-    asio::steady_timer timer(context);
-    return true;
-  } catch (const std::exception& e) {
-    *why = e.what();
-    return false;
-  }
-}
-
 struct Server::Impl {
   explicit Impl(ServerDeps deps) : state(std::make_shared<ServerState>()) {
     state->deps = std::move(deps);

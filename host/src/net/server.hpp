@@ -32,14 +32,6 @@ struct ServerDeps {
   std::function<nlohmann::json()> readiness;
 };
 
-// The I/O back end this program was built with: "io_uring" (grapevine) or
-// "epoll" (grapevine-epoll, or grapevine built with GRAPEVINE_IO_URING=OFF).
-const char* io_backend();
-// Whether that back end runs here. False, with *why set, when the kernel
-// refuses io_uring: a seccomp profile (most container runtimes' default),
-// kernel.io_uring_disabled, or too little locked memory for the ring.
-bool io_backend_usable(std::string* why);
-
 class Server {
  public:
   explicit Server(ServerDeps deps);
