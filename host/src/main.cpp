@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 #include <iostream>
 #include <malloc.h>
 #include <string>
@@ -127,48 +128,48 @@ int list_plugins(const Args& args) {
   return 0;
 }
 
+// One Prometheus family per counter of source->stats(), read at each scrape.
+template <class Stats>
+struct StatFamily {
+  const char* name;
+  const char* help;
+  const char* type;
+  uint64_t Stats::*field;
+};
+template <class Stats, class Source>
+void add_stat_families(gv::Metrics* metrics, Source* source,
+                       std::initializer_list<StatFamily<Stats>> families) {
+  for (const auto& f : families)
+    metrics->add_family(f.name, f.help, f.type, [source, field = f.field] {
+      return gv::Metrics::Samples{{"", static_cast<double>(source->stats().*field)}};
+    });
+}
+
 void add_cache_metrics(gv::Metrics* metrics, gv::stores::Cache* cache) {
-  auto stat = [cache](uint64_t gv::stores::CacheStats::*field) {
-    return [cache, field] {
-      return gv::Metrics::Samples{{"", static_cast<double>(cache->stats().*field)}};
-    };
-  };
   using S = gv::stores::CacheStats;
-  metrics->add_family("grapevine_cache_hits_total", "Cache reads that found their key.", "counter",
-                      stat(&S::hits));
-  metrics->add_family("grapevine_cache_misses_total", "Cache reads that did not.", "counter",
-                      stat(&S::misses));
-  metrics->add_family("grapevine_cache_evictions_total",
-                      "Live cache entries dropped to stay under the memory bound.", "counter",
-                      stat(&S::evictions));
-  metrics->add_family("grapevine_cache_bytes", "Memory the cache accounts for.", "gauge",
-                      stat(&S::bytes_used));
+  add_stat_families<S>(
+      metrics, cache,
+      {{"grapevine_cache_hits_total", "Cache reads that found their key.", "counter", &S::hits},
+       {"grapevine_cache_misses_total", "Cache reads that did not.", "counter", &S::misses},
+       {"grapevine_cache_evictions_total",
+        "Live cache entries dropped to stay under the memory bound.", "counter", &S::evictions},
+       {"grapevine_cache_bytes", "Memory the cache accounts for.", "gauge", &S::bytes_used}});
 }
 
 void add_response_cache_metrics(gv::Metrics* metrics, const gv::ResponseCache* cache) {
   using S = gv::ResponseCache::Stats;
-  struct Family {
-    const char* name;
-    const char* help;
-    const char* type;
-    uint64_t S::*field;
-  };
-  static constexpr Family kFamilies[] = {
-      {"grapevine_response_cache_hits_total", "Requests answered from the response cache.",
-       "counter", &S::hits},
-      {"grapevine_response_cache_misses_total",
-       "Requests of cacheable operations that ran the handler.", "counter", &S::misses},
-      {"grapevine_response_cache_invalidations_total", "Tags plugins marked stale.", "counter",
-       &S::invalidations},
-      {"grapevine_response_cache_evictions_total",
-       "Answers dropped to stay under response_cache.max_bytes.", "counter", &S::evictions},
-      {"grapevine_response_cache_bytes", "Memory the response cache accounts for.", "gauge",
-       &S::bytes},
-  };
-  for (const Family& f : kFamilies)
-    metrics->add_family(f.name, f.help, f.type, [cache, field = f.field] {
-      return gv::Metrics::Samples{{"", static_cast<double>(cache->stats().*field)}};
-    });
+  add_stat_families<S>(
+      metrics, cache,
+      {{"grapevine_response_cache_hits_total", "Requests answered from the response cache.",
+        "counter", &S::hits},
+       {"grapevine_response_cache_misses_total",
+        "Requests of cacheable operations that ran the handler.", "counter", &S::misses},
+       {"grapevine_response_cache_invalidations_total", "Tags plugins marked stale.", "counter",
+        &S::invalidations},
+       {"grapevine_response_cache_evictions_total",
+        "Answers dropped to stay under response_cache.max_bytes.", "counter", &S::evictions},
+       {"grapevine_response_cache_bytes", "Memory the response cache accounts for.", "gauge",
+        &S::bytes}});
 }
 
 // The in-process broker's log (events.broker: in-process).

@@ -85,8 +85,7 @@ std::string scoped_cache_tag(std::string_view plugin, std::string_view tag) {
 }
 
 std::string cache_tag_of(const Operation& op, const PathParams& params) {
-  std::string out = op.plugin;
-  out.push_back('\0');
+  std::string out = scoped_cache_tag(op.plugin, {});
   for (const auto& seg : op.cache_tag) {
     if (!seg.param) {
       out += seg.text;

@@ -39,7 +39,7 @@ std::shared_ptr<const ResponseCache::Answer> ResponseCache::find(std::string_vie
 ResponseCache::Ticket ResponseCache::ticket(std::string_view tag) const {
   Ticket t;
   if (!enabled()) return t;
-  t.slot = static_cast<uint32_t>(std::hash<std::string_view>{}(tag) % kSlots);
+  t.slot = slot_of(tag);
   t.generation = generations_[t.slot].load(std::memory_order_acquire);
   return t;
 }
@@ -77,8 +77,7 @@ void ResponseCache::store(std::string key, Ticket ticket, std::shared_ptr<const 
 
 void ResponseCache::invalidate(std::string_view tag) {
   if (!enabled()) return;
-  auto slot = std::hash<std::string_view>{}(tag) % kSlots;
-  generations_[slot].fetch_add(1, std::memory_order_acq_rel);
+  generations_[slot_of(tag)].fetch_add(1, std::memory_order_acq_rel);
   invalidations_.fetch_add(1, std::memory_order_relaxed);
 }
 

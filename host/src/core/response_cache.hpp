@@ -107,6 +107,9 @@ class ResponseCache {
   Shard& shard_of(std::string_view key) {
     return shards_[std::hash<std::string_view>{}(key) % kShards];
   }
+  static uint32_t slot_of(std::string_view tag) {
+    return static_cast<uint32_t>(std::hash<std::string_view>{}(tag) % kSlots);
+  }
   static void erase(Shard& s, Lru::iterator it);
 
   const size_t max_bytes_;

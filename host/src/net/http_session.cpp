@@ -349,18 +349,17 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     bool queued = state_->deps.dispatcher->submit(call, [self, cache,
                                                          cache_key = std::move(cache_key), ticket,
                                                          asked = started_](Reply reply) mutable {
-      const bool cacheable = !cache_key.empty();
-      std::shared_ptr<const ResponseCache::Answer> kept;
+      std::shared_ptr<const ResponseCache::Answer> kept;  // set: a cacheable 200, a miss
       if (!cache_key.empty() && reply.status == 200) {
         kept = std::make_shared<const ResponseCache::Answer>(
             ResponseCache::Answer{std::move(reply.body), std::move(reply.headers)});
         cache->store(std::move(cache_key), ticket, kept, asked);  // its age counts from the request
       }
       asio::post(self->stream_.get_executor(),
-                 [self, reply = std::move(reply), kept = std::move(kept), cacheable]() mutable {
+                 [self, reply = std::move(reply), kept = std::move(kept)]() mutable {
                    Answer a;
+                   if (kept) a.x_cache = "miss";
                    a.cached = std::move(kept);
-                   if (cacheable && reply.status == 200) a.x_cache = "miss";
                    a.status = static_cast<http::status>(reply.status);
                    a.body = std::move(reply.body);
                    // A plugin's 503 (a locked database, a busy dependency) or 429
@@ -409,14 +408,11 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
       wire_ += a.allow;
     }
     if (a.retry_after) wire_ += "\r\nRetry-After: 1";
-    for (const auto* headers : {&a.headers, a.cached ? &a.cached->headers : nullptr}) {
-      if (!headers) continue;
-      for (const auto& [name, value] : *headers) {
-        wire_ += "\r\n";
-        wire_ += name;
-        wire_ += ": ";
-        wire_ += value;
-      }
+    for (const auto& [name, value] : a.cached ? a.cached->headers : a.headers) {
+      wire_ += "\r\n";
+      wire_ += name;
+      wire_ += ": ";
+      wire_ += value;
     }
     if (a.x_cache) {
       wire_ += "\r\nX-Cache: ";
