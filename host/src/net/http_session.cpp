@@ -16,6 +16,7 @@
 #include "core/log.hpp"
 #include "core/request_id.hpp"
 #include "core/response_cache.hpp"
+#include "net/edge_socket.hpp"
 #include "net/sessions.hpp"
 
 namespace gv::net {
@@ -498,7 +499,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     unwatch();
     watchdog_.cancel();
     upgraded_ = true;
-    start_websocket_session(Stream(std::move(stream_)), parser_->release(), state_,
+    start_websocket_session(Stream(stream_.release()), parser_->release(), state_,
                             std::move(identity));
   }
 
@@ -532,7 +533,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     });
   }
 
-  Socket stream_;
+  EdgeSocket<Executor> stream_;  // reads skip the recv() that would find nothing
   const Executor executor_;  // stream_ may be moved away on upgrade
   asio::basic_waitable_timer<std::chrono::steady_clock,
                              asio::wait_traits<std::chrono::steady_clock>, Executor>
