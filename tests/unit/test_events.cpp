@@ -863,12 +863,24 @@ TEST_CASE("events: consumed event ids older than consumed_retention are pruned",
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
   const int64_t day = 24 * 3600 * 1000;
+  // Ids made now sort between the floors of now and of a second later.
+  const std::string made_now = new_event_id();
+  CHECK(event_id_floor(now) <= made_now);
+  CHECK(made_now < event_id_floor(now + 1000));
+  CHECK(event_id_floor(now - 1) < event_id_floor(now));
+  // An event id made at time t (ULID: time, then random characters).
+  auto id_at = [](int64_t t, int i) {
+    std::string n = std::to_string(i);
+    return event_id_floor(t) + std::string(16 - n.size(), '0') + n;
+  };
   SqlStatus s = sink->write([&](SqlTransaction& tx) -> SqlStatus {
-    for (int i = 0; i < 30; ++i) {
-      // 20 recorded 10 days ago, 10 an hour ago.
+    for (int i = 0; i < 31; ++i) {
+      // 20 made and recorded 10 days ago, 10 an hour ago; and one made 10
+      // days ago but recorded an hour ago (a backlog consumed late): kept.
+      const int64_t made = i < 20 || i == 30 ? now - 10 * day : now - day / 24;
       const int64_t at = i < 20 ? now - 10 * day : now - day / 24;
       auto r = tx.exec("INSERT INTO gv_consumed(event_id, consumed_ms) VALUES ($1, $2)",
-                       {"old" + std::to_string(i), at});
+                       {id_at(made, i), at});
       if (!r.ok()) return r.status;
     }
     return SqlStatus::success();
@@ -884,16 +896,90 @@ TEST_CASE("events: consumed event ids older than consumed_retention are pruned",
   std::string error;
   REQUIRE(engine.start(&error));
   CHECK(engine.prune_consumed() == 20);
-  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == 10);
+  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == 11);
   CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed WHERE consumed_ms < $1",
                {now - 7 * day}) == 0);
   // What it records from now on is kept.
   publish_one(*source, "thing.made", "k", "{}");
   engine.notify_published();
   REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 1; }));
-  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == 11);
+  CHECK(scalar(*sink, "SELECT count(*) FROM gv_consumed") == 12);
   CHECK(engine.prune_consumed() == 0);
   engine.stop();
+}
+
+TEST_CASE("events: host tables of an earlier release are rebuilt in their new shapes, rows kept",
+          "[events]") {
+  TempDir tmp;
+  auto db = open_db(tmp.dir / "old.db");
+  // The host tables as releases before the rowid outbox made them, with
+  // two unsent events and one consumed id.
+  SqlStatus s = db->write([](SqlTransaction& tx) {
+    return tx.exec_script(R"sql(
+CREATE TABLE gv_outbox_seq (id INTEGER PRIMARY KEY, last_seq BIGINT NOT NULL);
+INSERT INTO gv_outbox_seq(id, last_seq) VALUES (1, 2);
+CREATE TABLE gv_outbox (seq BIGINT PRIMARY KEY, id TEXT NOT NULL, type TEXT NOT NULL,
+  key TEXT NOT NULL, time_ms BIGINT NOT NULL, source TEXT NOT NULL,
+  schema_version INTEGER NOT NULL, payload TEXT NOT NULL);
+INSERT INTO gv_outbox VALUES (1, '01JAAAAAAAAAAAAAAAAAAAAAA1', 'thing.made', 'k', 5, 'source', 1, '{"n":1}');
+INSERT INTO gv_outbox VALUES (2, '01JAAAAAAAAAAAAAAAAAAAAAA2', 'thing.made', 'k', 6, 'source', 1, '{"n":2}');
+CREATE TABLE gv_consumed (event_id TEXT PRIMARY KEY, consumed_ms BIGINT NOT NULL);
+CREATE INDEX gv_consumed_by_time ON gv_consumed(consumed_ms);
+INSERT INTO gv_consumed VALUES ('01JBBBBBBBBBBBBBBBBBBBBBB1', 7);
+CREATE TABLE gv_dead_letters (event_id TEXT PRIMARY KEY, envelope TEXT NOT NULL,
+  attempts INTEGER NOT NULL, error TEXT NOT NULL, parked_ms BIGINT NOT NULL);
+CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+)sql");
+  });
+  REQUIRE(s.ok());
+  auto sql_of = [&](const std::string& name) {
+    std::string sql;
+    REQUIRE(db->read([&](SqlTransaction& tx) -> SqlStatus {
+                auto r = tx.query("SELECT sql FROM sqlite_master WHERE name = $1", {name});
+                if (!r.ok()) return r.status;
+                if (!r.value.rows.empty()) sql = std::string(*sql_text(r.value.rows[0][0]));
+                return SqlStatus::success();
+              }).ok());
+    return sql;
+  };
+  for (int start = 0; start < 2; ++start) {  // the second start finds nothing to do
+    INFO("start " << start);
+    s = EventEngine::prepare_database(*db);
+    INFO(s.message);
+    REQUIRE(s.ok());
+    CHECK(sql_of("gv_outbox").find("seq INTEGER PRIMARY KEY") != std::string::npos);
+    CHECK(sql_of("gv_consumed").find("WITHOUT ROWID") != std::string::npos);
+    CHECK(sql_of("gv_consumed_by_time").empty());
+    CHECK(sql_of("gv_outbox_old").empty());
+    CHECK(sql_of("gv_consumed_old").empty());
+    CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 2);
+    CHECK(scalar(*db, "SELECT seq FROM gv_outbox WHERE payload = '{\"n\":2}'") == 2);
+    CHECK(scalar(*db,
+                 "SELECT consumed_ms FROM gv_consumed "
+                 "WHERE event_id = '01JBBBBBBBBBBBBBBBBBBBBBB1'") == 7);
+  }
+  // The sequence goes on from the kept rows, and they reach a consumer in
+  // order.
+  publish_one(*db, "thing.made", "k", R"({"n":3})");
+  CHECK(scalar(*db, "SELECT max(seq) FROM gv_outbox") == 3);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  auto broker = make_direct_broker({2, 1}, nullptr);
+  EventEngine engine(*broker, fast_options(), nullptr);
+  engine.add_source("source", *db);
+  std::vector<std::string> payloads;
+  std::mutex m;
+  engine.add_consumer("sink", *sink, {"*"}, [&](const Envelope& e, int, SqlTransaction& tx) {
+    std::lock_guard lock(m);
+    payloads.push_back(e.payload);
+    return bump(tx, e.type);
+  });
+  std::string error;
+  REQUIRE(engine.start(&error));
+  engine.notify_published();
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 3; }));
+  CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 0);
+  engine.stop();
+  CHECK(payloads == std::vector<std::string>{R"({"n":1})", R"({"n":2})", R"({"n":3})"});
 }
 
 TEST_CASE("events: the relay keeps several batches with the direct broker, and no more",

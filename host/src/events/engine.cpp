@@ -2,13 +2,21 @@
 // flow). This file holds the host tables, publish(), the relay thread, the
 // consumer runner and the admin operations.
 //
-// Host tables, created in every plugin database by prepare_database() with
-// SQL both SQLite and PostgreSQL run (BIGINT/INTEGER/TEXT, IF NOT EXISTS,
-// ON CONFLICT, INSERT ... SELECT):
+// Host tables, created in every plugin database by prepare_database():
 //   gv_outbox_seq(id INTEGER PK, last_seq BIGINT)   one row: the outbox counter
-//   gv_outbox(seq BIGINT PK, id, type, key, time_ms, source, schema_version,
+//   gv_outbox(seq INTEGER PK, id, type, key, time_ms, source, schema_version,
 //             payload)                              unsent events
-//   gv_consumed(event_id TEXT PK, consumed_ms BIGINT) + index on consumed_ms
+//   gv_consumed(event_id TEXT PK, consumed_ms BIGINT) WITHOUT ROWID
+// Their statements are SQL PostgreSQL runs too (IF NOT EXISTS, ON CONFLICT,
+// INSERT ... SELECT); their shapes are SQLite's cheapest, because each
+// event adds a row to and deletes a row from both gv_outbox and
+// gv_consumed: "seq INTEGER PRIMARY KEY" makes seq the rowid (one b-tree,
+// not a table and an index), and WITHOUT ROWID keeps gv_consumed in its
+// primary key's b-tree alone. (A PostgreSQL backend spells these
+// "seq BIGINT PRIMARY KEY" and a plain table.) Tables of the earlier
+// shapes (seq BIGINT PRIMARY KEY; gv_consumed with a rowid and an index on
+// consumed_ms) are rebuilt by prepare_database, rows kept, in its
+// transaction.
 //   gv_dead_letters(event_id TEXT PK, envelope TEXT (Envelope::to_json),
 //                   attempts INTEGER, error TEXT, parked_ms BIGINT)
 // The outbox sequence comes from the counter row
@@ -47,7 +55,9 @@
 // prune_consumed() deletes gv_consumed rows older than consumed_retention,
 // kPruneChunk rows per transaction; the host runs it as the scheduled job
 // host.events_prune (not on the relay thread: it waits for consumers'
-// transactions).
+// transactions). It walks the primary key: an event is consumed after it
+// was made, so a row consumed before the cutoff has an id below
+// event_id_floor(cutoff), and no index on consumed_ms is needed.
 //
 // Consumer runner (the Broker::ConsumerFn of each consuming plugin, group =
 // plugin name), per delivery, attempt = 1..max_attempts:
@@ -117,7 +127,7 @@ constexpr const char* kHostTables = R"sql(
 CREATE TABLE IF NOT EXISTS gv_outbox_seq (id INTEGER PRIMARY KEY, last_seq BIGINT NOT NULL);
 INSERT INTO gv_outbox_seq(id, last_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS gv_outbox (
-  seq BIGINT PRIMARY KEY,
+  seq INTEGER PRIMARY KEY,
   id TEXT NOT NULL,
   type TEXT NOT NULL,
   key TEXT NOT NULL,
@@ -127,8 +137,7 @@ CREATE TABLE IF NOT EXISTS gv_outbox (
   payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS gv_consumed (
   event_id TEXT PRIMARY KEY,
-  consumed_ms BIGINT NOT NULL);
-CREATE INDEX IF NOT EXISTS gv_consumed_by_time ON gv_consumed(consumed_ms);
+  consumed_ms BIGINT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gv_dead_letters (
   event_id TEXT PRIMARY KEY,
   envelope TEXT NOT NULL,
@@ -310,7 +319,35 @@ struct EventEngine::Impl {
 thread_local int64_t published_on_thread = 0;
 
 stores::SqlStatus EventEngine::prepare_database(stores::SqlDatabase& db) {
-  return db.write([](SqlTransaction& tx) { return tx.exec_script(kHostTables); });
+  return db.write([](SqlTransaction& tx) -> SqlStatus {
+    // Tables of an earlier shape (see the top of this file): moved aside,
+    // made anew below, their rows copied over.
+    auto old = tx.query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND ("
+        "(name = 'gv_outbox' AND sql NOT LIKE '%seq INTEGER PRIMARY KEY%') OR "
+        "(name = 'gv_consumed' AND sql NOT LIKE '%WITHOUT ROWID%'))");
+    if (!old.ok()) return old.status;
+    std::vector<std::string> rebuilt;
+    for (auto& row : old.value.rows) {
+      rebuilt.push_back(text_at(row, 0));
+      auto r = tx.exec("ALTER TABLE " + rebuilt.back() + " RENAME TO " + rebuilt.back() + "_old");
+      if (!r.ok()) return r.status;
+    }
+    if (SqlStatus s = tx.exec_script(kHostTables); !s.ok()) return s;
+    for (const auto& table : rebuilt) {
+      const char* columns = table == "gv_outbox"
+                                ? "seq, id, type, key, time_ms, source, schema_version, payload"
+                                : "event_id, consumed_ms";
+      auto copied = tx.exec("INSERT INTO " + table + "(" + columns + ") SELECT " + columns +
+                            " FROM " + table + "_old");
+      if (!copied.ok()) return copied.status;
+      auto dropped = tx.exec("DROP TABLE " + table + "_old");
+      if (!dropped.ok()) return dropped.status;
+      log::info("events: host table rebuilt in its current shape",
+                {{"table", table}, {"rows", copied.value}});
+    }
+    return SqlStatus::success();
+  });
 }
 
 stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_view source,
@@ -732,6 +769,7 @@ int64_t EventEngine::prune_consumed() {
       now_ms() - std::chrono::duration_cast<std::chrono::milliseconds>(
                      impl_->options.consumed_retention)
                      .count();
+  const std::string floor = event_id_floor(cutoff);
   int64_t total = 0;
   for (auto& [name, c] : impl_->consumers) {
     for (int round = 0; round < 1000; ++round) {
@@ -739,8 +777,9 @@ int64_t EventEngine::prune_consumed() {
       SqlStatus s = c->db->write([&](SqlTransaction& tx) -> SqlStatus {
         auto r = tx.exec(
             "DELETE FROM gv_consumed WHERE event_id IN "
-            "(SELECT event_id FROM gv_consumed WHERE consumed_ms < $1 LIMIT $2)",
-            {cutoff, kPruneChunk});
+            "(SELECT event_id FROM gv_consumed WHERE event_id < $1 AND consumed_ms < $2 "
+            "LIMIT $3)",
+            {floor, cutoff, kPruneChunk});
         deleted = r.value;
         return r.status;
       });

@@ -31,6 +31,7 @@
 // reorder events of a key across a restart.
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <mutex>
@@ -117,6 +118,16 @@ void fill_random(UlidState& s) {
 
 }  // namespace
 
+std::string event_id_floor(int64_t time_ms) {
+  auto time = static_cast<uint64_t>(std::max<int64_t>(time_ms, 0)) & ((uint64_t{1} << 48) - 1);
+  std::string prefix(10, '0');
+  for (int i = 9; i >= 0; --i) {  // 48 time bits in 10 characters (top 2 bits zero)
+    prefix[static_cast<size_t>(i)] = kCrockford[time & 31];
+    time >>= 5;
+  }
+  return prefix;
+}
+
 std::string new_event_id() {
   const auto now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                              std::chrono::system_clock::now().time_since_epoch())
@@ -139,11 +150,8 @@ std::string new_event_id() {
     hi = s.rand_hi;
     lo = s.rand_lo;
   }
-  std::string id(26, '0');
-  for (int i = 9; i >= 0; --i) {  // 48 time bits in 10 characters (top 2 bits zero)
-    id[static_cast<size_t>(i)] = kCrockford[time & 31];
-    time >>= 5;
-  }
+  std::string id = event_id_floor(static_cast<int64_t>(time));
+  id.resize(26, '0');
   for (int i = 25; i >= 10; --i) {  // 80 random bits in 16 characters
     id[static_cast<size_t>(i)] = kCrockford[lo & 31];
     lo = (lo >> 5) | (static_cast<uint64_t>(hi & 31) << 59);

@@ -69,6 +69,10 @@ constexpr size_t kMaxTypeBytes = 128;
 // the process (same millisecond: previous + 1), so ids sort by creation.
 std::string new_event_id();
 
+// The time part of the ids made in millisecond time_ms (10 characters):
+// every id made earlier sorts before it, every id made then or later after.
+std::string event_id_floor(int64_t time_ms);
+
 // Event type patterns: "post.created" (exact), "post.*" (one or more
 // segments after "post."), "*" (everything). Segments are [a-z0-9_]+
 // separated by '.'. valid_pattern() checks the form; valid_type() a type.
