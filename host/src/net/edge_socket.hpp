@@ -6,29 +6,39 @@
 // request: the read for the next request almost always finds nothing yet.
 // The reactor can skip that call (it keeps a per-socket "exhausted" flag,
 // cleared by the next edge), but Asio 1.81 sets the flag only at end of
-// stream. EdgeSocket sets it, as nginx does under epoll, whenever a read
-// returns less than the room it was given: the kernel's receive queue was
-// empty then, and any byte that arrives later raises a new edge (the
+// stream. EdgeSocket sets it whenever the kernel says, with the read
+// itself, that nothing is left to read: the socket asks for TCP_INQ, so
+// each recvmsg() also returns the bytes still queued, and that count is
+// not zero after a FIN (which may come with the last data, its edge
+// already spent). Any byte that arrives later raises a new edge (the
 // socket is registered edge-triggered), which the reactor turns into the
-// waiting read. The flag lives in the socket's reactor state, so it stays
-// right when the socket is moved on to a WebSocket session.
+// waiting read. A reset that arrives right behind data raises no further
+// edge: the connection then ends at its request or idle timeout, not at
+// once. The flag lives in the socket's reactor state, so it stays right
+// when the socket is handed on to a WebSocket session.
 //
 // This leans on Asio's internals (reactor_op, the epoll reactor's
 // start_op), so it is compiled only for the Asio it was checked against;
-// elsewhere EdgeSocket is a plain socket and reads as Asio does.
+// elsewhere EdgeSocket is a plain socket and reads as Asio does. Where
+// the kernel refuses TCP_INQ, no read is taken as exhausted.
 #pragma once
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/version.hpp>
+#include <cerrno>
+#include <cstring>
 #include <memory>
-#include <type_traits>
 #include <utility>
 
 #if BOOST_VERSION / 100 == 1081 && defined(BOOST_ASIO_HAS_EPOLL) && \
-    !defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT) && !defined(BOOST_ASIO_DISABLE_EPOLL)
+    !defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT) && defined(TCP_INQ)
 #define GV_EDGE_READS 1
 #include <boost/asio/detail/bind_handler.hpp>
 #include <boost/asio/detail/buffer_sequence_adapter.hpp>
@@ -52,19 +62,32 @@ class EdgeSocket : public boost::asio::basic_stream_socket<boost::asio::ip::tcp,
     // Once per connection: use_service takes the context's service lock.
     reactor_ = &boost::asio::use_service<boost::asio::detail::reactor>(
         boost::asio::query(this->get_executor(), boost::asio::execution::context));
+    int on = 1;
+    inq_ = this->is_open() &&
+           ::setsockopt(this->native_handle(), IPPROTO_TCP, TCP_INQ, &on, sizeof on) == 0;
 #endif
   }
 
   // The socket itself, for handing it on (to a WebSocket stream, say).
-  Base&& release() { return static_cast<Base&&>(*this); }
+  Base&& take_socket() { return static_cast<Base&&>(*this); }
 
   template <class MutableBuffers, class Handler>
   void async_read_some(const MutableBuffers& buffers, Handler&& handler) {
 #if GV_EDGE_READS
-    namespace detail = boost::asio::detail;
+    namespace asio = boost::asio;
+    namespace detail = asio::detail;
+    using Bufs = detail::buffer_sequence_adapter<asio::mutable_buffer, MutableBuffers>;
     auto& impl = this->impl_.get_implementation();
-    bool plain = impl.socket_ == detail::invalid_socket || boost::asio::buffer_size(buffers) == 0 ||
-                 boost::asio::get_associated_cancellation_slot(handler).is_connected();
+    // The handler is called from this socket's context, as Asio would, so
+    // one bound to another context keeps the plain path (and its work
+    // tracking).
+    auto& own = asio::query(this->get_executor(), asio::execution::context);
+    auto& theirs = asio::query(asio::get_associated_executor(handler, this->get_executor()),
+                               asio::execution::context);
+    bool plain = !inq_ || impl.socket_ == detail::invalid_socket || Bufs::all_empty(buffers) ||
+                 &static_cast<asio::execution_context&>(own) !=
+                     &static_cast<asio::execution_context&>(theirs) ||
+                 asio::get_associated_cancellation_slot(handler).is_connected();
     boost::system::error_code ec;
     if (!plain && !(impl.state_ & detail::socket_ops::non_blocking))
       plain = !detail::socket_ops::set_internal_non_blocking(impl.socket_, impl.state_, true, ec);
@@ -82,8 +105,8 @@ class EdgeSocket : public boost::asio::basic_stream_socket<boost::asio::ip::tcp,
 
  private:
 #if GV_EDGE_READS
-  // A read the reactor runs: like Asio's own, but a short read reports the
-  // socket exhausted.
+  // A read the reactor runs: like Asio's own, but with the kernel's count
+  // of bytes left (TCP_INQ), and "exhausted" when that is zero.
   template <class MutableBuffers, class Handler>
   class ReadOp : public boost::asio::detail::reactor_op {
     using Bufs =
@@ -100,21 +123,33 @@ class EdgeSocket : public boost::asio::basic_stream_socket<boost::asio::ip::tcp,
 
    private:
     static status perform_read(reactor_op* base) {
-      namespace socket_ops = boost::asio::detail::socket_ops;
       auto* o = static_cast<ReadOp*>(base);
       Bufs bufs(o->buffers_);
-      size_t room = bufs.total_size();
-      bool finished =
-          Bufs::is_single_buffer
-              ? socket_ops::non_blocking_recv1(o->socket_, Bufs::first(o->buffers_).data(),
-                                               Bufs::first(o->buffers_).size(), 0, true, o->ec_,
-                                               o->bytes_transferred_)
-              : socket_ops::non_blocking_recv(o->socket_, bufs.buffers(), bufs.count(), 0, true,
-                                              o->ec_, o->bytes_transferred_);
-      if (!finished) return not_done;
-      // End of stream, an error, or less than asked for: the receive queue
-      // is empty until the next edge.
-      return o->ec_ || o->bytes_transferred_ < room ? done_and_exhausted : done;
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+      for (;;) {
+        msghdr msg{};
+        msg.msg_iov = bufs.buffers();
+        msg.msg_iovlen = bufs.count();
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        ssize_t n = ::recvmsg(o->socket_, &msg, 0);
+        if (n > 0) {
+          o->bytes_transferred_ = static_cast<size_t>(n);
+          int left = -1;
+          for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+            if (c->cmsg_level == SOL_TCP && c->cmsg_type == TCP_CM_INQ)
+              std::memcpy(&left, CMSG_DATA(c), sizeof left);
+          return left == 0 ? done_and_exhausted : done;
+        }
+        if (n == 0) {
+          o->ec_ = boost::asio::error::eof;
+          return done_and_exhausted;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return not_done;
+        o->ec_ = boost::system::error_code(errno, boost::asio::error::get_system_category());
+        return done;
+      }
     }
 
     // owner is null when the context is destroyed with the read pending.
@@ -124,15 +159,10 @@ class EdgeSocket : public boost::asio::basic_stream_socket<boost::asio::ip::tcp,
       if (!owner) return;
       auto ec = o->ec_;
       auto n = o->bytes_transferred_;
-      Executor o_executor = o->executor_;
       Handler handler(std::move(o->handler_));
       auto executor = boost::asio::get_associated_executor(handler, o->executor_);
       o.reset();
-      // The reactor runs this on the socket's own context, so a handler
-      // bound to that context (the usual case) is called here, as Asio does.
-      if constexpr (std::is_same_v<decltype(executor), Executor>) {
-        if (executor == o_executor) return std::move(handler)(ec, n);
-      }
+      // On the socket's context, so this calls the handler here.
       boost::asio::dispatch(executor, boost::asio::detail::bind_handler(std::move(handler), ec, n));
     }
 
@@ -143,6 +173,7 @@ class EdgeSocket : public boost::asio::basic_stream_socket<boost::asio::ip::tcp,
   };
 
   boost::asio::detail::reactor* reactor_ = nullptr;
+  bool inq_ = false;
 #endif
 };
 

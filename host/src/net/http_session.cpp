@@ -499,7 +499,7 @@ class HttpSession : public Drainable, public std::enable_shared_from_this<HttpSe
     unwatch();
     watchdog_.cancel();
     upgraded_ = true;
-    start_websocket_session(Stream(stream_.release()), parser_->release(), state_,
+    start_websocket_session(Stream(stream_.take_socket()), parser_->release(), state_,
                             std::move(identity));
   }
 
