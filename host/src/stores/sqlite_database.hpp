@@ -127,6 +127,9 @@ class SqliteDatabase final : public SqlDatabase {
   // that the WAL starts over (see on_wal_commit): bounds the WAL file to
   // about this many pages.
   static constexpr int kRestartPages = 4 * kCheckpointPages;
+  // Past 2 * kRestartPages a writer waits for a running checkpoint, up to
+  // this many milliseconds, rather than commit on (see on_wal_commit).
+  static constexpr int kMaxCheckpointWaits = 5000;
 
   // Opens (creating if absent) the database file at path and its
   // connections, switching it to WAL. The folder must exist. Fails with
