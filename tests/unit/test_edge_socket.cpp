@@ -82,6 +82,14 @@ void start_read(Pair& p, std::string& buf, Read* r) {
   });
 }
 
+// Starts a read before any bytes come: the reactor leaves it waiting.
+void start_waiting_read(Pair& p, std::string& buf, Read* r) {
+  start_read(p, buf, r);
+  p.ctx.restart();
+  p.ctx.poll();
+  REQUIRE_FALSE(r->done);
+}
+
 // Runs ctx until r is done; false after `limit` without.
 bool run_until(Pair& p, const Read& r, std::chrono::milliseconds limit = 5s) {
   auto deadline = std::chrono::steady_clock::now() + limit;
@@ -100,8 +108,7 @@ TEST_CASE("edge socket: a drained socket's next read waits for new bytes without
   std::string buf(64, '\0');
   // Warm up: a read that waits, then bytes.
   Read first;
-  start_read(p, buf, &first);
-  p.ctx.poll();
+  start_waiting_read(p, buf, &first);
   p.send("hello");
   REQUIRE(run_until(p, first));
   CHECK(first.bytes == 5);
@@ -110,10 +117,7 @@ TEST_CASE("edge socket: a drained socket's next read waits for new bytes without
     INFO("round " << round);
     int before = recv_calls;
     Read r;
-    start_read(p, buf, &r);
-    p.ctx.restart();
-    p.ctx.poll();
-    REQUIRE_FALSE(r.done);  // nothing sent yet
+    start_waiting_read(p, buf, &r);
     std::string word = "word" + std::to_string(round);
     p.send(word);
     REQUIRE(run_until(p, r));
@@ -169,9 +173,7 @@ TEST_CASE("edge socket: the end of the stream is seen at once, even when it came
   Pair p;
   std::string buf(64, '\0');
   Read first;
-  start_read(p, buf, &first);
-  p.ctx.poll();
-  REQUIRE_FALSE(first.done);
+  start_waiting_read(p, buf, &first);
   p.send("last words");
   p.client.shutdown(tcp::socket::shutdown_send);
   std::this_thread::sleep_for(20ms);
@@ -191,8 +193,7 @@ TEST_CASE("edge socket: bytes behind an urgent mark are read without waiting for
   std::string got;
   std::string buf(64, '\0');
   Read r;
-  start_read(p, buf, &r);  // waiting before the bytes come
-  p.ctx.poll();
+  start_waiting_read(p, buf, &r);
   p.send("ab");
   REQUIRE(::send(p.client.native_handle(), "c", 1, MSG_OOB) == 1);
   p.send("de");
@@ -214,9 +215,7 @@ TEST_CASE("edge socket: closing ends a waiting read; one never run is freed with
     Pair p;
     std::string buf(64, '\0');
     Read r;
-    start_read(p, buf, &r);
-    p.ctx.poll();
-    REQUIRE_FALSE(r.done);
+    start_waiting_read(p, buf, &r);
     p.server->close();
     REQUIRE(run_until(p, r));
     CHECK(r.ec == asio::error::operation_aborted);
@@ -225,8 +224,7 @@ TEST_CASE("edge socket: closing ends a waiting read; one never run is freed with
     Pair p;
     std::string buf(64, '\0');
     Read r;
-    start_read(p, buf, &r);
-    p.ctx.poll();
+    start_waiting_read(p, buf, &r);
     p.client.set_option(asio::socket_base::linger(true, 0));
     p.client.close();
     REQUIRE(run_until(p, r));
