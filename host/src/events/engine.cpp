@@ -7,6 +7,8 @@
 //   gv_outbox(seq INTEGER PK, id, type, key, time_ms, source, schema_version,
 //             payload)                              unsent events
 //   gv_consumed(event_id TEXT PK, consumed_ms BIGINT) WITHOUT ROWID
+//   gv_dead_letters(event_id TEXT PK, envelope TEXT (Envelope::to_json),
+//                   attempts INTEGER, error TEXT, parked_ms BIGINT)
 // Their statements are SQL PostgreSQL runs too (IF NOT EXISTS, ON CONFLICT,
 // INSERT ... SELECT); their shapes are SQLite's cheapest, because each
 // event adds a row to and deletes a row from both gv_outbox and
@@ -17,8 +19,6 @@
 // shapes (seq BIGINT PRIMARY KEY; gv_consumed with a rowid and an index on
 // consumed_ms) are rebuilt by prepare_database, rows kept, in its
 // transaction.
-//   gv_dead_letters(event_id TEXT PK, envelope TEXT (Envelope::to_json),
-//                   attempts INTEGER, error TEXT, parked_ms BIGINT)
 // The outbox sequence comes from the counter row
 // (UPDATE gv_outbox_seq SET last_seq = last_seq + 1, then the INSERT reads
 // last_seq from it) rather than an auto-increment column: it is the same SQL on both
@@ -335,11 +335,8 @@ stores::SqlStatus EventEngine::prepare_database(stores::SqlDatabase& db) {
     }
     if (SqlStatus s = tx.exec_script(kHostTables); !s.ok()) return s;
     for (const auto& table : rebuilt) {
-      const char* columns = table == "gv_outbox"
-                                ? "seq, id, type, key, time_ms, source, schema_version, payload"
-                                : "event_id, consumed_ms";
-      auto copied = tx.exec("INSERT INTO " + table + "(" + columns + ") SELECT " + columns +
-                            " FROM " + table + "_old");
+      // Both shapes have the same columns in the same order.
+      auto copied = tx.exec("INSERT INTO " + table + " SELECT * FROM " + table + "_old");
       if (!copied.ok()) return copied.status;
       auto dropped = tx.exec("DROP TABLE " + table + "_old");
       if (!dropped.ok()) return dropped.status;

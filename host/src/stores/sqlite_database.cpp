@@ -739,11 +739,12 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
     // Busy when the checkpointer is at it: the next commit tries again.
     // Past twice the bound (a checkpointer starved of CPU while writes go
     // on), this writer waits for it, so the WAL cannot grow without end.
-    for (int waited = 0;; ++waited) {
-      int rc = sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-      if (rc != SQLITE_BUSY || pages < 2 * kRestartPages || waited >= kMaxCheckpointWaits) break;
+    auto checkpoint = [db] {
+      return sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    };
+    const int waits = pages >= 2 * kRestartPages ? kMaxCheckpointWaits : 0;
+    for (int waited = 0; checkpoint() == SQLITE_BUSY && waited < waits; ++waited)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
     return SQLITE_OK;
   }
   if (pages < self->checkpoint_at_) return SQLITE_OK;
