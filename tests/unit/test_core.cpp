@@ -86,6 +86,36 @@ TEST_CASE("without a BlockingRegion a busy pool starts no spare thread", "[worke
   CHECK(ran == 2);
 }
 
+TEST_CASE("a deferred wake-up reaches the workers when the thread flushes", "[workers]") {
+  using namespace std::chrono_literals;
+  gv::WorkerPool pool(2, 16);
+  std::this_thread::sleep_for(20ms);  // both threads idle, waiting for a wake-up
+  int scheduled = 0;
+  gv::WorkerPool::defer_wakes([&] { ++scheduled; });
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 3; ++i) REQUIRE(pool.try_submit([&] { ++ran; }));
+  // One flush is asked for, however many jobs the batch queued; until it
+  // comes the idle workers sleep.
+  CHECK(scheduled == 1);
+  std::this_thread::sleep_for(50ms);
+  CHECK(ran == 0);
+  gv::WorkerPool::flush_wakes();
+  for (int i = 0; i < 400 && ran < 3; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(ran == 3);
+  // The next batch asks again; ending deferral flushes what is owed.
+  REQUIRE(pool.try_submit([&] { ++ran; }));
+  CHECK(scheduled == 2);
+  gv::WorkerPool::defer_wakes(nullptr);
+  for (int i = 0; i < 400 && ran < 4; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(ran == 4);
+  // Without deferral a job wakes a worker at once.
+  REQUIRE(pool.try_submit([&] { ++ran; }));
+  for (int i = 0; i < 400 && ran < 5; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(ran == 5);
+  CHECK(scheduled == 2);
+  pool.stop();
+}
+
 namespace {
 struct Recorder : gv::PushTarget {
   std::vector<std::string> got;

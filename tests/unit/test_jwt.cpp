@@ -237,7 +237,7 @@ TEST_CASE("HS256 sign then verify yields the identity", "[jwt]") {
   CHECK(id.user_id == "alice");
   CHECK(id.roles == std::vector<std::string>{"user", "admin"});
   CHECK(id.expires_at == claims["exp"].get<int64_t>());
-  CHECK(id.claims == claims);
+  CHECK(id.claims() == claims);
   CHECK(id.has_role("admin"));
   CHECK_FALSE(id.has_role("root"));
   CHECK(id.roles_joined() == "user,admin");
@@ -524,7 +524,7 @@ TEST_CASE("verified tokens are remembered, within their claims' window and the b
   CHECK(keys->verified_token_hits() == 1);
   CHECK(again.user_id == "alice");
   CHECK(again.roles == first.roles);
-  CHECK(again.claims == first.claims);
+  CHECK(again.claims() == first.claims());
   CHECK(again.expires_at == kNow + 600);
 
   // Outside the window of its claims (leeway included) the answer is what

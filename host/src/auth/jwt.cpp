@@ -399,6 +399,11 @@ std::string load_key(const config::AuthKey& cfg, const std::filesystem::path& da
 
 // ------------------------------------------------------------------ Identity
 
+const nlohmann::json& Identity::claims() const {
+  static const nlohmann::json none = nlohmann::json::object();
+  return claims_json ? *claims_json : none;
+}
+
 bool Identity::has_role(std::string_view role) const {
   for (const std::string& r : roles)
     if (r == role) return true;
@@ -607,7 +612,7 @@ VerifyError KeySet::Impl::verify(std::string_view token, Identity* out, int64_t 
   if (!read_roles(claims, &id.roles)) return VerifyError::malformed;
   id.user_id = *string_member(claims, "sub");
   numeric_date(claims, "exp", &id.expires_at);
-  id.claims = std::move(claims);
+  id.claims_json = std::make_shared<const json>(std::move(claims));
   if (out) *out = std::move(id);
   return VerifyError::none;
 }

@@ -22,7 +22,10 @@ struct Identity {
   std::string user_id;             // "sub"
   std::vector<std::string> roles;  // "roles" claim
   int64_t expires_at = 0;          // "exp", seconds since the epoch
-  nlohmann::json claims;           // every claim, for plugins that need more
+  // Every claim, for plugins that need more. Shared: an identity is copied
+  // out of the verified-token cache for each request.
+  std::shared_ptr<const nlohmann::json> claims_json;
+  const nlohmann::json& claims() const;
   bool has_role(std::string_view role) const;
   std::string roles_joined() const;  // "user,admin"
 };

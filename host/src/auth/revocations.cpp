@@ -31,15 +31,15 @@ bool Revocations::revoked(const Identity& id) const {
   std::shared_lock lock(mutex_);
   if (sessions_.empty() && users_.empty()) return false;
   if (!sessions_.empty()) {
-    auto sid = id.claims.find("sid");
-    if (sid != id.claims.end() && sid->is_string() && sessions_.count(sid->get<std::string>()))
+    auto sid = id.claims().find("sid");
+    if (sid != id.claims().end() && sid->is_string() && sessions_.count(sid->get<std::string>()))
       return true;
   }
   auto user = users_.find(id.user_id);
   if (user == users_.end()) return false;
-  auto iat = id.claims.find("iat");
+  auto iat = id.claims().find("iat");
   // A token without iat cannot prove it came after the revocation.
-  if (iat == id.claims.end() || !iat->is_number_integer()) return true;
+  if (iat == id.claims().end() || !iat->is_number_integer()) return true;
   return iat->get<int64_t>() <= user->second.first;
 }
 

@@ -172,8 +172,8 @@ Reply Dispatcher::invoke(Call& call) const {
   req.client_address = {call.client_address.data(), call.client_address.size()};
   std::string sid;
   if (call.identity) {
-    auto it = call.identity->claims.find("sid");
-    if (it != call.identity->claims.end() && it->is_string()) sid = it->get<std::string>();
+    auto it = call.identity->claims().find("sid");
+    if (it != call.identity->claims().end() && it->is_string()) sid = it->get<std::string>();
   }
   req.session_id = {sid.data(), sid.size()};
   req.header = &header_lookup;

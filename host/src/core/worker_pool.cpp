@@ -4,6 +4,50 @@
 #include <algorithm>
 
 namespace gv {
+namespace {
+
+// The calling thread's deferral of wake-ups (WorkerPool::defer_wakes).
+struct DeferredWakes {
+  std::function<void()> schedule;
+  std::vector<WorkerPool*> owed;  // pools owed a wake-up; flush pending when not empty
+};
+thread_local DeferredWakes* t_deferred = nullptr;
+
+}  // namespace
+
+void WorkerPool::defer_wakes(std::function<void()> schedule) {
+  static thread_local DeferredWakes deferred;
+  if (!schedule) {
+    flush_wakes();
+    t_deferred = nullptr;
+    return;
+  }
+  deferred.schedule = std::move(schedule);
+  t_deferred = &deferred;
+}
+
+void WorkerPool::flush_wakes() {
+  DeferredWakes* d = t_deferred;
+  if (!d) return;
+  std::vector<WorkerPool*> owed;
+  owed.swap(d->owed);
+  for (WorkerPool* pool : owed) pool->wake_for_queued();
+}
+
+// Wakes as many idle threads as may start a queued job now.
+void WorkerPool::wake_for_queued() {
+  size_t n = 0;
+  bool all = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (active_ < limit_) n = std::min<size_t>({queue_.size(), limit_ - active_, idle_});
+    all = n > 1 && n == idle_;
+  }
+  if (all)
+    wake_.notify_all();
+  else
+    for (size_t i = 0; i < n; ++i) wake_.notify_one();
+}
 
 WorkerPool::WorkerPool(unsigned threads, size_t queue_limit, unsigned spare_threads)
     : limit_(std::max(threads, 1u)),
@@ -33,7 +77,20 @@ bool WorkerPool::try_submit(std::function<void()> job) {
     // thread finishing or starting to wait picks it up.
     wake = active_ < limit_ && idle_ > 0;
   }
-  if (wake) wake_.notify_one();
+  if (!wake) return true;
+  if (DeferredWakes* d = t_deferred) {
+    if (std::find(d->owed.begin(), d->owed.end(), this) == d->owed.end()) {
+      d->owed.push_back(this);
+      if (d->owed.size() == 1) try {
+          d->schedule();
+        } catch (...) {  // no flush will come: wake now
+          d->owed.clear();
+          wake_.notify_one();
+        }
+    }
+    return true;
+  }
+  wake_.notify_one();
   return true;
 }
 

@@ -32,6 +32,18 @@ class WorkerPool final : private BlockingObserver {
   // is stopping. Jobs must not throw.
   bool try_submit(std::function<void()> job);
 
+  // Deferred wake-ups, for I/O threads: each wake-up is a futex call, and
+  // the woken worker often takes the CPU from the I/O thread at once, in
+  // the middle of the requests one poll brought. On a thread that called
+  // defer_wakes(schedule), try_submit only counts the wake-up it owes, and
+  // the first one owed calls schedule, which must arrange for
+  // flush_wakes() to run on this thread once its current batch is handled
+  // (an I/O thread posts it to its own context: it runs after the
+  // handlers already queued). flush_wakes() wakes as many threads as may
+  // start a queued job. defer_wakes(nullptr) flushes and ends deferral.
+  static void defer_wakes(std::function<void()> schedule);
+  static void flush_wakes();
+
   size_t depth() const;              // jobs waiting
   unsigned started_threads() const;  // threads started so far, spares included
 
@@ -41,6 +53,7 @@ class WorkerPool final : private BlockingObserver {
  private:
   void run();
   void start_thread();  // under mutex_
+  void wake_for_queued();
   void blocking_begin() override;
   void blocking_end() override;
 

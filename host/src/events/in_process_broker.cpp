@@ -30,11 +30,12 @@
 // offset (every pair in one read transaction) and hands the ones whose type
 // matches a pattern of the group to the handler, moving the in-memory
 // committed offset past each row it is done with (delivered or not
-// matching). At most every kStoreEvery it stores the moved offsets in one
-// write transaction (at least once: a crash before that store redelivers,
-// and the engine drops duplicates by event id). With nothing to do it
-// sleeps on the condition variable until a produce, kIdleWait or the next
-// offsets store, never spinning.
+// matching). produce() notes per (group, partition) where the last event
+// the group matches ends; a pair whose new rows hold none is moved to the
+// next offset without reading them (events logged before start() are read). At most every
+// kStoreEvery it stores the moved offsets in one write transaction (at least once: a crash before
+// that store redelivers, and the engine drops duplicates by event id). With nothing to do it sleeps
+// on the condition variable until a produce, kIdleWait or the next offsets store, never spinning.
 //
 // A handler returning false (giving up for stop()) leaves its offset where
 // it was and ends the thread's delivery. A handler that throws is logged;
@@ -165,6 +166,11 @@ class InProcessBroker final : public Broker {
     std::unique_ptr<std::atomic<int64_t>[]> committed;  // per partition, in memory
     std::vector<int64_t> stored;                        // per partition, in the file
     std::vector<Clock::time_point> retry_after;         // per partition, after a throw
+    // Per partition: one past the offset of the last event this group's
+    // patterns match (any event logged before start() counts as matching).
+    // Below it up to next_, nothing is for this group: delivery moves the
+    // offset over such a stretch without reading it.
+    std::unique_ptr<std::atomic<int64_t>[]> match_end;
   };
   struct SharedStats {  // outlives the broker: the metrics callback holds it
     std::atomic<int64_t> stored{0};
@@ -238,6 +244,7 @@ bool InProcessBroker::start(std::string* error) {
     g->committed = std::make_unique<std::atomic<int64_t>[]>(static_cast<size_t>(partitions_));
     g->stored.assign(static_cast<size_t>(partitions_), 0);
     g->retry_after.assign(static_cast<size_t>(partitions_), Clock::time_point{});
+    g->match_end = std::make_unique<std::atomic<int64_t>[]>(static_cast<size_t>(partitions_));
   }
   std::string refused;
   SqlStatus s = db_->write([&](SqlTransaction& tx) -> SqlStatus {
@@ -271,7 +278,7 @@ bool InProcessBroker::start(std::string* error) {
       if (p >= 0 && p < partitions_) first_[p] = int_at(row, 1);
     }
     for (auto& g : groups_) {
-      for (int p = 0; p < partitions_; ++p) g->committed[p] = 0;
+      for (int p = 0; p < partitions_; ++p) g->committed[p] = 0, g->match_end[p] = next_[p].load();
       auto offs = tx.query("SELECT part, next_offset FROM offsets WHERE grp = $1", {g->name});
       if (!offs.ok()) return offs.status;
       for (auto& row : offs.value.rows) {
@@ -324,9 +331,12 @@ bool InProcessBroker::append(const std::vector<Envelope>& batch, std::string* er
   std::vector<int64_t> next(static_cast<size_t>(partitions_));
   for (int p = 0; p < partitions_; ++p) next[static_cast<size_t>(p)] = next_[p].load();
   std::vector<bool> touched(static_cast<size_t>(partitions_), false);
+  std::vector<std::pair<size_t, int64_t>> placed;  // per event: partition and offset
+  placed.reserve(batch.size());
   SqlStatus s = db_->write([&](SqlTransaction& tx) -> SqlStatus {
     for (const Envelope& e : batch) {
       const auto p = static_cast<size_t>(partition_of(e.key, partitions_));
+      placed.emplace_back(p, next[p]);
       auto r = tx.exec(
           "INSERT INTO log(part, off, id, type, key, time_ms, source, schema_version, payload) "
           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -350,6 +360,11 @@ bool InProcessBroker::append(const std::vector<Envelope>& batch, std::string* er
     *error = "in-process broker: " + s.message;
     return false;
   }
+  // Which groups the new events are for, before next_ shows them (delivery
+  // reads next_ first, then match_end).
+  for (auto& g : groups_)
+    for (size_t i = 0; i < batch.size(); ++i)
+      if (g->matches(batch[i].type)) g->match_end[placed[i].first] = placed[i].second + 1;
   for (int p = 0; p < partitions_; ++p) next_[p] = next[static_cast<size_t>(p)];
   update_stored();
   {
@@ -424,8 +439,14 @@ bool InProcessBroker::deliver_pass(int thread_index, bool* progressed) {
     for (int p = thread_index; p < partitions_; p += threads_count_) {
       const int64_t committed = std::max(gp->committed[p].load(), int64_t{0});
       const int64_t next = next_[p].load();  // every row below is committed
-      if (committed < next && now >= gp->retry_after[static_cast<size_t>(p)])
-        pairs.push_back({gp.get(), p, next, {}});
+      if (committed >= next) continue;
+      if (gp->match_end[p].load() <= committed) {
+        // Nothing up to next is for this group: no need to read it.
+        gp->committed[p] = next;
+        *progressed = true;
+        continue;
+      }
+      if (now >= gp->retry_after[static_cast<size_t>(p)]) pairs.push_back({gp.get(), p, next, {}});
     }
   if (pairs.empty()) return true;
   if (stop_flag_) return false;

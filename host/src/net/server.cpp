@@ -14,6 +14,7 @@
 
 #include "core/log.hpp"
 #include "core/thread_name.hpp"
+#include "core/worker_pool.hpp"
 #include "net/sessions.hpp"
 
 namespace gv::net {
@@ -112,8 +113,11 @@ namespace {
 
 // Runs an I/O context until stopped. An exception out of a handler is a
 // host bug; log it and keep serving rather than take every connection down.
+// The workers are woken once per batch of handlers, not once per request
+// handed over (WorkerPool::defer_wakes).
 void run_context(asio::io_context& context) {
   auto guard = asio::make_work_guard(context);
+  WorkerPool::defer_wakes([&context] { asio::post(context, [] { WorkerPool::flush_wakes(); }); });
   for (;;) {
     try {
       context.run();
