@@ -11,21 +11,35 @@
 #include "core/worker_pool.hpp"
 
 TEST_CASE("the worker pool refuses work past its queue limit", "[workers]") {
-  gv::WorkerPool pool(1, 2);
   std::promise<void> release;
   auto gate = release.get_future().share();
-  std::atomic<int> ran{0};
+  // Opens the gate however the test ends (a failed REQUIRE must not leave
+  // the pool's destructor waiting for a job that waits for the gate).
+  struct Open {
+    std::promise<void>& p;
+    bool opened = false;
+    void operator()() {
+      if (!opened) p.set_value();
+      opened = true;
+    }
+    ~Open() { (*this)(); }
+  } open{release};
+  gv::WorkerPool pool(1, 2);
+  std::atomic<int> ran{0}, started{0};
   auto job = [&] {
+    ++started;
     gate.wait();
     ++ran;
   };
   REQUIRE(pool.try_submit(job));  // running
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 1000 && started == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  REQUIRE(started == 1);
   REQUIRE(pool.try_submit(job));  // queued
   REQUIRE(pool.try_submit(job));  // queued
   CHECK(pool.depth() == 2);
   CHECK_FALSE(pool.try_submit(job));
-  release.set_value();
+  open();
   pool.stop();
   CHECK(ran == 3);
   CHECK_FALSE(pool.try_submit(job));
@@ -89,10 +103,18 @@ TEST_CASE("without a BlockingRegion a busy pool starts no spare thread", "[worke
 TEST_CASE("a deferred wake-up reaches the workers when the thread flushes", "[workers]") {
   using namespace std::chrono_literals;
   gv::WorkerPool pool(2, 16);
-  std::this_thread::sleep_for(20ms);  // both threads idle, waiting for a wake-up
+  // Both threads waiting for a wake-up (so that a job needs one).
+  auto both_idle = [&] {
+    for (int i = 0; i < 400 && pool.idle_threads() < 2; ++i) std::this_thread::sleep_for(5ms);
+    return pool.idle_threads() == 2;
+  };
   int scheduled = 0;
   gv::WorkerPool::defer_wakes([&] { ++scheduled; });
+  struct EndDeferral {
+    ~EndDeferral() { gv::WorkerPool::defer_wakes(nullptr); }
+  } end_deferral;  // also when a REQUIRE fails: later tests run on this thread
   std::atomic<int> ran{0};
+  REQUIRE(both_idle());
   for (int i = 0; i < 3; ++i) REQUIRE(pool.try_submit([&] { ++ran; }));
   // One flush is asked for, however many jobs the batch queued; until it
   // comes the idle workers sleep.
@@ -103,16 +125,35 @@ TEST_CASE("a deferred wake-up reaches the workers when the thread flushes", "[wo
   for (int i = 0; i < 400 && ran < 3; ++i) std::this_thread::sleep_for(5ms);
   CHECK(ran == 3);
   // The next batch asks again; ending deferral flushes what is owed.
+  REQUIRE(both_idle());
   REQUIRE(pool.try_submit([&] { ++ran; }));
   CHECK(scheduled == 2);
   gv::WorkerPool::defer_wakes(nullptr);
   for (int i = 0; i < 400 && ran < 4; ++i) std::this_thread::sleep_for(5ms);
   CHECK(ran == 4);
   // Without deferral a job wakes a worker at once.
+  REQUIRE(both_idle());
   REQUIRE(pool.try_submit([&] { ++ran; }));
   for (int i = 0; i < 400 && ran < 5; ++i) std::this_thread::sleep_for(5ms);
   CHECK(ran == 5);
   CHECK(scheduled == 2);
+  pool.stop();
+}
+
+TEST_CASE("a deferred batch that fills half the queue wakes a worker at once", "[workers]") {
+  using namespace std::chrono_literals;
+  gv::WorkerPool pool(1, 4);
+  for (int i = 0; i < 400 && pool.idle_threads() < 1; ++i) std::this_thread::sleep_for(5ms);
+  REQUIRE(pool.idle_threads() == 1);
+  gv::WorkerPool::defer_wakes([] {});  // a flush that never comes
+  struct EndDeferral {
+    ~EndDeferral() { gv::WorkerPool::defer_wakes(nullptr); }
+  } end_deferral;
+  std::atomic<int> ran{0};
+  REQUIRE(pool.try_submit([&] { ++ran; }));
+  REQUIRE(pool.try_submit([&] { ++ran; }));  // half of 4: woken now
+  for (int i = 0; i < 400 && ran < 2; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(ran == 2);
   pool.stop();
 }
 

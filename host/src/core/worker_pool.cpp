@@ -68,7 +68,7 @@ void WorkerPool::start_thread() {
 }
 
 bool WorkerPool::try_submit(std::function<void()> job) {
-  bool wake = false;
+  bool wake = false, half_full = false;
   {
     std::lock_guard lock(mutex_);
     if (stopping_ || queue_.size() >= queue_limit_) return false;
@@ -76,9 +76,12 @@ bool WorkerPool::try_submit(std::function<void()> job) {
     // A thread is woken only if it may start the job now; otherwise a
     // thread finishing or starting to wait picks it up.
     wake = active_ < limit_ && idle_ > 0;
+    half_full = queue_.size() * 2 >= queue_limit_;
   }
   if (!wake) return true;
-  if (DeferredWakes* d = t_deferred) {
+  // A batch that fills half the queue wakes a worker at once: no 503 for
+  // a queue that idle workers could have been draining.
+  if (DeferredWakes* d = t_deferred; d && !half_full) {
     if (std::find(d->owed.begin(), d->owed.end(), this) == d->owed.end()) {
       d->owed.push_back(this);
       if (d->owed.size() == 1) try {
@@ -97,6 +100,11 @@ bool WorkerPool::try_submit(std::function<void()> job) {
 size_t WorkerPool::depth() const {
   std::lock_guard lock(mutex_);
   return queue_.size();
+}
+
+unsigned WorkerPool::idle_threads() const {
+  std::lock_guard lock(mutex_);
+  return idle_;
 }
 
 unsigned WorkerPool::started_threads() const {

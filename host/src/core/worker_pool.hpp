@@ -41,10 +41,13 @@ class WorkerPool final : private BlockingObserver {
   // (an I/O thread posts it to its own context: it runs after the
   // handlers already queued). flush_wakes() wakes as many threads as may
   // start a queued job. defer_wakes(nullptr) flushes and ends deferral.
+  // A batch that fills half the queue wakes a worker at once. A pool must
+  // outlive the threads that defer wake-ups for it (or their deferral).
   static void defer_wakes(std::function<void()> schedule);
   static void flush_wakes();
 
   size_t depth() const;              // jobs waiting
+  unsigned idle_threads() const;     // threads waiting for a job
   unsigned started_threads() const;  // threads started so far, spares included
 
   // Runs every queued job, then joins the threads. Idempotent.

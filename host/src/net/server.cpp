@@ -118,6 +118,12 @@ namespace {
 void run_context(asio::io_context& context) {
   auto guard = asio::make_work_guard(context);
   WorkerPool::defer_wakes([&context] { asio::post(context, [] { WorkerPool::flush_wakes(); }); });
+  // Once the context is done nothing would run a flush posted to it (the
+  // main thread goes on to stop the host): wake what is owed, directly
+  // from then on.
+  struct EndDeferral {
+    ~EndDeferral() { WorkerPool::defer_wakes(nullptr); }
+  } end_deferral;
   for (;;) {
     try {
       context.run();
