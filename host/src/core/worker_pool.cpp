@@ -29,24 +29,18 @@ void WorkerPool::defer_wakes(std::function<void()> schedule) {
 void WorkerPool::flush_wakes() {
   DeferredWakes* d = t_deferred;
   if (!d) return;
-  std::vector<WorkerPool*> owed;
-  owed.swap(d->owed);
-  for (WorkerPool* pool : owed) pool->wake_for_queued();
+  for (WorkerPool* pool : d->owed) pool->wake_for_queued();  // submits nothing
+  d->owed.clear();  // keeps its room: no allocation per batch
 }
 
 // Wakes as many idle threads as may start a queued job now.
 void WorkerPool::wake_for_queued() {
   size_t n = 0;
-  bool all = false;
   {
     std::lock_guard lock(mutex_);
     if (active_ < limit_) n = std::min<size_t>({queue_.size(), limit_ - active_, idle_});
-    all = n > 1 && n == idle_;
   }
-  if (all)
-    wake_.notify_all();
-  else
-    for (size_t i = 0; i < n; ++i) wake_.notify_one();
+  for (size_t i = 0; i < n; ++i) wake_.notify_one();
 }
 
 WorkerPool::WorkerPool(unsigned threads, size_t queue_limit, unsigned spare_threads)
