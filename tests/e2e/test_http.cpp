@@ -185,6 +185,21 @@ TEST_CASE("a throwing handler gives 500 with the request id; the host keeps serv
   check_error_body(chosen, "conflict");
 }
 
+TEST_CASE("a body given as JSON text is sent as it is; text that is not JSON gives 500",
+          "[http][faults]") {
+  Host host;
+  REQUIRE(host.started());
+  const std::string text = R"({"b": [1, 2.50, "x"],   "a":null})";  // spacing and order kept
+  auto ok = host.request("POST", "/api/v1/testkit/json_text", json{{"text", text}}.dump());
+  CHECK(ok.status == 201);
+  CHECK(ok.body == text);
+  auto bad = host.request("POST", "/api/v1/testkit/json_text", json{{"text", "{\"a\":"}}.dump(),
+                          {{"X-Request-Id", "req-bad-json"}});
+  CHECK(bad.status == 500);
+  check_error_body(bad, "internal");
+  CHECK(bad.json_body()["error"]["request_id"] == "req-bad-json");
+}
+
 TEST_CASE("503 with Retry-After when the worker queue is full", "[http][overload]") {
   TempDir dir;
   json c = default_config(dir.path / "data");

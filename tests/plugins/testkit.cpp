@@ -69,6 +69,17 @@ class TestKit : public grapevine::Plugin {
           [](const Request& req) {
             return Response(json{{"n", req.input().value("n", json())}});
           });
+    // Response::json_text: the text given, sent as it is (the host checks
+    // that it is JSON).
+    r.add({.name = "testkit.json_text",
+           .http_method = "POST",
+           .http_path = "/api/v1/testkit/json_text",
+           .input_schema = {{"type", "object"},
+                            {"properties", {{"text", {{"type", "string"}}}}},
+                            {"required", {"text"}}}},
+          [](const Request& req) {
+            return Response::json_text(req.input()["text"].get<std::string>(), 201);
+          });
     r.add({.name = "testkit.not_modified",
            .http_method = "GET",
            .http_path = "/api/v1/testkit/not_modified"},

@@ -1,12 +1,22 @@
-// Worker pool, hub, JSON limits and error bodies.
+// Worker pool, hub, JSON limits, error bodies and the batched log.
+#include <unistd.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <future>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "core/call.hpp"
 #include "core/hub.hpp"
+#include "core/log.hpp"
 #include "core/request_id.hpp"
 #include "core/worker_pool.hpp"
 
@@ -207,4 +217,78 @@ TEST_CASE("error bodies have one shape; request ids are sane", "[errors]") {
   CHECK(gv::request_id_from("has space").size() == 16);
   CHECK(gv::request_id_from(std::string(200, 'a')).size() == 16);
   CHECK(gv::new_request_id() != gv::new_request_id());
+}
+
+TEST_CASE("batched log lines from many threads all come out, each thread's in order", "[log]") {
+  // Standard output goes to a file for the test's length.
+  char path[] = "/tmp/gv-log-test-XXXXXX";
+  int file = mkstemp(path);
+  REQUIRE(file >= 0);
+  fflush(stdout);
+  int saved = dup(STDOUT_FILENO);
+  REQUIRE(dup2(file, STDOUT_FILENO) == STDOUT_FILENO);
+  gv::log::start_batching(std::chrono::milliseconds(20));
+  constexpr int kThreads = 4, kLines = 3000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([t] {
+      for (int i = 0; i < kLines; ++i) {
+        std::string id = "t" + std::to_string(t) + "-" + std::to_string(i);
+        gv::log::access({id, "http", "GET", "/x", "op", 200, 0.5});
+      }
+      // An error line is written at once, after the thread's staged lines.
+      gv::log::error("last", {{"thread", t}});
+    });
+  for (auto& th : threads) th.join();  // their stages outlive them
+  gv::log::access({"main-0", "http", "GET", "/x", "op", 200, 0.5});
+  // A line staged before the interval passes is written by the next flush.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::string before_stop;
+  {
+    std::ifstream early(path);
+    before_stop.assign(std::istreambuf_iterator<char>(early), {});
+  }
+  gv::log::stop_batching();
+  fflush(stdout);
+  dup2(saved, STDOUT_FILENO);
+  close(saved);
+
+  std::ifstream in(path);
+  std::vector<int> next(kThreads, 0);
+  std::vector<bool> ended(kThreads, false);
+  int bad = 0, main_lines = 0;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded()) {
+      ++bad;
+      continue;
+    }
+    if (j["msg"] == "last") {
+      int t = j["thread"];
+      if (next[t] != kLines) ++bad;  // before some of its thread's lines
+      ended[t] = true;
+      continue;
+    }
+    std::string id = j["request_id"];
+    if (id == "main-0") {
+      ++main_lines;
+      continue;
+    }
+    int t = std::stoi(id.substr(1, id.find('-') - 1));
+    int i = std::stoi(id.substr(id.find('-') + 1));
+    if (i != next[t] || ended[t]) ++bad;  // lost, repeated or out of order
+    next[t] = i + 1;
+  }
+  close(file);
+  std::remove(path);
+  CHECK(bad == 0);
+  CHECK(main_lines == 1);
+  // Staged on the main thread, and by threads that had ended: out with
+  // the flush that followed, not only at stop_batching().
+  CHECK(before_stop.find("\"main-0\"") != std::string::npos);
+  CHECK(before_stop.find("\"t3-2999\"") != std::string::npos);
+  for (int t = 0; t < kThreads; ++t) {
+    CHECK(next[t] == kLines);
+    CHECK(ended[t]);
+  }
 }

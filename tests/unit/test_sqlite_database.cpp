@@ -891,6 +891,55 @@ TEST_CASE("sqlite: a detached work that throws or nests fails alone; done sees t
   CHECK(count(*db, "t") == 1);
 }
 
+TEST_CASE("sqlite: a queued write joins the group under way, or else writes alone",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+
+  // No group under way: a write of its own, done before it returns.
+  std::optional<SqlStatus> alone;
+  std::thread::id ran_on;
+  db->write_queued(
+      [&](SqlTransaction& tx) {
+        ran_on = std::this_thread::get_id();
+        return tx.exec("INSERT INTO t VALUES (1)").status;
+      },
+      [&](SqlStatus s) { alone = s; });
+  REQUIRE(alone);
+  CHECK(alone->ok());
+  CHECK(ran_on == std::this_thread::get_id());
+  CHECK(count(*db, "t") == 1);
+
+  // A group under way (a writer holding it open): the queued work joins
+  // it and commits with it, on the leader's thread.
+  std::promise<void> entered, go;
+  std::thread::id leader;
+  std::thread writer([&] {
+    (void)db->write([&](SqlTransaction& tx) {
+      leader = std::this_thread::get_id();
+      entered.set_value();
+      go.get_future().wait();
+      return tx.exec("INSERT INTO t VALUES (2)").status;
+    });
+  });
+  entered.get_future().wait();
+  std::promise<SqlStatus> joined;
+  db->write_queued(
+      [&](SqlTransaction& tx) {
+        ran_on = std::this_thread::get_id();
+        return tx.exec("INSERT INTO t VALUES (3)").status;
+      },
+      [&](SqlStatus s) { joined.set_value(s); });
+  const auto commits = db->write_stats().commits;
+  go.set_value();
+  writer.join();
+  CHECK(joined.get_future().get().ok());
+  CHECK(ran_on == leader);
+  CHECK(db->write_stats().commits == commits + 1);  // one COMMIT for both
+  CHECK(count(*db, "t") == 3);
+}
+
 TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());

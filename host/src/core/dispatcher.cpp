@@ -67,8 +67,10 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
       } else if (call->op->grouped) {
         // Answered once the plugin's grouped write commits, maybe on
         // another thread; this worker goes on with the next request.
-        call->op->grouped(call->request_id, [this, call] { return invoke(*call); },
-                          std::move(finish));
+        call->op->grouped(
+            call->request_id,
+            [this, call, given = invocation_of(*call)] { return invoke(*call, given); },
+            std::move(finish));
         return;
       } else {
         reply = invoke(*call);
@@ -153,29 +155,31 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
   return std::nullopt;
 }
 
-Reply Dispatcher::invoke(Call& call) const {
-  const Operation& op = *call.op;
-  std::string input = call.input.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  std::string user_id, roles;
+Dispatcher::Invocation Dispatcher::invocation_of(const Call& call) {
+  Invocation given;
+  given.input = call.input.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (call.identity) {
-    user_id = call.identity->user_id;
-    roles = call.identity->roles_joined();
+    given.user_id = call.identity->user_id;
+    given.roles = call.identity->roles_joined();
+    auto it = call.identity->claims().find("sid");
+    if (it != call.identity->claims().end() && it->is_string())
+      given.session_id = it->get<std::string>();
   }
+  return given;
+}
+
+Reply Dispatcher::invoke(Call& call, const Invocation& given) const {
+  const Operation& op = *call.op;
   gv_request_v1 req{};
   req.struct_size = sizeof req;
   req.operation = {op.name.data(), op.name.size()};
   req.request_id = {call.request_id.data(), call.request_id.size()};
-  req.input_json = {input.data(), input.size()};
-  req.user_id = {user_id.data(), user_id.size()};
-  req.roles = {roles.data(), roles.size()};
+  req.input_json = {given.input.data(), given.input.size()};
+  req.user_id = {given.user_id.data(), given.user_id.size()};
+  req.roles = {given.roles.data(), given.roles.size()};
   req.connection_id = call.connection_id;
   req.client_address = {call.client_address.data(), call.client_address.size()};
-  std::string sid;
-  if (call.identity) {
-    auto it = call.identity->claims().find("sid");
-    if (it != call.identity->claims().end() && it->is_string()) sid = it->get<std::string>();
-  }
-  req.session_id = {sid.data(), sid.size()};
+  req.session_id = {given.session_id.data(), given.session_id.size()};
   req.header = &header_lookup;
   req.host_data = &call;
   gv_response response;

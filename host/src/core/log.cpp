@@ -9,9 +9,11 @@
 #include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace gv::log {
 namespace {
@@ -71,16 +73,31 @@ void write_all(const char* p, size_t left) {
 // Lines collect here and a writer thread writes them in batches, so a
 // busy server makes one write(2) per flush, not one per request (like
 // nginx's access_log buffer=/flush=). Errors are written at once.
+//
+// Each thread first stages its lines in a buffer of its own, under a lock
+// only the writer ever contends for, and hands them on in chunks of
+// kStageBytes: the shared lock is then taken once per chunk, not once per
+// line. Lines of one thread keep their order; lines of different threads
+// may reach the output out of time order by up to one flush (as nginx's
+// workers' buffered lines do).
+struct Stage {
+  std::mutex mutex;
+  std::string lines;
+};
+
 struct Batcher {
   std::mutex mutex;
   std::condition_variable wake;
   std::string pending;
+  std::vector<std::shared_ptr<Stage>> stages;  // of every thread that logged
+  std::atomic<bool> batching{false};           // set while the writer runs
   std::thread writer;
   std::chrono::milliseconds interval{0};
   bool stopping = false;
   uint64_t dropped = 0;
 
   static constexpr size_t kFlushBytes = 64 * 1024;
+  static constexpr size_t kStageBytes = 16 * 1024;
   static constexpr size_t kMaxPending = 8 * 1024 * 1024;  // writer stuck: drop
 
   void run() {
@@ -92,7 +109,32 @@ struct Batcher {
     flush_locked(lock);
   }
 
+  // Moves every thread's staged lines to pending; forgets the stages of
+  // threads that have ended. Holds mutex.
+  void collect_locked() {
+    for (auto it = stages.begin(); it != stages.end();) {
+      {
+        std::lock_guard stage_lock((*it)->mutex);
+        append_locked((*it)->lines);
+        (*it)->lines.clear();
+      }
+      if (it->use_count() == 1)
+        it = stages.erase(it);
+      else
+        ++it;
+    }
+  }
+
+  void append_locked(const std::string& lines) {
+    if (pending.size() + lines.size() > kMaxPending) {
+      ++dropped;
+      return;
+    }
+    pending += lines;
+  }
+
   void flush_locked(std::unique_lock<std::mutex>& lock) {
+    collect_locked();
     if (pending.empty()) return;
     std::string out;
     out.swap(pending);
@@ -107,20 +149,45 @@ Batcher& batcher() {
   return *b;
 }
 
+// This thread's stage, registered with the batcher on first use; the
+// batcher forgets it once the thread has ended and its lines are out.
+Stage& this_threads_stage() {
+  thread_local std::shared_ptr<Stage> stage = [] {
+    auto s = std::make_shared<Stage>();
+    Batcher& b = batcher();
+    std::lock_guard lock(b.mutex);
+    b.stages.push_back(s);
+    return s;
+  }();
+  return *stage;
+}
+
 void write_line(std::string& line, bool urgent = false) {
   line += '\n';
   Batcher& b = batcher();
-  std::unique_lock lock(b.mutex);
-  if (b.writer.joinable() && !b.stopping && !urgent) {
-    if (b.pending.size() + line.size() > Batcher::kMaxPending) {
-      ++b.dropped;
+  if (!urgent && b.batching.load(std::memory_order_relaxed)) {
+    Stage& stage = this_threads_stage();
+    std::string chunk;
+    {
+      std::lock_guard lock(stage.mutex);
+      // Checked again under the stage's lock: stop_batching() collects
+      // every stage after clearing it, so no line is left behind.
+      if (b.batching.load(std::memory_order_relaxed)) {
+        stage.lines += line;
+        if (stage.lines.size() < Batcher::kStageBytes) return;
+        chunk.swap(stage.lines);
+      }
+    }
+    if (!chunk.empty()) {
+      std::lock_guard lock(b.mutex);
+      b.append_locked(chunk);
+      if (b.pending.size() >= Batcher::kFlushBytes) b.wake.notify_one();
       return;
     }
-    b.pending += line;
-    if (b.pending.size() >= Batcher::kFlushBytes) b.wake.notify_one();
-    return;
   }
   // Unbatched, or urgent: write what is pending first to keep the order.
+  std::unique_lock lock(b.mutex);
+  b.collect_locked();
   std::string out;
   out.swap(b.pending);
   out += line;
@@ -158,6 +225,7 @@ void start_batching(std::chrono::milliseconds interval) {
   std::lock_guard lock(b.mutex);
   if (interval.count() <= 0 || b.writer.joinable()) return;
   b.interval = interval;
+  b.batching = true;
   b.writer = std::thread([&b] {
     name_this_thread("gv-log");
     b.run();
@@ -175,11 +243,13 @@ void stop_batching() {
   {
     std::lock_guard lock(b.mutex);
     if (!b.writer.joinable()) return;
+    b.batching = false;
     b.stopping = true;
   }
   b.wake.notify_all();
   b.writer.join();
-  std::lock_guard lock(b.mutex);
+  std::unique_lock lock(b.mutex);
+  b.flush_locked(lock);  // lines staged while the writer made its last flush
   b.writer = std::thread();
   b.stopping = false;
 }

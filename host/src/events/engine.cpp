@@ -96,6 +96,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -284,10 +285,18 @@ struct EventEngine::Impl {
   SqlStatus read_outbox(Source& s, int64_t after, std::vector<Envelope>* batch, int64_t* last_seq,
                         int64_t* total);
   // Deletes the outbox rows up to seq last (the broker has them).
+  // Joins the group commit under way rather than waiting to lead one: a
+  // lead handed to this thread would hold up the writers queued behind
+  // until the scheduler runs it.
   SqlStatus delete_sent(Source& s, int64_t last) {
-    return s.db->write([&](SqlTransaction& tx) {
-      return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {last}).status;
-    });
+    std::promise<SqlStatus> committed;
+    auto result = committed.get_future();
+    s.db->write_queued(
+        [last](SqlTransaction& tx) {
+          return tx.exec("DELETE FROM gv_outbox WHERE seq <= $1", {last}).status;
+        },
+        [&committed](SqlStatus status) { committed.set_value(std::move(status)); });
+    return result.get();
   }
   void recount_backlog(Source& s);
   size_t run_consumer_run(Consumer& c, std::span<const Delivery> run);

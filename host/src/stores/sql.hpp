@@ -255,6 +255,16 @@ class SqlDatabase {
     done(std::move(s));
   }
 
+  // For a background thread that waits for its write but must not be
+  // handed the lead of other callers' groups (the event relay): with a
+  // group under way the work joins it, and done runs on its leader's
+  // thread after its commit; with none, it is a write() here, then done.
+  // So no group waits for this thread to be scheduled. The default is
+  // write_detached().
+  virtual void write_queued(SqlWork work, std::function<void(SqlStatus)> done) {
+    write_detached(std::move(work), std::move(done));
+  }
+
   // Runs work in a read-only snapshot: every query sees the database as of
   // the snapshot's first read, including all writes committed before it,
   // and nothing committed after. Never waits for writers. exec(),

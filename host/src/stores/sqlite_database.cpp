@@ -760,6 +760,7 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
 
 void SqliteDatabase::run_checkpointer() {
   name_this_thread("gv-checkpoint");
+  int synced_backfill = 0;  // the WAL's frames copied when the file was last synced here
   std::unique_lock lock(checkpoint_mutex_);
   for (;;) {
     checkpoint_cv_.wait(lock,
@@ -779,9 +780,25 @@ void SqliteDatabase::run_checkpointer() {
     // still needs and waits for no one, so writes go on meanwhile (see
     // on_wal_commit for how the WAL starts over). Busy (the writer's own
     // checkpoint running, say) waits for the next wake.
+    int log_frames = 0, backfilled = 0;  // frames in the WAL, and copied of them
     int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                       nullptr, nullptr);
-    if (rc == SQLITE_OK) checkpoints_.fetch_add(1, std::memory_order_relaxed);
+                                       &log_frames, &backfilled);
+    if (rc == SQLITE_OK) {
+      checkpoints_.fetch_add(1, std::memory_order_relaxed);
+      // SQLite syncs the database file only after a checkpoint that copied
+      // the whole WAL, which under steady writes is the writer's own, at
+      // kRestartPages: that sync then had every page copied since to
+      // flush, for tens of milliseconds, between two commit groups. Synced
+      // here after each pass, it has only the last pass's pages left.
+      if (backfilled != synced_backfill) {
+        synced_backfill = backfilled;
+        sqlite3_file* file = nullptr;
+        if (sqlite3_file_control(checkpointer_->db, "main", SQLITE_FCNTL_FILE_POINTER, &file) ==
+                SQLITE_OK &&
+            file && file->pMethods)
+          file->pMethods->xSync(file, SQLITE_SYNC_NORMAL);
+      }
+    }
     lock.lock();
     checkpoint_wanted_ = false;
   }
@@ -874,6 +891,30 @@ void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)>
   }
   if (!leader) return;  // the leader runs it and calls done
   lead_detached();
+}
+
+void SqliteDatabase::write_queued(SqlWork work, std::function<void(SqlStatus)> done) {
+  {
+    NestingGuard guard(this);
+    if (guard.nested()) return done(nested_refusal("write_queued"));
+    std::lock_guard lock(queue_mutex_);
+    if (leading_) {
+      // Joins the group under way; its leader calls done.
+      queue_.push_back(std::make_shared<Member>(
+          std::move(work), std::move(done),
+          Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms)));
+      return;
+    }
+  }
+  // No group under way: a write() of its own, which leads only its own
+  // group and hands the rest to the checkpoint thread.
+  SqlStatus s;
+  try {
+    s = write(work);
+  } catch (...) {
+    s = SqlStatus::failure(SqlCode::invalid, "the work threw");
+  }
+  done(std::move(s));
 }
 
 // Leads for no work of this thread's own, until the queue has a waiting

@@ -31,6 +31,8 @@
 //   caller: the leader calls it after the commit. With no caller to hand
 //   the lead to, the leader goes on; a write() caller whose own work is
 //   done hands such a lead to the database's checkpoint thread instead.
+//   write_queued() joins the group under way like write_detached(), or,
+//   with none, is a write() of its own: its caller leads no other group.
 // - So a work may run on another thread than its caller's (the leader's).
 //   Its caller is blocked until it ends; its exception is rethrown on the
 //   caller's thread; a nested write() or read() of the same database from
@@ -144,6 +146,7 @@ class SqliteDatabase final : public SqlDatabase {
 
   SqlStatus write(const SqlWork& work) override;
   void write_detached(SqlWork work, std::function<void(SqlStatus)> done) override;
+  void write_queued(SqlWork work, std::function<void(SqlStatus)> done) override;
   SqlStatus read(const SqlWork& work) override;
 
   // The write counters so far; works / commits is the mean group size.

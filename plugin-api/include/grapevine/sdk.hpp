@@ -86,6 +86,15 @@ struct Response {
     return r;
   }
   static Response no_content() { return {json(nullptr), 204}; }
+  // A body that is JSON text already (an answer stored earlier, say): sent
+  // as it is, without parsing it here to have it written out again. The
+  // host checks that it is JSON; if not, the caller gets a 500.
+  static Response json_text(std::string text, int status_in = 200) {
+    Response r(json(nullptr), status_in);
+    r.text = std::move(text);
+    r.is_text = true;
+    return r;
+  }
   // Adds an HTTP header (HTTP only; see respond_header in abi.h for the
   // rules). Returns *this, so calls chain.
   Response& header(std::string name, std::string value) {
@@ -95,6 +104,8 @@ struct Response {
   int status;
   json body;
   std::vector<std::pair<std::string, std::string>> headers{};
+  std::string text{};  // the body when is_text (json_text), body unused
+  bool is_text = false;
 };
 
 // One call of an operation, as a handler sees it.
@@ -195,8 +206,10 @@ struct StringSink {
 };
 
 inline void answer(const Shared& shared, gv_response* response, const Response& r) {
-  std::string body = r.body.is_null() ? std::string()
-                                      : r.body.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string dumped;
+  if (!r.is_text && !r.body.is_null())
+    dumped = r.body.dump(-1, ' ', false, json::error_handler_t::replace);
+  const std::string& body = r.is_text ? r.text : dumped;
   for (const auto& [name, value] : r.headers)
     shared.api->respond_header(response, to_gv(name), to_gv(value));  // refused ones are logged
   shared.api->respond_json(response, r.status, to_gv(body));

@@ -255,9 +255,18 @@ class PostsService {
           std::string(r.user_id()), body_text, reply_to, idem, now,
           now - config_.idempotency_ttl_s * 1000, [](const Post& p) { return render(p).dump(); },
           [](const Post& p) { return post_payload(p); });
-      grapevine::Response out(json::parse(a.body), a.status);
-      if (a.status == 201 && out.body.contains("id"))  // the same on a replayed key
-        out.header("Location", "/api/v1/posts/" + out.body["id"].get<std::string>());
+      // The stored text as it is: the answer of a replayed key byte for
+      // byte, and no parse and second dump of a new post's.
+      std::string id;
+      if (a.post_id > 0) {
+        id = std::to_string(a.post_id);
+      } else if (a.status == 201) {  // replayed: the same Location as the first time
+        json stored = json::parse(a.body, nullptr, false);
+        if (stored.is_object() && stored.contains("id") && stored["id"].is_string())
+          id = stored["id"].get<std::string>();
+      }
+      grapevine::Response out = grapevine::Response::json_text(std::move(a.body), a.status);
+      if (a.status == 201 && !id.empty()) out.header("Location", "/api/v1/posts/" + id);
       return out;
     } catch (const KeyReused&) {
       throw Error(422, "idempotency_key_reused",

@@ -45,6 +45,7 @@ struct StoredAnswer {
   int status = 0;
   std::string body;
   bool replayed = false;  // read back from an earlier request with the key
+  int64_t post_id = 0;    // the post created (0 when replayed: see body)
 };
 
 struct IdempotencyKey {
@@ -124,7 +125,7 @@ class PostsStore {
       Post post = from_row(*row);
       tx.publish("post.created", event_key(post.id), payload(post));
       tx.invalidate(author_tag(author));
-      StoredAnswer answer{201, render(post), false};
+      StoredAnswer answer{201, render(post), false, post.id};
       if (idem)
         tx.exec(
             "UPDATE idempotency_keys SET status = $3, body = $4 "
