@@ -336,6 +336,7 @@ int run(const Args& args) {
   }
   gv::events::EngineOptions engine_options;
   engine_options.relay_batch = cfg.events.relay_batch;
+  engine_options.relay_linger = cfg.events.relay_linger;
   engine_options.max_attempts = cfg.events.max_attempts;
   engine_options.retry_backoff = cfg.events.retry_backoff;
   engine_options.retry_backoff_max = cfg.events.retry_backoff_max;

@@ -109,6 +109,7 @@ json make_schema() {
                 {"partitions", integer(1, 1024)},
                 {"consumer_threads", integer(1, 64)},
                 {"relay_batch", integer(1, 100000)},
+                {"relay_linger_ms", integer(0, 1000)},
                 {"max_attempts", integer(1, 1000)},
                 {"retry_backoff_ms", integer(1, kHour_ms)},
                 {"retry_backoff_max_ms", integer(1, kDay_ms)},
@@ -368,6 +369,7 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.number("/events/partitions", &c->events.partitions);
   r.number("/events/consumer_threads", &c->events.consumer_threads);
   r.number("/events/relay_batch", &c->events.relay_batch);
+  r.duration("/events/relay_linger_ms", &c->events.relay_linger);
   r.number("/events/max_attempts", &c->events.max_attempts);
   r.duration("/events/retry_backoff_ms", &c->events.retry_backoff);
   r.duration("/events/retry_backoff_max_ms", &c->events.retry_backoff_max);

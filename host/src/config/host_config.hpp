@@ -109,6 +109,7 @@ struct EventsConfig {
   int partitions = 8;
   int consumer_threads = 2;
   int relay_batch = 500;
+  std::chrono::milliseconds relay_linger{5};
   int max_attempts = 5;
   std::chrono::milliseconds retry_backoff{200};
   std::chrono::milliseconds retry_backoff_max{30000};

@@ -232,6 +232,10 @@ bool check_kafka_options(const KafkaBrokerOptions& options, std::string* error);
 struct EngineOptions {
   int relay_batch = 500;                         // outbox rows per produce
   std::chrono::milliseconds relay_poll{200};     // relay wakes at least this often
+  // Woken by a publish after an idle wait, the relay waits this long before
+  // its pass, so that one pass (one broker write, one outbox delete) takes
+  // the events of many commits rather than of one or two.
+  std::chrono::milliseconds relay_linger{5};
   int max_attempts = 5;                          // handler runs before parking
   std::chrono::milliseconds retry_backoff{100};  // first retry delay, doubling
   std::chrono::milliseconds retry_backoff_max{10000};
