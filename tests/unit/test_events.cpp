@@ -911,6 +911,37 @@ TEST_CASE("events: the relay keeps outbox rows until the broker has them", "[eve
   engine.stop();
 }
 
+TEST_CASE("events: woken by a publish, the relay lingers and moves what came meanwhile at once",
+          "[events]") {
+  TempDir tmp;
+  auto source = plugin_db(tmp.dir / "source.db", kThings);
+  auto sink = plugin_db(tmp.dir / "sink.db", kCounters);
+  auto inner = make_broker("log", tmp, nullptr);
+  FlakyBroker broker(*inner, 0);  // counts the batches produced
+  EngineOptions options = fast_options();
+  options.relay_poll = 10s;  // only publishes wake it
+  options.relay_linger = 400ms;
+  EventEngine engine(broker, options, nullptr);
+  engine.add_source("source", *source);
+  engine.add_consumer("sink", *sink, {"*"},
+                      [&](const Envelope& e, int, SqlTransaction& tx) { return bump(tx, e.type); });
+  std::string error;
+  REQUIRE(engine.start(&error));
+  std::this_thread::sleep_for(100ms);  // its first pass done: idle
+  const auto published = std::chrono::steady_clock::now();
+  publish_one(*source, "thing.made", "a", "{}");
+  engine.notify_published();
+  for (int i = 0; i < 4; ++i) publish_one(*source, "thing.made", "k" + std::to_string(i), "{}");
+  engine.notify_published();
+  std::this_thread::sleep_for(100ms);
+  CHECK(broker.calls.load() == 0);  // still lingering
+  CHECK(counter(*sink, "thing.made") == 0);
+  REQUIRE(eventually([&] { return counter(*sink, "thing.made") == 5; }));
+  CHECK(std::chrono::steady_clock::now() - published >= 400ms);
+  CHECK(broker.calls.load() == 1);  // all five in one batch
+  engine.stop();
+}
+
 TEST_CASE("events: consumed event ids older than consumed_retention are pruned", "[events]") {
   TempDir tmp;
   auto source = plugin_db(tmp.dir / "source.db", kThings);
