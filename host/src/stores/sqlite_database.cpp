@@ -780,9 +780,9 @@ void SqliteDatabase::run_checkpointer() {
     // still needs and waits for no one, so writes go on meanwhile (see
     // on_wal_commit for how the WAL starts over). Busy (the writer's own
     // checkpoint running, say) waits for the next wake.
-    int log_frames = 0, backfilled = 0;  // frames in the WAL, and copied of them
+    int backfilled = 0;  // the WAL's frames copied into the database
     int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                       &log_frames, &backfilled);
+                                       nullptr, &backfilled);
     if (rc == SQLITE_OK) {
       checkpoints_.fetch_add(1, std::memory_order_relaxed);
       // SQLite syncs the database file only after a checkpoint that copied
@@ -847,8 +847,7 @@ SqlStatus SqliteDatabase::open_connections() {
 SqlStatus SqliteDatabase::write(const SqlWork& work) {
   NestingGuard guard(this);
   if (guard.nested()) return nested_refusal("write");
-  auto me = std::make_shared<Member>(
-      work, Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
+  auto me = std::make_shared<Member>(work, busy_deadline());
   bool leader = false;
   {
     std::lock_guard lock(queue_mutex_);
@@ -880,9 +879,7 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
 void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)> done) {
   NestingGuard guard(this);  // the works this thread may lead refuse nested writes
   if (guard.nested()) return done(nested_refusal("write_detached"));
-  auto me =
-      std::make_shared<Member>(std::move(work), std::move(done),
-                               Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms));
+  auto me = std::make_shared<Member>(std::move(work), std::move(done), busy_deadline());
   bool leader = false;
   {
     std::lock_guard lock(queue_mutex_);
@@ -900,21 +897,13 @@ void SqliteDatabase::write_queued(SqlWork work, std::function<void(SqlStatus)> d
     std::lock_guard lock(queue_mutex_);
     if (leading_) {
       // Joins the group under way; its leader calls done.
-      queue_.push_back(std::make_shared<Member>(
-          std::move(work), std::move(done),
-          Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms)));
+      queue_.push_back(std::make_shared<Member>(std::move(work), std::move(done), busy_deadline()));
       return;
     }
   }
   // No group under way: a write() of its own, which leads only its own
-  // group and hands the rest to the checkpoint thread.
-  SqlStatus s;
-  try {
-    s = write(work);
-  } catch (...) {
-    s = SqlStatus::failure(SqlCode::invalid, "the work threw");
-  }
-  done(std::move(s));
+  // group and hands the rest to the checkpoint thread, then done here.
+  SqlDatabase::write_detached(std::move(work), std::move(done));
 }
 
 // Leads for no work of this thread's own, until the queue has a waiting
@@ -1089,7 +1078,7 @@ SqliteWriteStats SqliteDatabase::write_stats() const {
 SqlStatus SqliteDatabase::read(const SqlWork& work) {
   NestingGuard guard(this);
   if (guard.nested()) return nested_refusal("read");
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  const auto deadline = busy_deadline();
   auto reader = lease_reader(deadline);
   if (!reader.ok()) return reader.status;
   ScopeExit give_back{[&] { return_reader(reader.value); }};
@@ -1099,7 +1088,7 @@ SqlStatus SqliteDatabase::read(const SqlWork& work) {
 }
 
 SqlResult<std::string> SqliteDatabase::integrity_check() {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  const auto deadline = busy_deadline();
   auto reader = lease_reader(deadline);
   if (!reader.ok()) return {reader.status};
   ScopeExit give_back{[&] { return_reader(reader.value); }};

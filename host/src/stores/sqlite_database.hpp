@@ -178,6 +178,10 @@ class SqliteDatabase final : public SqlDatabase {
   void lead_detached();
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
   SqlResult<Connection*> lease_reader(Clock::time_point deadline);
+  // When a call begun now gives up waiting (busy_timeout_ms).
+  Clock::time_point busy_deadline() const {
+    return Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
+  }
   void run_checkpointer();
   static int on_wal_commit(void* self, ::sqlite3* db, const char* name, int pages);
   void return_reader(Connection* reader);

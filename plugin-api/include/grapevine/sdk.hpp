@@ -92,7 +92,6 @@ struct Response {
   static Response json_text(std::string text, int status_in = 200) {
     Response r(json(nullptr), status_in);
     r.text = std::move(text);
-    r.is_text = true;
     return r;
   }
   // Adds an HTTP header (HTTP only; see respond_header in abi.h for the
@@ -104,8 +103,7 @@ struct Response {
   int status;
   json body;
   std::vector<std::pair<std::string, std::string>> headers{};
-  std::string text{};  // the body when is_text (json_text), body unused
-  bool is_text = false;
+  std::optional<std::string> text{};  // set by json_text: the body, and body unused
 };
 
 // One call of an operation, as a handler sees it.
@@ -207,9 +205,9 @@ struct StringSink {
 
 inline void answer(const Shared& shared, gv_response* response, const Response& r) {
   std::string dumped;
-  if (!r.is_text && !r.body.is_null())
+  if (!r.text && !r.body.is_null())
     dumped = r.body.dump(-1, ' ', false, json::error_handler_t::replace);
-  const std::string& body = r.is_text ? r.text : dumped;
+  const std::string& body = r.text ? *r.text : dumped;
   for (const auto& [name, value] : r.headers)
     shared.api->respond_header(response, to_gv(name), to_gv(value));  // refused ones are logged
   shared.api->respond_json(response, r.status, to_gv(body));
