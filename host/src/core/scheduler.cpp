@@ -7,6 +7,7 @@
 #include <exception>
 #include <map>
 
+#include "core/cond_wait.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
@@ -654,7 +655,7 @@ void Scheduler::timer_loop() {
       continue;  // due times may have moved meanwhile
     }
     if (next == Clock::time_point::max())
-      s.wake.wait(lock);
+      wait_rechecking(s.wake, lock);
     else
       s.wake.wait_until(lock, next);
   }

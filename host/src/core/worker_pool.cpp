@@ -1,4 +1,5 @@
 #include "core/worker_pool.hpp"
+#include "core/cond_wait.hpp"
 #include "core/thread_name.hpp"
 
 #include <algorithm>
@@ -132,8 +133,9 @@ void WorkerPool::run() {
   std::unique_lock lock(mutex_);
   for (;;) {
     ++idle_;
-    wake_.wait(lock, [this] { return (stopping_ && queue_.empty()) ||
-                                     (!queue_.empty() && active_ < limit_); });
+    wait_rechecking(wake_, lock, [this] {
+      return (stopping_ && queue_.empty()) || (!queue_.empty() && active_ < limit_);
+    });
     --idle_;
     if (queue_.empty()) return;  // stopping and drained
     auto job = std::move(queue_.front());

@@ -51,6 +51,7 @@
 #include <mutex>
 #include <thread>
 
+#include "core/cond_wait.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
@@ -287,7 +288,7 @@ void DirectBroker::run(int t) {
     }
     if (!part) {
       if (wake_at == Clock::time_point::max())
-        me.cv.wait(lock);
+        wait_rechecking(me.cv, lock);
       else
         me.cv.wait_until(lock, wake_at);
       continue;

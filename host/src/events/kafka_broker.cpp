@@ -54,12 +54,11 @@
 #include <shared_mutex>
 #include <thread>
 
+#include "core/cond_wait.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "core/thread_name.hpp"
 #include "events/events.hpp"
-#include "core/thread_name.hpp"
-#include "core/thread_name.hpp"
-#include "core/thread_name.hpp"
 
 namespace gv::events {
 namespace {
@@ -640,7 +639,8 @@ class KafkaBroker final : public Broker {
       }
       Worker& w = *g.workers[static_cast<size_t>(m->partition) % g.workers.size()];
       std::unique_lock lock(w.m);
-      w.changed.wait(lock, [&] { return w.queue.size() < kWorkerQueue || stopping_ || g.halted; });
+      wait_rechecking(w.changed, lock,
+                      [&] { return w.queue.size() < kWorkerQueue || stopping_ || g.halted; });
       if (stopping_ || g.halted) {
         rd_kafka_message_destroy(m);  // not applied, not stored: delivered again
         break;
@@ -655,7 +655,7 @@ class KafkaBroker final : public Broker {
       rd_kafka_message_t* m;
       {
         std::unique_lock lock(w.m);
-        w.cv.wait(lock, [&] { return !w.queue.empty() || stopping_ || g.halted; });
+        wait_rechecking(w.cv, lock, [&] { return !w.queue.empty() || stopping_ || g.halted; });
         if (stopping_ || g.halted) return;  // the queue is emptied after the join
         m = w.queue.front();
         w.queue.pop_front();
@@ -682,7 +682,8 @@ class KafkaBroker final : public Broker {
   static void drain(Group& g, const std::atomic<bool>& stopping) {
     for (auto& w : g.workers) {
       std::unique_lock lock(w->m);
-      w->changed.wait(lock, [&] { return (w->queue.empty() && !w->busy) || stopping || g.halted; });
+      wait_rechecking(w->changed, lock,
+                      [&] { return (w->queue.empty() && !w->busy) || stopping || g.halted; });
     }
   }
 

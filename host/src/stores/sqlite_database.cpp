@@ -1,6 +1,7 @@
 #include "stores/sqlite_database.hpp"
 
 #include "core/blocking.hpp"
+#include "core/cond_wait.hpp"
 #include "core/thread_name.hpp"
 
 #include <linux/futex.h>
@@ -763,8 +764,8 @@ void SqliteDatabase::run_checkpointer() {
   int synced_backfill = 0;  // the WAL's frames copied when the file was last synced here
   std::unique_lock lock(checkpoint_mutex_);
   for (;;) {
-    checkpoint_cv_.wait(lock,
-                        [this] { return checkpoint_wanted_ || lead_wanted_ || checkpoint_stop_; });
+    wait_rechecking(checkpoint_cv_, lock,
+                    [this] { return checkpoint_wanted_ || lead_wanted_ || checkpoint_stop_; });
     if (lead_wanted_) {
       // Handed the lead by a waiting writer (write()): lead until a
       // waiting writer can take it, or the queue is empty.
