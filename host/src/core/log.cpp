@@ -87,6 +87,10 @@ struct Stage {
 
 struct Batcher {
   std::mutex mutex;
+  // Held while writing, taken before mutex is let go: writes reach the
+  // output in the order their lines were collected (an error line never
+  // overtakes a flush of its thread's earlier lines).
+  std::mutex output;
   std::condition_variable wake;
   std::string pending;
   std::vector<std::shared_ptr<Stage>> stages;  // of every thread that logged
@@ -138,8 +142,10 @@ struct Batcher {
     if (pending.empty()) return;
     std::string out;
     out.swap(pending);
+    std::unique_lock writing(output);
     lock.unlock();
     write_all(out.data(), out.size());
+    writing.unlock();
     lock.lock();
   }
 };
@@ -191,6 +197,7 @@ void write_line(std::string& line, bool urgent = false) {
   std::string out;
   out.swap(b.pending);
   out += line;
+  std::lock_guard writing(b.output);
   write_all(out.data(), out.size());
 }
 
