@@ -512,6 +512,28 @@ TEST_CASE("events: retention keeps retention_events consumed events", "[events]"
   broker->stop();
 }
 
+TEST_CASE("events: retention deletes a backlog in batches down to retention_events", "[events]") {
+  TempDir tmp;
+  auto options = broker_options(tmp, 2, 1);
+  options.retention_events = 10;  // 5 per partition
+  options.retention_batch = 64;   // 1,990 rows due: 32 batches
+  // Due once a second: batches that waited for it would take 32 s.
+  options.retention_every = std::chrono::seconds(1);
+  Received r;
+  auto broker = make_in_process_broker(options, nullptr);
+  broker->subscribe("g", {"*"}, collect(r));
+  std::string error;
+  REQUIRE(broker->start(&error));
+  std::vector<Envelope> batch;
+  for (int i = 0; i < 2000; ++i)
+    batch.push_back(make_event("a.b", "k" + std::to_string(i % 7), "{}"));
+  REQUIRE(produce_sync(*broker, batch, &error));
+  REQUIRE(eventually([&] { return r.size() == 2000; }));
+  CHECK(eventually([&] { return broker->stats().stored_events == 10; }, std::chrono::seconds(8)));
+  CHECK(broker->stats().stored_events == 10);
+  broker->stop();
+}
+
 TEST_CASE("events: a consumer that gives up at stop leaves its offset uncommitted", "[events]") {
   TempDir tmp;
   auto options = broker_options(tmp, 1, 1);

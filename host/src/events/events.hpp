@@ -185,6 +185,10 @@ struct InProcessBrokerOptions {
   int64_t mmap_bytes = 256 << 20;  // PRAGMA mmap_size of the log's connections
   int64_t retention_events = 100000;  // consumed events kept in the log for inspection
   std::chrono::milliseconds retention_every{5000};  // how often consumed events are deleted
+  // Rows one retention transaction deletes at most: a backlog is deleted in
+  // several, with deliveries and appends going on between them (60,000 rows
+  // in one held the log's writer for about 250 ms).
+  int64_t retention_batch = 2000;
 };
 
 // The embedded broker: a durable partitioned log in its own SQLite file,

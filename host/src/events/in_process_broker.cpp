@@ -44,7 +44,9 @@
 // Retention: thread 0, every retention_every, deletes per partition the log
 // rows below (lowest committed offset over the groups) minus the partition's
 // share of retention_events (with no groups, below next offset minus that
-// share). A group without an offsets row starts at offset 0, that is at the
+// share), at most retention_batch rows per transaction: while rows remain
+// to delete, the next batch goes in the thread's next loop, after its
+// deliveries. A group without an offsets row starts at offset 0, that is at the
 // oldest event still in the log.
 //
 // Known limits: a handler that blocks (retrying) holds up every partition
@@ -180,7 +182,7 @@ class InProcessBroker final : public Broker {
   void run(int thread_index);
   bool deliver_pass(int thread_index, bool* progressed);
   void store_offsets(int thread_index);
-  void retention();
+  bool retention();
   void update_stored() {
     int64_t stored = 0;
     for (int p = 0; p < partitions_; ++p) stored += next_[p].load() - first_[p].load();
@@ -377,7 +379,8 @@ bool InProcessBroker::append(const std::vector<Envelope>& batch, std::string* er
 
 void InProcessBroker::run(int thread_index) {
   auto last_retention = Clock::now(), last_store = Clock::now();
-  bool unstored = false;  // offsets moved since the last store
+  bool unstored = false;        // offsets moved since the last store
+  bool retention_left = false;  // the last retention pass had more to delete
   for (;;) {
     uint64_t seen;
     {
@@ -394,8 +397,10 @@ void InProcessBroker::run(int thread_index) {
         last_store = Clock::now();
         unstored = false;
       }
-      if (thread_index == 0 && Clock::now() - last_retention >= options_.retention_every) {
-        retention();
+      if (thread_index == 0 &&
+          (retention_left || Clock::now() - last_retention >= options_.retention_every)) {
+        retention_left = retention();
+        progressed = progressed || retention_left;  // no sleep before the next batch
         last_retention = Clock::now();
       }
     } catch (const std::exception& e) {
@@ -556,17 +561,28 @@ void InProcessBroker::store_offsets(int thread_index) {
   for (auto& m : moves) m.g->stored[static_cast<size_t>(m.p)] = m.offset;
 }
 
-void InProcessBroker::retention() {
+// Deletes up to retention_batch rows due; true when more are due.
+bool InProcessBroker::retention() {
   const int64_t keep =
       std::max<int64_t>(0, (options_.retention_events + partitions_ - 1) / partitions_);
+  int64_t budget = std::max<int64_t>(1, options_.retention_batch);
+  bool left = false;
   std::vector<std::pair<int, int64_t>> cuts;
   for (int p = 0; p < partitions_; ++p) {
     int64_t low = next_[p].load();
     for (auto& g : groups_) low = std::min(low, g->committed[p].load());
-    int64_t cut = low - keep;
-    if (cut > first_[p].load()) cuts.emplace_back(p, cut);
+    const int64_t first = first_[p].load(), due = low - keep;
+    if (due <= first) continue;
+    if (budget == 0) {
+      left = true;
+      continue;
+    }
+    const int64_t cut = std::min(due, first + budget);
+    budget -= cut - first;
+    left = left || cut < due;
+    cuts.emplace_back(p, cut);
   }
-  if (cuts.empty()) return;
+  if (cuts.empty()) return false;
   SqlStatus s = db_->write([&](SqlTransaction& tx) -> SqlStatus {
     for (auto& [p, cut] : cuts) {
       auto r =
@@ -577,10 +593,11 @@ void InProcessBroker::retention() {
   });
   if (!s.ok()) {
     log::warn("events: broker retention failed; will retry", {{"error", s.message}});
-    return;
+    return false;
   }
   for (auto& [p, cut] : cuts) first_[p] = cut;
   update_stored();
+  return left;
 }
 
 }  // namespace
