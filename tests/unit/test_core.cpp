@@ -91,6 +91,29 @@ TEST_CASE("a job waiting in a BlockingRegion lets a spare thread run the next on
   CHECK(pool.started_threads() == 0);
 }
 
+TEST_CASE("a job submitted while every thread waits in a BlockingRegion gets a spare",
+          "[workers]") {
+  using namespace std::chrono_literals;
+  gv::WorkerPool pool(1, 16, 2);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::atomic<int> waiting{0}, plain{0};
+  REQUIRE(pool.try_submit([&] {
+    gv::BlockingRegion region;
+    ++waiting;
+    gate.wait();
+  }));
+  // The only thread waits, and began to with nothing queued: no spare yet.
+  for (int i = 0; i < 400 && waiting == 0; ++i) std::this_thread::sleep_for(5ms);
+  REQUIRE(waiting == 1);
+  REQUIRE(pool.try_submit([&] { ++plain; }));
+  for (int i = 0; i < 400 && plain == 0; ++i) std::this_thread::sleep_for(5ms);
+  CHECK(plain == 1);
+  CHECK(pool.started_threads() == 2);
+  release.set_value();
+  pool.stop();
+}
+
 TEST_CASE("without a BlockingRegion a busy pool starts no spare thread", "[workers]") {
   using namespace std::chrono_literals;
   gv::WorkerPool pool(1, 16, 4);

@@ -56,6 +56,7 @@ WorkerPool::WorkerPool(unsigned threads, size_t queue_limit, unsigned spare_thre
 WorkerPool::~WorkerPool() { stop(); }
 
 void WorkerPool::start_thread() {
+  ++starting_;
   threads_.emplace_back([this] {
     name_this_thread("gv-worker");
     run();
@@ -69,8 +70,17 @@ bool WorkerPool::try_submit(std::function<void()> job) {
     if (stopping_ || queue_.size() >= queue_limit_) return false;
     queue_.push_back(std::move(job));
     // A thread is woken only if it may start the job now; otherwise a
-    // thread finishing or starting to wait picks it up.
-    wake = active_ < limit_ && idle_ > 0;
+    // thread finishing or starting to wait picks it up. May start, but
+    // none idle: the threads are waiting in BlockingRegions (a job that
+    // began waiting while the queue was empty started no spare), so a
+    // spare runs it, as blocking_begin would have. (A thread still
+    // starting will take it.)
+    if (active_ < limit_) {
+      if (idle_ > 0)
+        wake = true;
+      else if (starting_ == 0 && threads_.size() < max_threads_)
+        start_thread();
+    }
     half_full = queue_.size() * 2 >= queue_limit_;
   }
   if (!wake) return true;
@@ -131,6 +141,7 @@ void WorkerPool::stop() {
 void WorkerPool::run() {
   t_blocking_observer = this;
   std::unique_lock lock(mutex_);
+  --starting_;
   for (;;) {
     ++idle_;
     wait_rechecking(wake_, lock, [this] {
@@ -157,7 +168,7 @@ void WorkerPool::blocking_begin() {
     if (queue_.empty() || active_ >= limit_) return;
     if (idle_ > 0)
       wake = true;
-    else if (threads_.size() < max_threads_ && !stopping_)
+    else if (starting_ == 0 && threads_.size() < max_threads_ && !stopping_)
       start_thread();
   }
   if (wake) wake_.notify_one();

@@ -68,6 +68,7 @@ class WorkerPool final : private BlockingObserver {
   std::deque<std::function<void()>> queue_;
   unsigned active_ = 0;  // jobs started, not finished and not inside a BlockingRegion
   unsigned idle_ = 0;    // threads waiting for a job
+  unsigned starting_ = 0;  // threads started that have not yet looked at the queue
   bool stopping_ = false;
   std::vector<std::thread> threads_;
 };
