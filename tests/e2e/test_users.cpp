@@ -210,6 +210,29 @@ TEST_CASE("users: register, login, me, get, update, delete over HTTP", "[users]"
   CHECK(std::stoll(carol["id"].get<std::string>()) > std::stoll(bob["id"].get<std::string>()));
 }
 
+// The operator's minimal config: no auth section. The host makes its
+// signing key in data_dir on first start (as config/grapevine.yaml does)
+// and keeps it, so tokens outlive a restart.
+TEST_CASE("users: with no auth section, logins are signed by a key made in data_dir", "[users]") {
+  TempDir data;
+  json config = users_config(data.path / "d");
+  config.erase("auth");
+  std::string token;
+  {
+    Host host({.config = config});
+    REQUIRE(host.started());
+    register_user(host.port(), "minimal");
+    json t = login(host.port(), "minimal");
+    token = t["access_token"];
+    CHECK(me_status(host.port(), token) == 200);
+  }
+  REQUIRE(fs::exists(data.path / "d" / "jwt-main.key"));
+  CHECK(fs::file_size(data.path / "d" / "jwt-main.key") >= 32);
+  Host again({.config = config});
+  REQUIRE(again.started());
+  CHECK(me_status(again.port(), token) == 200);
+}
+
 TEST_CASE("users: every operation over /ws", "[users][ws]") {
   TempDir data;
   Host host({.config = users_config(data.path / "d")});

@@ -70,7 +70,13 @@ TEST_CASE("an empty file gives the defaults", "[config]") {
   CHECK(r.config.limits.request_timeout == def.limits.request_timeout);
   CHECK(r.config.websocket.ping_interval == def.websocket.ping_interval);
   CHECK(r.config.auth.access_token_ttl == def.auth.access_token_ttl);
-  CHECK(r.config.auth.keys.empty());
+  // As config/grapevine.yaml: one HS256 key made in data_dir, signing.
+  CHECK(r.config.auth.signing_kid == "main");
+  REQUIRE(r.config.auth.keys.size() == 1);
+  CHECK(r.config.auth.keys[0].kid == "main");
+  CHECK(r.config.auth.keys[0].alg == "HS256");
+  CHECK(r.config.auth.keys[0].secret_file == "jwt-main.key");
+  CHECK(r.config.auth.keys[0].generate);
   CHECK(r.config.log.level == "info");
   CHECK(r.config.data_dir == "data");
   CHECK(r.config.plugin_dirs == def.plugin_dirs);
@@ -181,8 +187,9 @@ TEST_CASE("!env takes a value from the environment", "[config]") {
       "      alg: HS256\n"
       "      secret: !env GV_TEST_SECRET\n");
   REQUIRE(r.ok);
-  REQUIRE(r.config.auth.keys.size() == 1);
+  REQUIRE(r.config.auth.keys.size() == 1);  // instead of the default key
   CHECK(r.config.auth.keys[0].secret == "0123456789abcdef0123456789abcdef");
+  CHECK(r.config.auth.signing_kid.empty());  // keys given, no signing_kid: no signing
 
   auto e = one_error(
       "auth:\n"
@@ -218,6 +225,13 @@ TEST_CASE("auth keys are checked against their algorithm", "[config]") {
       "auth: {signing_kid: nope, keys: [{kid: a, alg: HS256, secret_file: "
       "f}]}\n");
   CHECK(signer.path == "auth.signing_kid");
+  CHECK(signer.message.find("names no key in auth.keys") == 0);
+  // No keys at all: a host that neither signs nor accepts tokens.
+  Loaded none = load("auth: {keys: []}\n");
+  CHECK(none.ok);
+  CHECK(none.config.auth.keys.empty());
+  CHECK(none.config.auth.signing_kid.empty());
+  CHECK(one_error("auth: {signing_kid: main, keys: []}\n").path == "auth.signing_kid");
   auto dup = one_error(
       "auth: {keys: [{kid: a, alg: HS256, secret_file: f}, {kid: a, alg: "
       "HS256, secret_file: g}]}\n");

@@ -278,6 +278,12 @@ void read_auth(const Reader& r, AuthConfig* a) {
   r.duration("/auth/leeway_s", &a->leeway);
   r.number("/auth/verified_tokens", &a->verified_tokens);
   const json* keys = r.at("/auth/keys");
+  if (keys) {
+    // The file's list replaces the default key; with it, a host signs only
+    // if signing_kid says with which.
+    a->keys.clear();
+    if (!r.at("/auth/signing_kid")) a->signing_kid.clear();
+  }
   std::set<std::string> kids;
   for (size_t i = 0; keys && keys->is_array() && i < keys->size(); ++i) {
     const std::string p = "/auth/keys/" + std::to_string(i);
@@ -292,7 +298,9 @@ void read_auth(const Reader& r, AuthConfig* a) {
   auto signer = std::find_if(a->keys.begin(), a->keys.end(),
                              [&](const AuthKey& k) { return k.kid == a->signing_kid; });
   if (signer == a->keys.end())
-    r.error("/auth/signing_kid", "names no key in auth.keys");
+    r.error("/auth/signing_kid",
+            "names no key in auth.keys (give the kid of one, or \"\" for a host that does not "
+            "sign tokens)");
   else if (signer->alg == "EdDSA" && signer->private_key_file.empty())
     r.error("/auth/signing_kid", "the signing key needs private_key_file");
 }

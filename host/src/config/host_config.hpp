@@ -60,11 +60,15 @@ struct AuthKey {
 struct AuthConfig {
   std::string issuer = "grapevine";
   std::string audience = "grapevine";
-  std::string signing_kid;  // empty: this host does not sign
+  // Empty: this host does not sign. "main" by default, "" when the file
+  // gives auth.keys but no signing_kid.
+  std::string signing_kid = "main";
   std::chrono::seconds access_token_ttl{900};
   std::chrono::seconds leeway{30};
   size_t verified_tokens = 4096;  // tokens remembered as verified; 0 = verify every time
-  std::vector<AuthKey> keys;
+  // As in config/grapevine.yaml: without auth.keys, one HS256 key made in
+  // data_dir on first start. auth.keys in a file replaces this list.
+  std::vector<AuthKey> keys{AuthKey{"main", "HS256", "", "jwt-main.key", true, "", ""}};
 };
 
 struct LogConfig {
