@@ -227,6 +227,47 @@ TEST_CASE("posts: every operation over /ws", "[posts][ws]") {
   CHECK(ws.call("posts.list_by_user", {{"userId", "wanda"}})["data"]["items"].size() == 1);
 }
 
+TEST_CASE("posts: texts and user ids that JSON escapes read back as written", "[posts]") {
+  TempDir data;
+  Host host({.config = posts_config(data.path / "d")});
+  REQUIRE(host.started());
+  int port = host.port();
+  const std::string user = "o\"brien\\ 🌍";
+  const std::vector<std::string> texts = {
+      "say \"hi\"",       "C:\\path\\",          "tab\there",
+      "line1\nline2\r\n", "</script><!-- & -->", "\xc3\xa9 \xe2\x82\xac \xf0\x9f\x8c\x8d",
+      "\\u0041 is not A", "/slash/ and \\/"};
+  std::vector<json> answers;
+  for (const auto& text : texts) {
+    json post = create(port, user, text);
+    CHECK(post["text"] == text);
+    CHECK(post["author_id"] == user);
+    auto r = host.request("GET", "/api/v1/posts/" + post["id"].get<std::string>());
+    REQUIRE(r.status == 200);
+    CHECK(r.json_body() == post);
+    answers.push_back(post);
+  }
+  // An edit's answer and event carry the escaped text too.
+  std::string first = answers[0]["id"];
+  auto r =
+      host.request("PUT", "/api/v1/posts/" + first, body({{"text", "now \"quoted\"\n"}}), as(user));
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body()["text"] == "now \"quoted\"\n");
+  // The post.created payloads are the answers without their counters.
+  CHECK(eventually([&] { return received(port, "post.created").size() == texts.size(); }));
+  for (const auto& e : received(port, "post.created")) {
+    json want;
+    for (const auto& a : answers)
+      if (e["key"] == "post:" + a["id"].get<std::string>()) want = a;
+    REQUIRE(want.is_object());
+    want.erase("counters");
+    CHECK(e["payload"] == want);
+  }
+  CHECK(eventually([&] { return received(port, "post.updated").size() == 1; }));
+  CHECK(received(port, "post.updated")[0]["payload"]["text"] == "now \"quoted\"\n");
+  CHECK(received(port, "post.updated")[0]["payload"]["version"] == 2);
+}
+
 TEST_CASE("posts: 250 posts in cursor pages, each once, newest first", "[posts]") {
   TempDir data;
   Host host({.config = posts_config(data.path / "d")});

@@ -63,8 +63,8 @@ class PostsStore {
   using Render = std::function<std::string(const Post&)>;
   // Checks the caller may change a post; throws grapevine::Error if not.
   using Authorize = std::function<void(const Post&)>;
-  // Builds the payload of a post.* event.
-  using Payload = std::function<grapevine::json(const Post&)>;
+  // Writes the payload of a post.* event: a JSON object's text.
+  using Payload = std::function<std::string(const Post&)>;
 
   explicit PostsStore(const grapevine::DalContext& dal) : db_(dal.db()) {
     dal.migration(1,
@@ -117,13 +117,21 @@ class PostsStore {
                                     {*reply_to}))
         throw grapevine::Error(422, "reply_to_not_found",
                                "reply_to: post " + std::to_string(*reply_to) + " does not exist");
+      // Only the id back: the other columns are what was given or their
+      // defaults (a new post is version 1 with no counts). Returning them
+      // all made this statement about a quarter dearer, in the group
+      // commit, where every writer waits for it.
       auto row = tx.query_one(
           "INSERT INTO posts (author_id, text, reply_to, created_ms) "
-          "VALUES ($1, $2, $3, $4) RETURNING " +
-              std::string(kColumns),
+          "VALUES ($1, $2, $3, $4) RETURNING id",
           {author, text, reply_to, now_ms});
-      Post post = from_row(*row);
-      tx.publish("post.created", event_key(post.id), payload(post));
+      Post post;
+      post.id = (*row)["id"].as_int();
+      post.author_id = author;
+      post.text = text;
+      post.reply_to = reply_to;
+      post.created_ms = now_ms;
+      tx.publish_json_text("post.created", event_key(post.id), payload(post));
       tx.invalidate(author_tag(author));
       StoredAnswer answer{201, render(post), false, post.id};
       if (idem)
@@ -158,7 +166,7 @@ class PostsStore {
               std::string(kColumns),
           {id, text, now_ms});
       Post updated = from_row(*row);
-      tx.publish("post.updated", event_key(id), payload(updated));
+      tx.publish_json_text("post.updated", event_key(id), payload(updated));
       tx.invalidate(cache_tag(id));
       tx.invalidate(author_tag(updated.author_id));
       return updated;
@@ -300,7 +308,7 @@ class PostsStore {
                         const Payload& payload) {
     tx.exec("UPDATE posts SET deleted_ms = $2, text = '' WHERE id = $1", {post.id, now_ms});
     tx.exec("DELETE FROM post_versions WHERE post_id = $1", {post.id});
-    tx.publish("post.deleted", event_key(post.id), payload(post));
+    tx.publish_json_text("post.deleted", event_key(post.id), payload(post));
     tx.invalidate(cache_tag(post.id));
     tx.invalidate(author_tag(post.author_id));
   }
