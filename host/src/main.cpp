@@ -279,6 +279,9 @@ int run(const Args& args) {
   dispatcher.set_revocations(&revocations);
   gv::plugins::HostServices services{&cfg, &registry, &dispatcher, &hub, &metrics, keys.get()};
   services.revocations = &revocations;
+  services.run_job = [&pool](std::function<void()> job) {
+    return pool.submit_first(std::move(job));
+  };
   gv::ResponseCache response_cache(cfg.response_cache.max_bytes, cfg.response_cache.max_age);
   services.response_cache = &response_cache;
   gv::plugins::PluginHost plugins(services);

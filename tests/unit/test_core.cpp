@@ -36,23 +36,37 @@ TEST_CASE("the worker pool refuses work past its queue limit", "[workers]") {
   } open{release};
   gv::WorkerPool pool(1, 2);
   std::atomic<int> ran{0}, started{0};
+  std::mutex order_mutex;
+  std::vector<std::string> order;  // what the jobs after the first ran, in turn
   auto job = [&] {
     ++started;
     gate.wait();
     ++ran;
   };
+  auto noted = [&](std::string what) {
+    return [&, what] {
+      job();
+      std::lock_guard lock(order_mutex);
+      order.push_back(what);
+    };
+  };
   REQUIRE(pool.try_submit(job));  // running
   for (int i = 0; i < 1000 && started == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   REQUIRE(started == 1);
-  REQUIRE(pool.try_submit(job));  // queued
-  REQUIRE(pool.try_submit(job));  // queued
+  REQUIRE(pool.try_submit(noted("queued 1")));
+  REQUIRE(pool.try_submit(noted("queued 2")));
   CHECK(pool.depth() == 2);
   CHECK_FALSE(pool.try_submit(job));
+  // submit_first is not refused for a full queue, and runs next.
+  REQUIRE(pool.submit_first(noted("first")));
+  CHECK(pool.depth() == 3);
   open();
   pool.stop();
-  CHECK(ran == 3);
+  CHECK(ran == 4);
+  CHECK(order == std::vector<std::string>{"first", "queued 1", "queued 2"});
   CHECK_FALSE(pool.try_submit(job));
+  CHECK_FALSE(pool.submit_first(job));
 }
 
 TEST_CASE("a job waiting in a BlockingRegion lets a spare thread run the next one", "[workers]") {

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -889,6 +890,45 @@ TEST_CASE("sqlite: a detached work that throws or nests fails alone; done sees t
   CHECK(nested->code == SqlCode::invalid);
   CHECK(fine->ok());
   CHECK(count(*db, "t") == 1);
+}
+
+TEST_CASE("sqlite: run_completions takes a group's completions off the writing thread",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  std::vector<std::function<void()>> handed;  // jobs given to run_completions, not yet run
+  bool refuse = false;
+  SqliteOptions options;
+  options.run_completions = [&](std::function<void()> job) {
+    if (refuse) return false;
+    handed.push_back(std::move(job));
+    return true;
+  };
+  auto db = open_db(tmp.file(), options);
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+  std::optional<SqlStatus> first, second, third;
+  auto insert = [](SqlTransaction& tx) { return tx.exec("INSERT INTO t VALUES (1)").status; };
+  db->write_detached(insert, [&](SqlStatus s) { first = s; });
+  // Committed and led to the end on this thread, but not yet completed:
+  // its completion waits in the job it was handed.
+  CHECK(count(*db, "t") == 1);
+  CHECK_FALSE(first);
+  REQUIRE(handed.size() == 1);
+  handed[0]();
+  REQUIRE(first);
+  CHECK(first->ok());
+  // A waiting write() is woken as before: no job for it.
+  CHECK(db->write(insert).ok());
+  CHECK(handed.size() == 1);
+  // Refused, the completion runs on the writing thread after all.
+  refuse = true;
+  db->write_detached(insert, [&](SqlStatus s) { second = s; });
+  REQUIRE(second);
+  CHECK(second->ok());
+  db->write_detached([](SqlTransaction&) { return SqlStatus::failure(SqlCode::invalid, "no"); },
+                     [&](SqlStatus s) { third = s; });
+  REQUIRE(third);
+  CHECK(third->code == SqlCode::invalid);
+  CHECK(count(*db, "t") == 3);
 }
 
 TEST_CASE("sqlite: a queued write joins the group under way, or else writes alone",

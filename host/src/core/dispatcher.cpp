@@ -67,10 +67,15 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
       } else if (call->op->grouped) {
         // Answered once the plugin's grouped write commits, maybe on
         // another thread; this worker goes on with the next request.
+        // Its body is checked once committed, on the thread that runs the
+        // group's completions (SqliteOptions::run_completions), not on
+        // the one writing the next group.
         call->op->grouped(
             call->request_id,
-            [this, call, given = invocation_of(*call)] { return invoke(*call, given); },
-            std::move(finish));
+            [this, call, given = invocation_of(*call)] { return invoke(*call, given, false); },
+            [this, call, finish = std::move(finish)](Reply reply) mutable {
+              finish(checked_body(*call, std::move(reply)));
+            });
         return;
       } else {
         reply = invoke(*call);
@@ -168,7 +173,7 @@ Dispatcher::Invocation Dispatcher::invocation_of(const Call& call) {
   return given;
 }
 
-Reply Dispatcher::invoke(Call& call, const Invocation& given) const {
+Reply Dispatcher::invoke(Call& call, const Invocation& given, bool check_body) const {
   const Operation& op = *call.op;
   gv_request_v1 req{};
   req.struct_size = sizeof req;
@@ -191,13 +196,23 @@ Reply Dispatcher::invoke(Call& call, const Invocation& given) const {
     rc = GV_ERR_INTERNAL;
   }
   if (rc == GV_OK && response.answered &&
-      (response.body.empty() || nlohmann::json::accept(response.body)))
+      (!check_body || response.body.empty() || nlohmann::json::accept(response.body)))
     return Reply{response.status, std::move(response.body), std::move(response.headers)};
+  return failed(call, rc, response.answered);
+}
+
+Reply Dispatcher::checked_body(const Call& call, Reply reply) const {
+  if (reply.body.empty() || nlohmann::json::accept(reply.body)) return reply;
+  return failed(call, GV_OK, true);
+}
+
+Reply Dispatcher::failed(const Call& call, gv_status rc, bool answered) const {
+  const Operation& op = *call.op;
   log::error("operation failed", {{"op", op.name},
                                   {"plugin", op.plugin},
                                   {"request_id", call.request_id},
                                   {"code", static_cast<int>(rc)},
-                                  {"answered", response.answered}});
+                                  {"answered", answered}});
   if (rc == GV_ERR_UNAVAILABLE)
     return error_reply(503, "unavailable", "the operation is unavailable", call.request_id);
   return error_reply(500, "internal",

@@ -50,7 +50,14 @@ class Dispatcher {
     std::string input, user_id, roles, session_id;
   };
   static Invocation invocation_of(const Call& call);
-  Reply invoke(Call& call, const Invocation& given) const;
+  // check_body false: the plugin's answer is returned even if its body is
+  // not JSON, for the caller to check (checked_body) off the writing
+  // thread of a grouped write.
+  Reply invoke(Call& call, const Invocation& given, bool check_body = true) const;
+  Reply checked_body(const Call& call, Reply reply) const;
+  // The answer to an operation whose handler failed (rc), did not answer,
+  // or answered with a body that is not JSON; logged.
+  Reply failed(const Call& call, gv_status rc, bool answered) const;
   Reply invoke(Call& call) const { return invoke(call, invocation_of(call)); }
 
   WorkerPool& pool_;

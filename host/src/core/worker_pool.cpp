@@ -63,12 +63,15 @@ void WorkerPool::start_thread() {
   });
 }
 
-bool WorkerPool::try_submit(std::function<void()> job) {
+bool WorkerPool::submit(std::function<void()> job, bool first) {
   bool wake = false, half_full = false;
   {
     std::lock_guard lock(mutex_);
-    if (stopping_ || queue_.size() >= queue_limit_) return false;
-    queue_.push_back(std::move(job));
+    if (stopping_ || (!first && queue_.size() >= queue_limit_)) return false;
+    if (first)
+      queue_.push_front(std::move(job));
+    else
+      queue_.push_back(std::move(job));
     // A thread is woken only if it may start the job now; otherwise a
     // thread finishing or starting to wait picks it up. May start, but
     // none idle: the threads are waiting in BlockingRegions (a job that

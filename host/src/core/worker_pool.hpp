@@ -30,7 +30,12 @@ class WorkerPool final : private BlockingObserver {
 
   // Queues job; false when the queue holds queue_limit jobs or the pool
   // is stopping. Jobs must not throw.
-  bool try_submit(std::function<void()> job);
+  bool try_submit(std::function<void()> job) { return submit(std::move(job), false); }
+  // Queues job ahead of every queued job, whatever the queue holds: for
+  // work that finishes requests already taken (a group commit's
+  // completions answer its writers), which queue_limit, a bound on new
+  // requests, must not refuse. False only when the pool is stopping.
+  bool submit_first(std::function<void()> job) { return submit(std::move(job), true); }
 
   // Deferred wake-ups, for I/O threads: each wake-up is a futex call, and
   // the woken worker often takes the CPU from the I/O thread at once, in
@@ -54,6 +59,7 @@ class WorkerPool final : private BlockingObserver {
   void stop();
 
  private:
+  bool submit(std::function<void()> job, bool first);
   void run();
   void start_thread();  // under mutex_
   void wake_for_queued();

@@ -285,6 +285,7 @@ bool PluginHost::open_database(Loaded& p, std::string* error) {
   options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
   options.reader_connections = cfg.storage.reader_connections;
   options.mmap_bytes = cfg.storage.sqlite_mmap_bytes;
+  options.run_completions = services_.run_job;
   fs::path file = dir / (h.plugin + ".sqlite");
   auto opened = stores::SqliteDatabase::open(file, options);
   if (!opened.ok()) {

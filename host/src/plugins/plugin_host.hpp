@@ -8,6 +8,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +51,11 @@ struct HostServices {
   Scheduler* scheduler = nullptr;
   auth::Revocations* revocations = nullptr;
   ResponseCache* response_cache = nullptr;  // ABI 1.4: invalidations; may be null
+  // Runs a job on the worker pool, ahead of queued requests; false if the
+  // pool is stopping. Plugin databases run their group commits'
+  // completions through it (SqliteOptions::run_completions); unset, on
+  // the writing thread.
+  std::function<bool(std::function<void()>)> run_job;
 };
 
 // plugin_dirs with "$ORIGIN" replaced by the folder of the running binary.

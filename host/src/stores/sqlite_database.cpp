@@ -1024,14 +1024,22 @@ bool SqliteDatabase::lead(const Member* own) {
     next->state.store(kLead, std::memory_order_release);
     futex_wake(next->state);
   }
+  if (options_.run_completions) {
+    // The detached members' completions, as one job elsewhere: the next
+    // group need not wait for them. The callers waiting in write() are
+    // woken below.
+    auto detached = std::make_shared<std::vector<std::shared_ptr<Member>>>();
+    for (auto& m : done)
+      if (m->completion) detached->push_back(std::move(m));
+    if (!detached->empty() && !options_.run_completions([detached] {
+          for (const auto& m : *detached) complete(*m);
+        }))
+      for (const auto& m : *detached) complete(*m);
+  }
   for (auto& m : done) {
+    if (!m) continue;  // its completion was handed to run_completions
     if (m->completion) {
-      SqlStatus s = m->status;
-      if (m->thrown) s = SqlStatus::failure(SqlCode::invalid, "the work threw");
-      try {
-        m->completion(std::move(s));
-      } catch (...) {  // a completion must not stop the leader
-      }
+      complete(*m);
       continue;
     }
     if (m.get() == own) {
@@ -1042,6 +1050,15 @@ bool SqliteDatabase::lead(const Member* own) {
     futex_wake(m->state);
   }
   return again;
+}
+
+void SqliteDatabase::complete(Member& m) {
+  SqlStatus s = m.status;
+  if (m.thrown) s = SqlStatus::failure(SqlCode::invalid, "the work threw");
+  try {
+    m.completion(std::move(s));
+  } catch (...) {  // a completion must not stop the leader
+  }
 }
 
 // Runs m's work in its own savepoint of the open transaction, keeping its

@@ -71,10 +71,11 @@
 #include <deque>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "stores/sql.hpp"
@@ -102,6 +103,13 @@ struct SqliteOptions {
   // Bytes of the file each connection maps into memory (PRAGMA mmap_size):
   // reads of mapped pages cost no system call. 0 reads with pread only.
   int64_t mmap_bytes = 256 << 20;
+  // Where the completions of a group's detached works (write_detached,
+  // write_queued) run once it has committed: given them as one job, it
+  // returns false to have them run on the writing thread after all. Unset,
+  // they run on the writing thread, and the next group waits for them;
+  // the host hands them to its worker pool, so that the next group begins
+  // at once.
+  std::function<bool(std::function<void()>)> run_completions;
 };
 
 // Counters of the write side since open(), for tests and metrics.
@@ -176,6 +184,8 @@ class SqliteDatabase final : public SqlDatabase {
   // own to hand the lead to: the caller leads again.
   bool lead(const Member* own);
   void lead_detached();
+  // Calls a detached member's completion with its result.
+  static void complete(Member& m);
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
   SqlResult<Connection*> lease_reader(Clock::time_point deadline);
   // When a call begun now gives up waiting (busy_timeout_ms).
