@@ -980,19 +980,28 @@ TEST_CASE("sqlite: a queued write joins the group under way, or else writes alon
   CHECK(count(*db, "t") == 3);
 }
 
+namespace {
+
+// Fills t (id, pad) with rows of 3,000 bytes: rounds writes of per_round rows.
+void insert_padded(SqliteDatabase& db, int rounds, int per_round) {
+  const std::string pad(3000, 'p');
+  for (int round = 0; round < rounds; ++round)
+    REQUIRE(db.write([&](SqlTransaction& tx) {
+                for (int i = 0; i < per_round; ++i)
+                  if (auto r = tx.exec("INSERT INTO t (pad) VALUES ($1)", {pad}); !r.ok())
+                    return r.status;
+                return SqlStatus{};
+              }).ok());
+}
+
+}  // namespace
+
 TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)").ok());
   // About 24,000 pages through the WAL, six times the restart bound.
-  const std::string pad(3000, 'p');
-  for (int round = 0; round < 300; ++round)
-    REQUIRE(db->write([&](SqlTransaction& tx) {
-                for (int i = 0; i < 80; ++i)
-                  if (auto r = tx.exec("INSERT INTO t (pad) VALUES ($1)", {pad}); !r.ok())
-                    return r.status;
-                return SqlStatus{};
-              }).ok());
+  insert_padded(*db, 300, 80);
   for (int i = 0; i < 200 && db->checkpoints() == 0; ++i) std::this_thread::sleep_for(10ms);
   CHECK(db->checkpoints() > 0);
   fs::path wal = tmp.file().string() + "-wal";
@@ -1012,14 +1021,7 @@ TEST_CASE("sqlite: a work changing many megabytes commits, or is undone whole", 
   TempDir tmp;
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)").ok());
-  const std::string pad(3000, 'p');
-  for (int round = 0; round < 40; ++round)  // about 24 MB
-    REQUIRE(db->write([&](SqlTransaction& tx) {
-                for (int i = 0; i < 200; ++i)
-                  if (auto r = tx.exec("INSERT INTO t (pad) VALUES ($1)", {pad}); !r.ok())
-                    return r.status;
-                return SqlStatus{};
-              }).ok());
+  insert_padded(*db, 40, 200);  // about 24 MB
   // Undone: the rows it deleted are back, from the spilled journal.
   SqlStatus undone = db->write([&](SqlTransaction& tx) {
     if (auto r = tx.exec("DELETE FROM t WHERE id % 2 = 0"); !r.ok()) return r.status;

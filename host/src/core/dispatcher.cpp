@@ -195,10 +195,9 @@ Reply Dispatcher::invoke(Call& call, const Invocation& given, bool check_body) c
   } catch (...) {  // a plugin that let an exception escape the ABI
     rc = GV_ERR_INTERNAL;
   }
-  if (rc == GV_OK && response.answered &&
-      (!check_body || response.body.empty() || nlohmann::json::accept(response.body)))
-    return Reply{response.status, std::move(response.body), std::move(response.headers)};
-  return failed(call, rc, response.answered);
+  if (rc != GV_OK || !response.answered) return failed(call, rc, response.answered);
+  Reply reply{response.status, std::move(response.body), std::move(response.headers)};
+  return check_body ? checked_body(call, std::move(reply)) : reply;
 }
 
 Reply Dispatcher::checked_body(const Call& call, Reply reply) const {

@@ -573,13 +573,10 @@ bool InProcessBroker::retention() {
     for (auto& g : groups_) low = std::min(low, g->committed[p].load());
     const int64_t first = first_[p].load(), due = low - keep;
     if (due <= first) continue;
-    if (budget == 0) {
-      left = true;
-      continue;
-    }
     const int64_t cut = std::min(due, first + budget);
-    budget -= cut - first;
     left = left || cut < due;
+    if (cut == first) continue;  // the budget is spent
+    budget -= cut - first;
     cuts.emplace_back(p, cut);
   }
   if (cuts.empty()) return false;

@@ -1024,22 +1024,13 @@ bool SqliteDatabase::lead(const Member* own) {
     next->state.store(kLead, std::memory_order_release);
     futex_wake(next->state);
   }
-  if (options_.run_completions) {
-    // The detached members' completions, as one job elsewhere: the next
-    // group need not wait for them. The callers waiting in write() are
-    // woken below.
-    auto detached = std::make_shared<std::vector<std::shared_ptr<Member>>>();
-    for (auto& m : done)
-      if (m->completion) detached->push_back(std::move(m));
-    if (!detached->empty() && !options_.run_completions([detached] {
-          for (const auto& m : *detached) complete(*m);
-        }))
-      for (const auto& m : *detached) complete(*m);
-  }
+  // The callers waiting in write() are woken here; the detached members'
+  // completions run after, as one job of run_completions if it takes it,
+  // so that the next group need not wait for them.
+  auto detached = std::make_shared<std::vector<std::shared_ptr<Member>>>();
   for (auto& m : done) {
-    if (!m) continue;  // its completion was handed to run_completions
     if (m->completion) {
-      complete(*m);
+      detached->push_back(std::move(m));
       continue;
     }
     if (m.get() == own) {
@@ -1049,6 +1040,11 @@ bool SqliteDatabase::lead(const Member* own) {
     m->state.store(kDone, std::memory_order_release);
     futex_wake(m->state);
   }
+  auto complete_all = [detached] {
+    for (const auto& m : *detached) complete(*m);
+  };
+  if (!detached->empty() && !(options_.run_completions && options_.run_completions(complete_all)))
+    complete_all();
   return again;
 }
 

@@ -45,17 +45,16 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
        .grouped_write = true},
       [&service](const Request& r) { return service.create(r); });
 
-  registry.add({.name = "posts.get",
-                .http_method = "GET",
-                .http_path = "/api/v1/posts/{postId}",
-                .input_schema = object({{"postId", id}}, {"postId"}),
-                .summary = "A post with its counters",
-                // Answers are kept by the host until the post changes
-                // (PostsStore::cache_tag).
-                .cache_tag = "post:{postId}"},
-               [&service](const Request& r) {
-                 return Response(service.get(r.input()["postId"].get<std::string>()));
-               });
+  registry.add(
+      {.name = "posts.get",
+       .http_method = "GET",
+       .http_path = "/api/v1/posts/{postId}",
+       .input_schema = object({{"postId", id}}, {"postId"}),
+       .summary = "A post with its counters",
+       // Answers are kept by the host until the post changes
+       // (PostsStore::cache_tag).
+       .cache_tag = "post:{postId}"},
+      [&service](const Request& r) { return service.get(r.input()["postId"].get<std::string>()); });
 
   registry.add({.name = "posts.update",
                 .http_method = "PUT",
@@ -63,7 +62,7 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
                 .input_schema = object({{"postId", id}, {"text", text}}, {"postId", "text"}),
                 .summary = "Edits a post's text (the author only); the old text goes to history",
                 .access = Access::signed_in},
-               [&service](const Request& r) { return Response(service.update(r)); });
+               [&service](const Request& r) { return service.update(r); });
 
   registry.add({.name = "posts.delete",
                 .http_method = "DELETE",

@@ -274,14 +274,16 @@ class PostsService {
     }
   }
 
-  json get(const std::string& id_text) {
+  // GET /api/v1/posts/{postId} and PUT: the post as clients see it, as
+  // text (no json built, parsed and dumped again).
+  grapevine::Response get(const std::string& id_text) {
     int64_t id = parse_id(id_text, "postId");
     auto post = store_.get(id);
     if (!post) throw not_found(id);
-    return render(*post);
+    return grapevine::Response::json_text(post_text(*post, true));
   }
 
-  json update(const grapevine::Request& r) {
+  grapevine::Response update(const grapevine::Request& r) {
     int64_t id = parse_id(r.input()["postId"].get<std::string>(), "postId");
     std::string new_text = r.input()["text"].get<std::string>();
     check_text(new_text);
@@ -293,7 +295,7 @@ class PostsService {
         },
         [](const Post& p) { return post_text(p, false); });
     if (!post) throw not_found(id);
-    return render(*post);
+    return grapevine::Response::json_text(post_text(*post, true));
   }
 
   void remove(const grapevine::Request& r) {
