@@ -1027,10 +1027,10 @@ bool SqliteDatabase::lead(const Member* own) {
   // The callers waiting in write() are woken here; the detached members'
   // completions run after, as one job of run_completions if it takes it,
   // so that the next group need not wait for them.
-  auto detached = std::make_shared<std::vector<std::shared_ptr<Member>>>();
+  std::vector<std::shared_ptr<Member>> detached;
   for (auto& m : done) {
     if (m->completion) {
-      detached->push_back(std::move(m));
+      detached.push_back(std::move(m));
       continue;
     }
     if (m.get() == own) {
@@ -1040,11 +1040,12 @@ bool SqliteDatabase::lead(const Member* own) {
     m->state.store(kDone, std::memory_order_release);
     futex_wake(m->state);
   }
-  auto complete_all = [detached] {
-    for (const auto& m : *detached) complete(*m);
+  if (detached.empty()) return again;
+  auto job = std::make_shared<std::vector<std::shared_ptr<Member>>>(std::move(detached));
+  auto complete_all = [job] {
+    for (const auto& m : *job) complete(*m);
   };
-  if (!detached->empty() && !(options_.run_completions && options_.run_completions(complete_all)))
-    complete_all();
+  if (!(options_.run_completions && options_.run_completions(complete_all))) complete_all();
   return again;
 }
 
