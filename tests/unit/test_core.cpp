@@ -1,4 +1,4 @@
-// Worker pool, hub, JSON limits, error bodies and the batched log.
+// Worker pool, hub, JSON checks and limits, error bodies and the batched log.
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +16,7 @@
 
 #include "core/call.hpp"
 #include "core/hub.hpp"
+#include "core/json_text.hpp"
 #include "core/log.hpp"
 #include "core/request_id.hpp"
 #include "core/worker_pool.hpp"
@@ -328,4 +329,31 @@ TEST_CASE("batched log lines from many threads all come out, each thread's in or
     CHECK(next[t] == kLines);
     CHECK(ended[t]);
   }
+}
+
+TEST_CASE("is_json answers as nlohmann::json::accept does", "[json]") {
+  const std::vector<std::string> texts = {
+      "{}", " {\"a\": [1, 2.5e3, -0, true, false, null]} ", "\"\\ud834\\udd1e\"", "[]",
+      "{\"a\":\"\\u0000\"}", "1", "\"caf\xc3\xa9\"",
+      // integers past 64 bits: simdjson refuses them, nlohmann takes them
+      "{\"n\":123456789012345678901234567890}", "-99999999999999999999999",
+      // refused by both
+      "", " ", "{", "[1,2,]", "{\"a\":1}x", "nul", "{'a':1}", "{\"a\":01}", "1e400", "\"\\ud800\"",
+      "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"\xed\xa0\x80\"", "\"\xc0\xaf\"", "\"\x01\"",
+      std::string("{\"a\":1}\0", 8), "{\"a\" 1}", "\"\\x\""};
+  for (const auto& t : texts) {
+    INFO(nlohmann::json(t).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace));
+    CHECK(gv::is_json(t) == nlohmann::json::accept(t));
+    CHECK(gv::is_json_object(t) ==
+          (nlohmann::json::accept(t) && nlohmann::json::parse(t).is_object()));
+  }
+  // Nesting past simdjson's depth, and a text past the fast check's size.
+  const std::string deep = std::string(2000, '[') + std::string(2000, ']');
+  CHECK(gv::is_json(deep));
+  CHECK_FALSE(gv::is_json(deep + "]"));
+  const std::string big = "[\"" + std::string(2 << 20, 'x') + "\"]";
+  CHECK(gv::is_json(big));
+  CHECK_FALSE(gv::is_json(big.substr(1)));
+  CHECK(gv::is_json_object("{\"a\":1}"));
+  CHECK_FALSE(gv::is_json_object("[{\"a\":1}]"));
 }

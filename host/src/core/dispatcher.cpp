@@ -4,6 +4,7 @@
 
 #include <charconv>
 
+#include "core/json_text.hpp"
 #include "core/log.hpp"
 
 namespace gv {
@@ -201,7 +202,7 @@ Reply Dispatcher::invoke(Call& call, const Invocation& given, bool check_body) c
 }
 
 Reply Dispatcher::checked_body(const Call& call, Reply reply) const {
-  if (reply.body.empty() || nlohmann::json::accept(reply.body)) return reply;
+  if (reply.body.empty() || is_json(reply.body)) return reply;
   return failed(call, GV_OK, true);
 }
 

@@ -106,10 +106,11 @@
 #include <mutex>
 #include <thread>
 
+#include "core/json_text.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
-#include "events/events.hpp"
 #include "core/thread_name.hpp"
+#include "events/events.hpp"
 
 namespace gv::events {
 
@@ -382,11 +383,8 @@ stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_v
   if (payload_json.size() > kMaxPayloadBytes)
     return invalid("event payload is " + std::to_string(payload_json.size()) +
                    " bytes, more than the limit of " + std::to_string(kMaxPayloadBytes));
-  // Checked without building it: valid JSON whose first token is '{'.
-  auto first = payload_json.find_first_not_of(" \t\r\n");
-  if (first == std::string_view::npos || payload_json[first] != '{' ||
-      !nlohmann::json::accept(payload_json))
-    return invalid("event payload must be a JSON object");
+  // Checked without building it.
+  if (!is_json_object(payload_json)) return invalid("event payload must be a JSON object");
 
   // Two plain statements rather than UPDATE ... RETURNING, which SQLite
   // runs through a temporary table (about twice the cost of both).

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/call.hpp"
+#include "core/json_text.hpp"
 #include "core/log.hpp"
 #include "core/request_id.hpp"
 #include "core/scheduler.hpp"
@@ -235,7 +236,8 @@ gv_status api_call(gv_host* host, const gv_request_v1* caller, gv_str operation,
 
 gv_status api_push_user(gv_host* host, gv_str user, gv_str event, gv_str data) {
   return shield([&]() -> gv_status {
-    if (!host || (data.len && !nlohmann::json::accept(str(data)))) return GV_ERR_INVALID;
+    if (!host || (data.len && !is_json(std::string_view(data.data, data.len))))
+      return GV_ERR_INVALID;
     host->services->hub->push_to_user(str(user), str(event), str(data));
     return GV_OK;
   });
@@ -243,7 +245,8 @@ gv_status api_push_user(gv_host* host, gv_str user, gv_str event, gv_str data) {
 
 gv_status api_push_channel(gv_host* host, gv_str channel, gv_str event, gv_str data) {
   return shield([&]() -> gv_status {
-    if (!host || (data.len && !nlohmann::json::accept(str(data)))) return GV_ERR_INVALID;
+    if (!host || (data.len && !is_json(std::string_view(data.data, data.len))))
+      return GV_ERR_INVALID;
     host->services->hub->push_to_channel(str(channel), str(event), str(data));
     return GV_OK;
   });
