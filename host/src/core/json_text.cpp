@@ -8,8 +8,11 @@ namespace gv {
 namespace {
 
 // Texts up to this size are checked by the thread's simdjson parser, which
-// keeps memory for the largest text it saw; larger ones (rare) by nlohmann.
-constexpr size_t kFastCheckMaxBytes = 1 << 20;
+// keeps memory for the largest text it saw (about 12 MB for a 1 MiB text,
+// on each of the up to workers.threads + spare_threads threads); larger
+// ones (list pages, say) by nlohmann. A post's answer or event payload is
+// far smaller.
+constexpr size_t kFastCheckMaxBytes = 16 << 10;
 
 }  // namespace
 

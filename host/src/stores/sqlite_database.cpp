@@ -1054,7 +1054,7 @@ void SqliteDatabase::complete(Member& m) {
   if (m.thrown) s = SqlStatus::failure(SqlCode::invalid, "the work threw");
   try {
     m.completion(std::move(s));
-  } catch (...) {  // a completion must not stop the leader
+  } catch (...) {  // a completion must not stop the others, nor the leader
   }
 }
 
