@@ -220,6 +220,16 @@ int run(const Args& args) {
   gv::config::HostConfig cfg;
   std::vector<gv::config::Diagnostic> problems;
   bool config_ok = gv::config::load_host_config(args.config, args.overrides, &cfg, &problems);
+  // events.broker auto: the direct broker, the embedded dispatcher over the
+  // outboxes; but a data folder that has the log broker's file (the default
+  // before, or events.broker: in-process) keeps the log broker, whose file
+  // may hold events not yet consumed that the direct broker would never
+  // deliver. README: moving a data folder to direct.
+  const bool broker_auto = cfg.events.broker == "auto";
+  if (broker_auto) {
+    std::error_code ec;
+    cfg.events.broker = std::filesystem::exists(log_broker_file(cfg), ec) ? "in-process" : "direct";
+  }
   if (cfg.events.broker == "kafka") {
     std::string error;
     if (!gv::events::check_kafka_options(kafka_options(cfg), &error)) {
@@ -236,6 +246,9 @@ int run(const Args& args) {
     return 2;
   }
   gv::log::set_level(gv::log::parse_level(cfg.log.level));
+  if (broker_auto && cfg.events.broker == "in-process" && args.command != "check")
+    gv::log::info("events.broker auto: the in-process log broker, as its log exists",
+                  {{"file", log_broker_file(cfg).string()}});
   gv::Metrics metrics;
   gv::Registry registry;
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());

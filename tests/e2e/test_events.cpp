@@ -83,6 +83,9 @@ TEST_CASE("an event published with a write reaches its consumer once", "[events]
     REQUIRE(r.status == 201);
   }
   REQUIRE(drained(host.port()));
+  // The default broker on a new data folder: the direct one, no log file.
+  CHECK(http(host.port(), "GET", "/readyz").json_body()["events"]["broker"]["kind"] == "direct");
+  CHECK_FALSE(fs::exists(data.path / "d" / "broker" / "events.sqlite"));
   json s = sink_stats(host.port());
   CHECK(s["rows"] == 200);
   CHECK(s["applied"] == 200);
@@ -98,18 +101,34 @@ TEST_CASE("an event published with a write reaches its consumer once", "[events]
   CHECK(metrics.find("grapevine_events_outbox_backlog") != std::string::npos);
 }
 
-TEST_CASE("the direct broker will not start over the log broker's file", "[events]") {
+TEST_CASE("auto keeps the log broker where its file exists; direct will not start over it",
+          "[events]") {
   TempDir data;
   const fs::path dir = data.path / "d";
+  auto kind = [](int port) {
+    return http(port, "GET", "/readyz").json_body()["events"]["broker"]["kind"];
+  };
   {
-    Host host({.config = events_config(dir)});  // in-process: leaves broker/events.sqlite
-    REQUIRE(host.started());
+    Host host({.config = events_config(dir, json::object(), {{"broker", "in-process"}})});
+    REQUIRE(host.started());  // leaves broker/events.sqlite
+    CHECK(kind(host.port()) == "in-process");
     REQUIRE(http(host.port(), "POST", "/api/v1/evsource/items", item("k", 1)).status == 201);
     REQUIRE(drained(host.port()));
     REQUIRE(host.terminate() == 0);
   }
   const fs::path log_file = dir / "broker" / "events.sqlite";
   REQUIRE(fs::exists(log_file));
+  {
+    // auto (the default) goes on with the log on this folder, and says so.
+    Host host({.config = events_config(dir)});
+    REQUIRE(host.started());
+    CHECK(kind(host.port()) == "in-process");
+    CHECK(host.output().find("events.broker auto") != std::string::npos);
+    REQUIRE(http(host.port(), "POST", "/api/v1/evsource/items", item("k", 2)).status == 201);
+    REQUIRE(drained(host.port()));
+    CHECK(sink_stats(host.port())["rows"] == 2);
+    REQUIRE(host.terminate() == 0);
+  }
   fs::path config = data.path / "direct.yaml";
   std::ofstream(config) << events_config(dir, json::object(), {{"broker", "direct"}}).dump(2);
   std::string out;
@@ -122,17 +141,23 @@ TEST_CASE("the direct broker will not start over the log broker's file", "[event
   fs::remove(log_file);
   Host direct({.config = events_config(dir, json::object(), {{"broker", "direct"}})});
   REQUIRE(direct.started());
-  CHECK(source_rows(direct.port()) == 1);
-  CHECK(http(direct.port(), "GET", "/readyz").json_body()["events"]["broker"]["kind"] == "direct");
-  REQUIRE(http(direct.port(), "POST", "/api/v1/evsource/items", item("k", 2)).status == 201);
+  CHECK(source_rows(direct.port()) == 2);
+  CHECK(kind(direct.port()) == "direct");
+  REQUIRE(http(direct.port(), "POST", "/api/v1/evsource/items", item("k", 3)).status == 201);
   REQUIRE(drained(direct.port()));
-  CHECK(sink_stats(direct.port())["rows"] == 2);
+  CHECK(sink_stats(direct.port())["rows"] == 3);
+  REQUIRE(direct.terminate() == 0);
+  CHECK_FALSE(fs::exists(log_file));
+  // With the log gone, auto is direct too.
+  Host later({.config = events_config(dir)});
+  REQUIRE(later.started());
+  CHECK(kind(later.port()) == "direct");
   CHECK_FALSE(fs::exists(log_file));
 }
 
 TEST_CASE("kill -9 during acknowledged writes loses nothing and applies nothing twice",
           "[events][crash]") {
-  // The log broker (the default) and the direct one, which keeps events
+  // The log broker and the direct one (the default), which keeps events
   // only in the outboxes until every consumer has applied them.
   const std::string broker = GENERATE(as<std::string>{}, "in-process", "direct");
   INFO("broker: " << broker);

@@ -108,7 +108,9 @@ struct KafkaConfig {
 };
 
 struct EventsConfig {
-  std::string broker = "in-process";  // "in-process" (a log), "direct" or "kafka"
+  // "auto" (direct, or in-process where its log exists: see main.cpp),
+  // "in-process" (a log), "direct" or "kafka"
+  std::string broker = "auto";
   KafkaConfig kafka;
   int partitions = 8;
   int consumer_threads = 2;
