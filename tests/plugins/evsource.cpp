@@ -34,9 +34,7 @@ class EvSource : public grapevine::Plugin {
             std::string key = req.input()["key"];
             int64_t n = req.input()["n"];
             json out = db_.write([&](grapevine::Tx& tx) {
-              auto row =
-                  tx.query_one("INSERT INTO items (k, n) VALUES ($1, $2) RETURNING id", {key, n});
-              int64_t id = (*row)["id"].as_int();
+              int64_t id = tx.insert("INSERT INTO items (k, n) VALUES ($1, $2)", {key, n});
               std::string event = tx.publish("item.created", key, {{"id", id}, {"key", key}, {"n", n}});
               return json{{"id", id}, {"event_id", event}};
             });

@@ -159,6 +159,46 @@ TEST_CASE("sqlite: RETURNING gives ids, exec counts changed rows", "[sql][sqlite
   CHECK(count(*db, "p") == 1);
 }
 
+TEST_CASE("sqlite: insert gives the new row's id, 0 when it inserted none", "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(
+      exec_one(*db, "CREATE TABLE p (id INTEGER PRIMARY KEY, title TEXT UNIQUE, n INTEGER)").ok());
+  SqlStatus s = db->write([](SqlTransaction& tx) {
+    CHECK(tx.insert("INSERT INTO p (title) VALUES ($1)", {"a"}).value == 1);
+    CHECK(tx.insert("  /* note */ -- line\n insert into p (title) VALUES ($1)", {"b"}).value == 2);
+    CHECK(tx.insert("INSERT INTO p (id, title) VALUES (40, 'c')").value == 40);
+    // Nothing inserted: not the id of the insert before.
+    CHECK(tx.insert("INSERT INTO p (title) VALUES ('a') ON CONFLICT (title) DO NOTHING").value ==
+          0);
+    CHECK(tx.insert("INSERT INTO p (title, n) VALUES ('a', 1) "
+                    "ON CONFLICT (title) DO UPDATE SET n = excluded.n")
+              .value == 0);
+    CHECK(tx.insert("REPLACE INTO p (id, title) VALUES (7, 'd')").value == 7);
+    CHECK(tx.insert("INSERT INTO p (title) VALUES ('e'), ('f')").value == 42);  // the last
+    return SqlStatus::success();
+  });
+  INFO(s.message);
+  CHECK(s.ok());
+  CHECK(count(*db, "p") == 6);
+  CHECK(select(*db, "SELECT n FROM p WHERE title = 'a'").rows.at(0).at(0) == SqlValue{int64_t{1}});
+
+  // Another statement is refused and fails the transaction; so is a read.
+  for (const char* sql :
+       {"UPDATE p SET n = 2", "SELECT 1", "INSERTED", "-- INSERT\nDELETE FROM p"}) {
+    INFO(sql);
+    s = db->write([&](SqlTransaction& tx) {
+      CHECK(tx.insert(sql).status.code == SqlCode::invalid);
+      return SqlStatus::success();
+    });
+    CHECK(s.code == SqlCode::invalid);
+  }
+  s = db->read(
+      [](SqlTransaction& tx) { return tx.insert("INSERT INTO p (title) VALUES ('g')").status; });
+  CHECK(s.code == SqlCode::invalid);
+  CHECK(count(*db, "p") == 6);
+}
+
 TEST_CASE("sqlite: write rolls back on a failure status and on an exception", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());

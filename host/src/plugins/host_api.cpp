@@ -395,47 +395,57 @@ gv_status api_sql_read(gv_host* host, gv_txn_fn work, void* ctx, gv_sink_fn erro
   return shield([&] { return run_txn(host, false, work, ctx, error_sink, error_ctx); });
 }
 
+// A statement's parameters as the store takes them; false for an unknown
+// value type.
+bool sql_values(const gv_value* params, size_t nparams, std::vector<SqlValue>* values) {
+  values->reserve(nparams);
+  for (size_t i = 0; i < nparams; ++i) {
+    const gv_value& v = params[i];
+    switch (v.type) {
+      case GV_VALUE_NULL:
+        values->emplace_back(nullptr);
+        break;
+      case GV_VALUE_INT:
+        values->emplace_back(v.i);
+        break;
+      case GV_VALUE_REAL:
+        values->emplace_back(v.r);
+        break;
+      case GV_VALUE_TEXT:
+        values->emplace_back(str(v.s));
+        break;
+      case GV_VALUE_BLOB:
+        values->emplace_back(stores::SqlBlob(str(v.s)));
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+// Keeps a statement's failure as the transaction's first, and gives its
+// ABI status.
+gv_status txn_failed(gv_txn* txn, const SqlStatus& st) {
+  if (txn->first_failure.ok()) txn->first_failure = st;
+  return to_gv_status(st.code);
+}
+
 gv_status api_sql_run(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
                       gv_row_fn on_row, void* row_ctx, int64_t* changes) {
   return shield([&]() -> gv_status {
     if (!txn || !txn->tx || (nparams && !params)) return GV_ERR_INVALID;
     std::vector<SqlValue> values;
-    values.reserve(nparams);
-    for (size_t i = 0; i < nparams; ++i) {
-      const gv_value& v = params[i];
-      switch (v.type) {
-        case GV_VALUE_NULL:
-          values.emplace_back(nullptr);
-          break;
-        case GV_VALUE_INT:
-          values.emplace_back(v.i);
-          break;
-        case GV_VALUE_REAL:
-          values.emplace_back(v.r);
-          break;
-        case GV_VALUE_TEXT:
-          values.emplace_back(str(v.s));
-          break;
-        case GV_VALUE_BLOB:
-          values.emplace_back(stores::SqlBlob(str(v.s)));
-          break;
-        default:
-          return GV_ERR_INVALID;
-      }
-    }
-    auto fail = [&](const SqlStatus& st) {
-      if (txn->first_failure.ok()) txn->first_failure = st;
-      return to_gv_status(st.code);
-    };
+    if (!sql_values(params, nparams, &values)) return GV_ERR_INVALID;
     std::string_view text(sql.data ? sql.data : "", sql.len);
     if (!on_row) {
       auto r = txn->tx->exec(text, values);
-      if (!r.ok()) return fail(r.status);
+      if (!r.ok()) return txn_failed(txn, r.status);
       if (changes) *changes = r.value;
       return GV_OK;
     }
     auto r = txn->tx->query(text, values);
-    if (!r.ok()) return fail(r.status);
+    if (!r.ok()) return txn_failed(txn, r.status);
     const stores::SqlRows& rows = r.value;
     std::vector<gv_str> names;
     for (const auto& c : rows.columns) names.push_back({c.data(), c.size()});
@@ -473,6 +483,19 @@ gv_status api_sql_run(gv_txn* txn, gv_str sql, const gv_value* params, size_t np
 }
 
 // ---- ABI 1.1: events -----------------------------------------------------
+
+gv_status api_sql_insert(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
+                         int64_t* id) {
+  return shield([&]() -> gv_status {
+    if (!txn || !txn->tx || (nparams && !params)) return GV_ERR_INVALID;
+    std::vector<SqlValue> values;
+    if (!sql_values(params, nparams, &values)) return GV_ERR_INVALID;
+    auto r = txn->tx->insert(std::string_view(sql.data ? sql.data : "", sql.len), values);
+    if (!r.ok()) return txn_failed(txn, r.status);
+    if (id) *id = r.value;
+    return GV_OK;
+  });
+}
 
 gv_status api_publish(gv_txn* txn, gv_str type, gv_str key, gv_str payload, uint32_t schema_version,
                       gv_sink_fn id_sink, void* id_ctx) {
@@ -834,7 +857,8 @@ const gv_host_api_v1* host_api() {
                                      &api_respond_header,
                                      &api_access_token_ttl,
                                      &api_txn_invalidate,
-                                     &api_invalidate};
+                                     &api_invalidate,
+                                     &api_sql_insert};
   return &api;
 }
 

@@ -175,6 +175,15 @@ class SqlTransaction {
   virtual SqlResult<int64_t> exec(std::string_view sql,
                                   const std::vector<SqlValue>& params = {}) = 0;
 
+  // Runs one INSERT or REPLACE statement like exec() and returns the
+  // integer primary key the database gave the row it inserted (SQLite's
+  // rowid; of several rows, the last), or 0 when it inserted none (ON
+  // CONFLICT DO NOTHING, or an upsert that updated). Cheaper than INSERT ...
+  // RETURNING, which SQLite runs through a temporary table. Any other
+  // statement is invalid. Refused in read().
+  virtual SqlResult<int64_t> insert(std::string_view sql,
+                                    const std::vector<SqlValue>& params = {}) = 0;
+
   // Runs every statement of sql, separated by ';', in order, without
   // parameters, discarding rows; stops at the first failure. For
   // migrations and DDL; statements are not cached. Refused in read().

@@ -61,6 +61,31 @@ std::string quoted(std::string_view sql) {
   return q + (sql.size() > kMax ? "...\"" : "\"");
 }
 
+// Whether sql's first word, past blanks and comments, is keyword (upper
+// case), in any letter case.
+bool first_keyword_is(std::string_view sql, std::string_view keyword) {
+  size_t i = 0;
+  for (;;) {
+    while (i < sql.size() && std::isspace(static_cast<unsigned char>(sql[i]))) ++i;
+    if (sql.substr(i, 2) == "--") {
+      i = sql.find('\n', i);
+      if (i == std::string_view::npos) return false;
+    } else if (sql.substr(i, 2) == "/*") {
+      i = sql.find("*/", i + 2);
+      if (i == std::string_view::npos) return false;
+      i += 2;
+    } else {
+      break;
+    }
+  }
+  if (sql.size() - i < keyword.size()) return false;
+  for (size_t k = 0; k < keyword.size(); ++k)
+    if (std::toupper(static_cast<unsigned char>(sql[i + k])) != keyword[k]) return false;
+  const size_t end = i + keyword.size();
+  return end == sql.size() ||
+         !(std::isalnum(static_cast<unsigned char>(sql[end])) || sql[end] == '_');
+}
+
 // The status for a failed SQLite call; names the SQL when it is the
 // caller's bug, so the plugin's log shows which statement.
 SqlStatus failure(sqlite3* db, int rc, std::string_view sql = {}) {
@@ -465,6 +490,18 @@ class SqliteTransaction final : public SqlTransaction {
     if (!result.ok()) return {result.status};
     const bool changed = sqlite3_total_changes64(c_.db) != before;
     return {{}, changed ? sqlite3_changes64(c_.db) : 0};
+  }
+
+  SqlResult<int64_t> insert(std::string_view sql, const std::vector<SqlValue>& params) override {
+    if (!writable_) return {fail(invalid("insert() in a read transaction: " + quoted(sql)))};
+    if (!first_keyword_is(sql, "INSERT") && !first_keyword_is(sql, "REPLACE"))
+      return {fail(invalid("insert() runs INSERT or REPLACE statements only: " + quoted(sql)))};
+    // Cleared first, so that 0 after says no row was inserted: SQLite
+    // leaves it as it was for DO NOTHING and for an upsert that updated.
+    sqlite3_set_last_insert_rowid(c_.db, 0);
+    auto result = run(sql, params, false);
+    if (!result.ok()) return {result.status};
+    return {{}, sqlite3_last_insert_rowid(c_.db)};
   }
 
   SqlStatus exec_script(std::string_view sql) override;

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 4
+#define GV_ABI_MINOR 5
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -380,6 +380,19 @@ typedef struct gv_host_api_v1 {
   gv_status (*txn_invalidate)(gv_txn* txn, gv_str tag);
   /* The same at once, for changes outside the plugin's database. */
   gv_status (*invalidate)(gv_host* host, gv_str tag);
+
+  /* ---- ABI 1.5 ---- */
+
+  /* Runs one INSERT (or REPLACE) statement like sql_run without rows, and
+   * gives in *id (may be NULL) the integer primary key the database
+   * assigned to the row it inserted: SQLite's rowid (an INTEGER PRIMARY
+   * KEY column; a PostgreSQL backend reads a SERIAL or IDENTITY column's
+   * with lastval()); of several rows, the last; 0 when it inserted none
+   * (ON CONFLICT DO NOTHING, or an upsert that updated). Costs less than
+   * INSERT ... RETURNING, which SQLite runs through a temporary table.
+   * Any other statement: GV_ERR_INVALID. */
+  gv_status (*sql_insert)(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
+                          int64_t* id);
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in
