@@ -311,6 +311,71 @@ TEST_CASE("events: publish validates and appends to the outbox in the caller's t
   CHECK(scalar(*db, "SELECT count(*) FROM gv_outbox") == 3);
 }
 
+TEST_CASE("events: seq grows in commit order, the counter row set once per transaction",
+          "[events]") {
+  TempDir tmp;
+  auto db = plugin_db(tmp.dir / "p.db", kThings);
+  auto seqs = [&] {
+    std::vector<int64_t> out;
+    SqlStatus s = db->read([&](SqlTransaction& tx) {
+      auto r = tx.query("SELECT seq FROM gv_outbox ORDER BY seq");
+      for (const auto& row : r.value.rows) out.push_back(*sql_int(row.at(0)));
+      return r.status;
+    });
+    REQUIRE(s.ok());
+    return out;
+  };
+  auto part = [](SqlTransaction& tx, const char* key, bool keep) {
+    return tx.nested([&](SqlTransaction& t) {
+      SqlStatus s = EventEngine::publish(t, "p", "thing.made", key, "{}", 1, nullptr);
+      return keep ? s : SqlStatus::failure(SqlCode::constraint, "undone");
+    });
+  };
+  // Three events in one transaction, the second undone: its seq is a gap,
+  // never given again.
+  SqlStatus s = db->write([&](SqlTransaction& tx) {
+    CHECK(part(tx, "a", true).ok());
+    CHECK_FALSE(part(tx, "b", false).ok());
+    CHECK(part(tx, "c", true).ok());
+    return SqlStatus::success();
+  });
+  REQUIRE(s.ok());
+  CHECK(seqs() == std::vector<int64_t>{1, 3});
+  CHECK(scalar(*db, "SELECT last_seq FROM gv_outbox_seq") == 3);
+  publish_one(*db, "thing.made", "d", "{}");
+  CHECK(seqs() == std::vector<int64_t>{1, 3, 4});
+  // A transaction whose only event is undone leaves the counter as it was.
+  s = db->write([&](SqlTransaction& tx) {
+    CHECK_FALSE(part(tx, "e", false).ok());
+    return SqlStatus::success();
+  });
+  REQUIRE(s.ok());
+  CHECK(scalar(*db, "SELECT last_seq FROM gv_outbox_seq") == 4);
+  // Its first event undone, the transaction's next ones count on above it.
+  s = db->write([&](SqlTransaction& tx) {
+    CHECK_FALSE(part(tx, "f", false).ok());
+    CHECK(part(tx, "g", true).ok());
+    CHECK(part(tx, "h", true).ok());
+    return SqlStatus::success();
+  });
+  REQUIRE(s.ok());
+  CHECK(seqs() == std::vector<int64_t>{1, 3, 4, 6, 7});
+  CHECK(scalar(*db, "SELECT last_seq FROM gv_outbox_seq") == 7);
+  // A failed write takes its events with it; their seqs are gaps too.
+  s = db->write([&](SqlTransaction& tx) {
+    CHECK(part(tx, "i", true).ok());
+    CHECK(part(tx, "j", true).ok());
+    return SqlStatus::failure(SqlCode::constraint, "the business change failed");
+  });
+  CHECK_FALSE(s.ok());
+  CHECK(seqs() == std::vector<int64_t>{1, 3, 4, 6, 7});
+  publish_one(*db, "thing.made", "k", "{}");
+  auto after = seqs();
+  REQUIRE(after.size() == 6);
+  CHECK(after.back() > 7);
+  CHECK(scalar(*db, "SELECT last_seq FROM gv_outbox_seq") == after.back());
+}
+
 // ---- broker ----
 
 namespace {

@@ -671,6 +671,89 @@ TEST_CASE("sqlite: a group shares one commit; a failing member leaves no trace",
   CHECK(commits <= 3);  // normally 1: the others queued behind member 0
 }
 
+TEST_CASE("sqlite: a transaction's deferred object spans its group; before_commit runs once",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  REQUIRE(exec_one(*db, "CREATE TABLE t (k INTEGER PRIMARY KEY)").ok());
+  REQUIRE(exec_one(*db, "CREATE TABLE tally (n INTEGER NOT NULL)").ok());
+  // Counts the works of its transaction; before COMMIT it records the count,
+  // or refuses when a work asked it to.
+  struct Tally final : SqlTransaction::Deferred {
+    int works = 0;
+    bool refuse = false;
+    SqlStatus before_commit(SqlTransaction& tx) override {
+      if (refuse) return SqlStatus::failure(SqlCode::constraint, "refused before commit");
+      return tx.exec("INSERT INTO tally (n) VALUES ($1)", {int64_t{works}}).status;
+    }
+  };
+  static const char key = 0;
+  // Members write at once, member 0 holding the lock until the others wait,
+  // so that they run as one group; member `refuser` (if >= 0) has the
+  // transaction refused.
+  constexpr int kMembers = 6;
+  auto round = [&](int first_key, int refuser) {
+    std::atomic<int> started{0};
+    std::atomic<bool> holding{false};
+    std::vector<SqlStatus> status(kMembers);
+    std::vector<std::thread> threads;
+    for (int m = 0; m < kMembers; ++m) {
+      if (m == 1)
+        while (!holding) std::this_thread::sleep_for(1ms);
+      threads.emplace_back([&, m] {
+        ++started;
+        status[m] = db->write([&](SqlTransaction& tx) {
+          if (m == 0) {
+            holding = true;
+            while (started < kMembers) std::this_thread::sleep_for(1ms);
+            std::this_thread::sleep_for(150ms);  // they are all waiting now
+          }
+          auto* tally =
+              static_cast<Tally*>(tx.deferred(&key, [] { return std::make_unique<Tally>(); }));
+          REQUIRE(tally);
+          ++tally->works;
+          if (m == refuser) tally->refuse = true;
+          return tx.exec("INSERT INTO t (k) VALUES ($1)", {int64_t{first_key + m}}).status;
+        });
+      });
+    }
+    for (auto& th : threads) th.join();
+    return status;
+  };
+
+  const auto before = db->write_stats();
+  for (const auto& s : round(0, -1)) CHECK(s.ok());
+  const auto commits = db->write_stats().commits - before.commits;
+  // One tally row per transaction, counting the works in it: together, all.
+  CHECK(count(*db, "tally") == static_cast<int64_t>(commits));
+  CHECK(select(*db, "SELECT sum(n) FROM tally").rows.at(0).at(0) == SqlValue{int64_t{kMembers}});
+  CHECK(commits < kMembers);
+
+  // A refusing before_commit fails every work of its transaction, and keeps
+  // nothing of them; works in other transactions (if the group split) stand.
+  auto status = round(100, 3);
+  CHECK(status[3].message == "refused before commit");
+  int kept = 0;
+  for (int m = 0; m < kMembers; ++m) {
+    INFO("member " << m << ": " << status[m].message);
+    const bool present =
+        !select(*db, "SELECT k FROM t WHERE k = $1", {int64_t{100 + m}}).rows.empty();
+    CHECK(present == status[m].ok());
+    kept += present;
+  }
+  CHECK(kept < kMembers);
+  // The tallies recorded count exactly the works committed.
+  CHECK(select(*db, "SELECT sum(n) FROM tally").rows.at(0).at(0) ==
+        SqlValue{int64_t{kMembers + kept}});
+
+  // None in a read.
+  SqlStatus s = db->read([](SqlTransaction& tx) {
+    CHECK(tx.deferred(&key, [] { return std::make_unique<Tally>(); }) == nullptr);
+    return SqlStatus::success();
+  });
+  CHECK(s.ok());
+}
+
 TEST_CASE("sqlite: max_group_size 1 commits every write alone", "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file(), {.max_group_size = 1});

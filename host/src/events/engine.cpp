@@ -19,15 +19,19 @@
 // shapes (seq BIGINT PRIMARY KEY; gv_consumed with a rowid and an index on
 // consumed_ms) are rebuilt by prepare_database, rows kept, in its
 // transaction.
-// The outbox sequence comes from the counter row
-// (UPDATE gv_outbox_seq SET last_seq = last_seq + 1, then the INSERT reads
-// last_seq from it) rather than an auto-increment column: it is the same SQL on both
-// backends, and because the row stays locked until the publishing
+// The outbox sequence comes from the counter row rather than an
+// auto-increment column: a transaction's first event bumps it (UPDATE
+// gv_outbox_seq SET last_seq = last_seq + 1, then the INSERT reads last_seq
+// from it), its later events (the other works of a group commit) count on
+// in memory, and the row is set to the last one just before the COMMIT
+// (SqlTransaction::deferred). It is the same SQL on both backends, and
+// because the row stays locked from the first UPDATE until the publishing
 // transaction ends, seq order is commit order even on PostgreSQL. (With a
 // SEQUENCE, seq 5 may commit before seq 4; the relay would send 5 and its
-// "DELETE ... WHERE seq <= 5" would then delete 4 unsent.) The cost is that
-// publishing transactions of one plugin serialize on that row, which SQLite
-// does anyway.
+// "DELETE ... WHERE seq <= 5" would then delete 4 unsent.) An event undone
+// (its part or work failed) leaves a gap in seq, never a repeat. The cost
+// is that publishing transactions of one plugin serialize on that row,
+// which SQLite does anyway.
 //
 // publish() checks type (valid_type), key (1..kMaxKeyBytes bytes), source
 // (non-empty), schema_version (>= 1) and payload (a JSON object of at most
@@ -365,6 +369,24 @@ stores::SqlStatus EventEngine::prepare_database(stores::SqlDatabase& db) {
   });
 }
 
+namespace {
+
+// The outbox counter of one write transaction (SqlTransaction::deferred):
+// the last seq given in it, and the one its first event stored in
+// gv_outbox_seq; before the COMMIT the row is set to the last, if later
+// events counted on. 0: no event yet.
+struct OutboxCounter final : stores::SqlTransaction::Deferred {
+  int64_t last = 0;
+  int64_t stored = 0;
+  stores::SqlStatus before_commit(stores::SqlTransaction& tx) override {
+    if (last == stored) return stores::SqlStatus::success();
+    return tx.exec("UPDATE gv_outbox_seq SET last_seq = $1 WHERE id = 1", {last}).status;
+  }
+};
+constexpr char kOutboxCounterKey = 0;  // its key: the address
+
+}  // namespace
+
 stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_view source,
                                        std::string_view type, std::string_view key,
                                        std::string_view payload_json, int schema_version,
@@ -386,19 +408,49 @@ stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_v
   // Checked without building it.
   if (!is_json_object(payload_json)) return invalid("event payload must be a JSON object");
 
-  // Two plain statements rather than UPDATE ... RETURNING, which SQLite
-  // runs through a temporary table (about twice the cost of both).
-  auto bumped = tx.exec("UPDATE gv_outbox_seq SET last_seq = last_seq + 1 WHERE id = 1");
-  if (!bumped.ok()) return bumped.status;
-  if (bumped.value == 0)
-    return invalid("the database has no event outbox: call EventEngine::prepare_database first");
+  // The first event of a transaction takes the counter row (UPDATE, which
+  // also holds it against other writers until the transaction ends) and its
+  // seq from it; the transaction's later ones (the other works of a group
+  // commit) count on in memory, and the counter row is set once, before the
+  // COMMIT (OutboxCounter). Two plain statements rather than UPDATE ...
+  // RETURNING, which SQLite runs through a temporary table.
+  auto* counter = static_cast<OutboxCounter*>(
+      tx.deferred(&kOutboxCounterKey, [] { return std::make_unique<OutboxCounter>(); }));
+  if (!counter) return invalid("publish() needs a write transaction");
   std::string event_id = new_event_id();
-  auto r = tx.exec(
-      "INSERT INTO gv_outbox(seq, id, type, key, time_ms, source, schema_version, payload) "
-      "SELECT last_seq, $1, $2, $3, $4, $5, $6, $7 FROM gv_outbox_seq WHERE id = 1",
-      {event_id, std::string(type), std::string(key), now_ms(), std::string(source),
-       static_cast<int64_t>(schema_version), std::string(payload_json)});
-  if (!r.ok()) return r.status;
+  // The row's values, after its seq when given.
+  auto values = [&](std::optional<int64_t> seq) {
+    std::vector<stores::SqlValue> v;
+    v.reserve(8);
+    if (seq) v.emplace_back(*seq);
+    v.emplace_back(event_id);
+    v.emplace_back(std::string(type));
+    v.emplace_back(std::string(key));
+    v.emplace_back(now_ms());
+    v.emplace_back(std::string(source));
+    v.emplace_back(static_cast<int64_t>(schema_version));
+    v.emplace_back(std::string(payload_json));
+    return v;
+  };
+  if (counter->last == 0) {
+    auto bumped = tx.exec("UPDATE gv_outbox_seq SET last_seq = last_seq + 1 WHERE id = 1");
+    if (!bumped.ok()) return bumped.status;
+    if (bumped.value == 0)
+      return invalid("the database has no event outbox: call EventEngine::prepare_database first");
+    auto seq = tx.insert(
+        "INSERT INTO gv_outbox(seq, id, type, key, time_ms, source, schema_version, payload) "
+        "SELECT last_seq, $1, $2, $3, $4, $5, $6, $7 FROM gv_outbox_seq WHERE id = 1",
+        values(std::nullopt));
+    if (!seq.ok()) return seq.status;
+    counter->last = counter->stored = seq.value;
+  } else {
+    auto r = tx.exec(
+        "INSERT INTO gv_outbox(seq, id, type, key, time_ms, source, schema_version, payload) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        values(counter->last + 1));
+    if (!r.ok()) return r.status;
+    ++counter->last;  // kept if this part is undone: a gap in seq, never a repeat
+  }
   if (id) *id = std::move(event_id);
   ++published_on_thread;
   return SqlStatus::success();

@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -210,6 +211,22 @@ class SqlTransaction {
   // fails). fn must be quick, must not throw and must not use this
   // database. Refused (invalid) in read() and read_only().
   virtual SqlStatus after_commit(std::function<void()> fn) = 0;
+
+  // State of host code that writes once per transaction rather than once
+  // per call (the outbox counter: EventEngine::publish): the object kept
+  // under key for the enclosing write transaction (with group commit, the
+  // group's, across its works), made by make on first use. Its
+  // before_commit runs once, in the transaction, just before the COMMIT;
+  // a failure there fails the transaction, and so every work in it. The
+  // object outlives the changes of a nested() part or a work that is
+  // undone: keep state that stays right then (a counter that only grows).
+  // Null in read() and read_only().
+  struct Deferred {
+    virtual ~Deferred() = default;
+    virtual SqlStatus before_commit(SqlTransaction& tx) = 0;
+  };
+  virtual Deferred* deferred(const void* key,
+                             const std::function<std::unique_ptr<Deferred>()>& make) = 0;
 };
 
 // The work function: returns ok to commit, any failure to roll back.

@@ -271,6 +271,8 @@ struct SqliteDatabase::Connection {
   // prepared once, keyed by their literal SQL. Apart from cache, so that
   // plugin SQL never reaches one of them past the authorizer.
   std::unordered_map<std::string_view, StatementPtr> host_statements;
+  // SqlTransaction::deferred()'s objects of the open write transaction.
+  std::vector<std::pair<const void*, std::unique_ptr<SqlTransaction::Deferred>>> deferred;
 
   ~Connection() {
     cache.clear();  // statements before the connection
@@ -543,6 +545,15 @@ class SqliteTransaction final : public SqlTransaction {
     return status;
   }
 
+  Deferred* deferred(const void* key,
+                     const std::function<std::unique_ptr<Deferred>()>& make) override {
+    if (!writable_) return nullptr;
+    for (auto& [k, d] : c_.deferred)
+      if (k == key) return d.get();
+    c_.deferred.emplace_back(key, make());
+    return c_.deferred.back().second.get();
+  }
+
   // The first failure of any statement in this transaction; ok if none.
   const SqlStatus& failed() const { return failed_; }
 
@@ -704,6 +715,19 @@ SqlStatus run_transaction(Connection& c, bool writable, const SqlWork& work) {
     rollback(c);
   }
   return status;
+}
+
+// Runs the before_commit of each SqlTransaction::deferred() object of the
+// write transaction open on c, in the order they were made; the first
+// failure stops them and is returned.
+SqlStatus run_deferred(Connection& c) {
+  SqliteTransaction tx(c, true);
+  for (auto& entry : c.deferred) {
+    SqlStatus s = entry.second->before_commit(tx);
+    if (s.ok()) s = tx.failed();
+    if (!s.ok()) return s;
+  }
+  return {};
 }
 
 // What the members of a broken group that were waiting for its COMMIT
@@ -973,6 +997,7 @@ bool SqliteDatabase::lead(const Member* own) {
     done.push_back(std::move(m));
   };
   const auto end_transaction = [&](SqlStatus result) {
+    c.deferred.clear();
     if (!result.ok()) rollback(c);
     for (auto& m : pending) {
       if (result.ok())
@@ -1020,6 +1045,7 @@ bool SqliteDatabase::lead(const Member* own) {
         finish(std::move(m), std::move(s));
         continue;
       }
+      c.deferred.clear();  // none from an earlier transaction
       open = true;
     }
     SqlStatus s = run_member(c, *m, broken);
@@ -1037,11 +1063,14 @@ bool SqliteDatabase::lead(const Member* own) {
     pending.push_back(std::move(m));
   }
   if (open) {
-    SqlStatus result;
-    if (int rc = host_run(c, "COMMIT"); rc != SQLITE_OK)
-      result = failure(c.db, rc);
-    else
-      commits_.fetch_add(1, std::memory_order_relaxed);
+    // A failing before_commit is rolled back like a failing COMMIT.
+    SqlStatus result = run_deferred(c);
+    if (result.ok()) {
+      if (int rc = host_run(c, "COMMIT"); rc != SQLITE_OK)
+        result = failure(c.db, rc);
+      else
+        commits_.fetch_add(1, std::memory_order_relaxed);
+    }
     end_transaction(std::move(result));
   }
   // The next leader first, so that writing goes on while members wake. A
