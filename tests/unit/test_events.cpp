@@ -197,6 +197,21 @@ TEST_CASE("events: ULIDs are 26 sortable characters, unique and increasing per t
   REQUIRE(all.size() == size_t(kThreads * kPer));
   // Later ids sort after earlier ones across threads too.
   REQUIRE(new_event_id() > *all.rbegin());
+
+  // One id per millisecond for 200 of them, past the 64 milliseconds one
+  // draw of random bytes serves: each new millisecond has random bits of
+  // its own (no repeat of a spent draw), and the ids still increase.
+  std::vector<std::string> slow;
+  for (int i = 0; i < 200; ++i) {
+    slow.push_back(new_event_id());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::set<std::string> random_parts;
+  for (size_t i = 0; i < slow.size(); ++i) {
+    if (i > 0) REQUIRE(slow[i - 1] < slow[i]);
+    random_parts.insert(slow[i].substr(10));
+  }
+  REQUIRE(random_parts.size() == slow.size());
 }
 
 TEST_CASE("events: types and patterns", "[events]") {

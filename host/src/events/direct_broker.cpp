@@ -50,6 +50,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "core/cond_wait.hpp"
 #include "core/log.hpp"
@@ -109,12 +110,11 @@ class DirectBroker final : public Broker {
     auto b = std::make_shared<Batch>();
     b->done = std::move(done);
     // The groups each event goes to, found before taking the lock.
-    std::vector<std::vector<Group*>> targets(batch.size());
+    std::vector<std::shared_ptr<const std::vector<Group*>>> targets(batch.size());
     size_t deliveries = 0;
     for (size_t i = 0; i < batch.size(); ++i) {
-      for (auto& g : groups_)
-        if (g->matches(batch[i].type)) targets[i].push_back(g.get());
-      deliveries += targets[i].size();
+      targets[i] = groups_for(batch[i].type);
+      deliveries += targets[i]->size();
     }
     if (deliveries == 0) return b->answer(true, "");  // no group wants any of them
     b->pending = deliveries;
@@ -129,15 +129,15 @@ class DirectBroker final : public Broker {
       }
       wake.assign(static_cast<size_t>(threads_count_), false);
       for (size_t i = 0; i < batch.size(); ++i) {
-        if (targets[i].empty()) continue;
+        if (targets[i]->empty()) continue;
         const int p = partition_of(batch[i].key, partitions_);
-        for (Group* g : targets[i]) {
+        for (Group* g : *targets[i]) {
           auto& part = g->parts[static_cast<size_t>(p)];
           Item item;
           item.delivery.partition = p;
           item.delivery.offset = part.next_offset++;
           // The last group takes the envelope, the others a copy.
-          item.delivery.event = g == targets[i].back() ? std::move(batch[i]) : batch[i];
+          item.delivery.event = g == targets[i]->back() ? std::move(batch[i]) : batch[i];
           item.batch = b;
           part.queue.push_back(std::move(item));
         }
@@ -153,6 +153,8 @@ class DirectBroker final : public Broker {
                  ConsumerFn handler) override {
     std::lock_guard lock(mutex_);
     add_group(groups_, started_, {group, std::move(patterns), std::move(handler)});
+    std::lock_guard routes(routes_mutex_);
+    routes_.clear();
   }
 
   bool start(std::string* error) override {
@@ -247,6 +249,21 @@ class DirectBroker final : public Broker {
   DirectBrokerOptions options_;
   std::shared_ptr<SharedStats> stats_;
   std::mutex stop_mutex_;     // held through stop()
+  // The groups whose patterns match type: matched once per type and kept
+  // (a plugin publishes a few types; past kMaxRoutes kept, they start over).
+  std::shared_ptr<const std::vector<Group*>> groups_for(const std::string& type) {
+    std::lock_guard lock(routes_mutex_);
+    if (auto it = routes_.find(type); it != routes_.end()) return it->second;
+    auto groups = std::make_shared<std::vector<Group*>>();
+    for (auto& g : groups_)
+      if (g->matches(type)) groups->push_back(g.get());
+    if (routes_.size() >= kMaxRoutes) routes_.clear();
+    routes_.emplace(type, groups);
+    return groups;
+  }
+  static constexpr size_t kMaxRoutes = 1024;
+  std::mutex routes_mutex_;  // guards routes_
+  std::unordered_map<std::string, std::shared_ptr<const std::vector<Group*>>> routes_;
   mutable std::mutex mutex_;  // guards everything below but the threads' handles
   std::vector<std::unique_ptr<Group>> groups_;
   bool started_ = false, running_ = false;

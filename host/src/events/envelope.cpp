@@ -14,11 +14,11 @@
 // characters, 10 for the 48-bit Unix-millisecond time and 16 for 80 random
 // bits, so the text sorts like the creation order. new_event_id() is
 // monotonic within the process: under one mutex it keeps the last
-// (time, random) pair; a later millisecond draws fresh random bits from
-// OpenSSL's RAND_bytes (std::random_device if that fails), the same or an
-// earlier millisecond (clock stepped back) reuses the last time with the
-// random part plus one. Ids from every thread are therefore unique and
-// strictly increasing in the order the mutex hands them out.
+// (time, random) pair; a later millisecond takes fresh random bits from
+// OpenSSL's RAND_bytes (drawn ahead for 64 milliseconds; std::random_device
+// if that fails), the same or an earlier millisecond (clock stepped back)
+// reuses the last time with the random part plus one. Ids from every thread are therefore unique
+// and strictly increasing in the order the mutex hands them out.
 //
 // Types and patterns: a type is segments of [a-z0-9_]+ joined by '.', at
 // most kMaxTypeBytes. A pattern is a type (exact match), a type followed by
@@ -99,6 +99,11 @@ struct UlidState {
   uint16_t rand_hi = 0;  // the top 16 of the 80 random bits
   uint64_t rand_lo = 0;  // the low 64
   std::random_device fallback;
+  // Random bytes drawn ahead from RAND_bytes, 10 taken per new millisecond:
+  // one call per 64 of them (a call costs about 6,500 instructions, whatever
+  // its length; under load every millisecond is new).
+  std::array<unsigned char, 640> pool{};
+  size_t pool_used = 640;
 };
 
 UlidState& ulid_state() {
@@ -107,13 +112,17 @@ UlidState& ulid_state() {
 }
 
 void fill_random(UlidState& s) {
-  std::array<unsigned char, 10> bytes{};
-  if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1) {
-    for (auto& b : bytes) b = static_cast<unsigned char>(s.fallback() & 0xff);
+  constexpr size_t kBytes = 10;
+  if (s.pool_used + kBytes > s.pool.size()) {
+    if (RAND_bytes(s.pool.data(), static_cast<int>(s.pool.size())) != 1)
+      for (auto& b : s.pool) b = static_cast<unsigned char>(s.fallback() & 0xff);
+    s.pool_used = 0;
   }
+  const unsigned char* bytes = s.pool.data() + s.pool_used;
+  s.pool_used += kBytes;
   s.rand_hi = static_cast<uint16_t>((bytes[0] << 8) | bytes[1]);
   s.rand_lo = 0;
-  for (size_t i = 2; i < bytes.size(); ++i) s.rand_lo = (s.rand_lo << 8) | bytes[i];
+  for (size_t i = 2; i < kBytes; ++i) s.rand_lo = (s.rand_lo << 8) | bytes[i];
 }
 
 }  // namespace
