@@ -442,6 +442,8 @@ stores::SqlStatus EventEngine::publish(stores::SqlTransaction& tx, std::string_v
         "SELECT last_seq, $1, $2, $3, $4, $5, $6, $7 FROM gv_outbox_seq WHERE id = 1",
         values(std::nullopt));
     if (!seq.ok()) return seq.status;
+    // seq is gv_outbox's rowid (INTEGER PRIMARY KEY: prepare_database
+    // rebuilds older shapes before any publish), which insert() gives.
     counter->last = counter->stored = seq.value;
   } else {
     auto r = tx.exec(
