@@ -530,6 +530,44 @@ SqlStatus insert_both(SqlTransaction& tx, int64_t thread, int64_t n) {
   return tx.exec("INSERT INTO outbox (thread, n) VALUES ($1, $2)", {thread, n}).status;
 }
 
+// Runs work(m, tx) for members 0..members-1 in concurrent write()s, member
+// 0 holding the write lock until every other has called write() (and 150 ms
+// more), so that they queue up behind it and normally commit as one group.
+// Returns each write's status; the message of a std::runtime_error a work
+// throws is caught on its thread and kept in (*thrown)[m] when thrown is
+// given ("" for the others).
+std::vector<SqlStatus> write_together(SqlDatabase& db, int members,
+                                      const std::function<SqlStatus(int, SqlTransaction&)>& work,
+                                      std::vector<std::string>* thrown = nullptr) {
+  std::atomic<int> started{0};
+  std::atomic<bool> holding{false};
+  std::vector<SqlStatus> status(static_cast<size_t>(members));
+  if (thrown) thrown->assign(static_cast<size_t>(members), "");
+  std::vector<std::thread> threads;
+  for (int m = 0; m < members; ++m) {
+    if (m == 1)
+      while (!holding) std::this_thread::sleep_for(1ms);
+    threads.emplace_back([&, m] {
+      ++started;
+      try {
+        status[static_cast<size_t>(m)] = db.write([&](SqlTransaction& tx) {
+          if (m == 0) {
+            holding = true;
+            while (started < members) std::this_thread::sleep_for(1ms);
+            std::this_thread::sleep_for(150ms);  // they are all waiting now
+          }
+          return work(m, tx);
+        });
+      } catch (const std::runtime_error& e) {
+        if (!thrown) throw;
+        (*thrown)[static_cast<size_t>(m)] = e.what();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  return status;
+}
+
 // The (thread, n) pairs in table, sorted.
 std::vector<std::pair<int64_t, int64_t>> pairs_in(SqlDatabase& db, const std::string& table) {
   std::vector<std::pair<int64_t, int64_t>> out;
@@ -597,56 +635,38 @@ TEST_CASE("sqlite: a group shares one commit; a failing member leaves no trace",
   create_business_tables(*db);
   const auto before = db->write_stats();
 
-  // Member 0 holds the write lock until the others have called write()
-  // (and then some), so they queue up and run as one group after it.
+  // The members run as one group (write_together).
   constexpr int kMembers = 8;
   enum Role { plain, refuse, collide, throws };
   const Role role[kMembers] = {plain, plain, refuse, plain, collide, throws, plain, plain};
-  std::atomic<int> started{0};
-  std::atomic<bool> holding{false};
-  std::vector<SqlStatus> status(kMembers);
-  std::vector<int> threw(kMembers, 0);
   std::mutex hooks_mutex;
   std::vector<int> hooks_ran;  // members whose after_commit ran
-  std::vector<std::thread> threads;
-  for (int m = 0; m < kMembers; ++m) {
-    if (m == 1)
-      while (!holding) std::this_thread::sleep_for(1ms);
-    threads.emplace_back([&, m] {
-      ++started;
-      try {
-        status[m] = db->write([&](SqlTransaction& tx) {
-          if (m == 0) {
-            holding = true;
-            while (started < kMembers) std::this_thread::sleep_for(1ms);
-            std::this_thread::sleep_for(150ms);  // they are all waiting now
-          }
-          REQUIRE(tx.after_commit([&, m] {
-                      std::lock_guard lock(hooks_mutex);
-                      hooks_ran.push_back(m);
-                    }).ok());
-          SqlStatus s = insert_both(tx, m, 1);
-          if (role[m] == refuse) return SqlStatus::failure(SqlCode::constraint, "refused");
-          if (role[m] == collide) {
-            // Fails (already present); the work ignores it, as a careless
-            // DAL might: the write still fails and is undone.
-            (void)insert_both(tx, m, 1);
-            return SqlStatus::success();
-          }
-          if (role[m] == throws) throw std::runtime_error("member " + std::to_string(m));
-          return s;
-        });
-      } catch (const std::runtime_error& e) {
-        threw[m] = e.what() == "member " + std::to_string(m) ? 1 : -1;
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
+  std::vector<std::string> thrown;
+  const auto status = write_together(
+      *db, kMembers,
+      [&](int m, SqlTransaction& tx) {
+        REQUIRE(tx.after_commit([&, m] {
+                    std::lock_guard lock(hooks_mutex);
+                    hooks_ran.push_back(m);
+                  }).ok());
+        SqlStatus s = insert_both(tx, m, 1);
+        if (role[m] == refuse) return SqlStatus::failure(SqlCode::constraint, "refused");
+        if (role[m] == collide) {
+          // Fails (already present); the work ignores it, as a careless
+          // DAL might: the write still fails and is undone.
+          (void)insert_both(tx, m, 1);
+          return SqlStatus::success();
+        }
+        if (role[m] == throws) throw std::runtime_error("member " + std::to_string(m));
+        return s;
+      },
+      &thrown);
 
   std::vector<std::pair<int64_t, int64_t>> kept;
   for (int m = 0; m < kMembers; ++m) {
     INFO("member " << m << ": " << status[m].message);
-    CHECK(threw[m] == (role[m] == throws ? 1 : 0));  // only to its own caller
+    // Only to its own caller.
+    CHECK(thrown[m] == (role[m] == throws ? "member " + std::to_string(m) : ""));
     if (role[m] == plain) {
       CHECK(status[m].ok());
       kept.emplace_back(m, 1);
@@ -688,37 +708,18 @@ TEST_CASE("sqlite: a transaction's deferred object spans its group; before_commi
     }
   };
   static const char key = 0;
-  // Members write at once, member 0 holding the lock until the others wait,
-  // so that they run as one group; member `refuser` (if >= 0) has the
-  // transaction refused.
+  // The members write as one group (write_together); member `refuser` (if
+  // >= 0) has the transaction refused.
   constexpr int kMembers = 6;
   auto round = [&](int first_key, int refuser) {
-    std::atomic<int> started{0};
-    std::atomic<bool> holding{false};
-    std::vector<SqlStatus> status(kMembers);
-    std::vector<std::thread> threads;
-    for (int m = 0; m < kMembers; ++m) {
-      if (m == 1)
-        while (!holding) std::this_thread::sleep_for(1ms);
-      threads.emplace_back([&, m] {
-        ++started;
-        status[m] = db->write([&](SqlTransaction& tx) {
-          if (m == 0) {
-            holding = true;
-            while (started < kMembers) std::this_thread::sleep_for(1ms);
-            std::this_thread::sleep_for(150ms);  // they are all waiting now
-          }
-          auto* tally =
-              static_cast<Tally*>(tx.deferred(&key, [] { return std::make_unique<Tally>(); }));
-          REQUIRE(tally);
-          ++tally->works;
-          if (m == refuser) tally->refuse = true;
-          return tx.exec("INSERT INTO t (k) VALUES ($1)", {int64_t{first_key + m}}).status;
-        });
-      });
-    }
-    for (auto& th : threads) th.join();
-    return status;
+    return write_together(*db, kMembers, [&](int m, SqlTransaction& tx) {
+      auto* tally =
+          static_cast<Tally*>(tx.deferred(&key, [] { return std::make_unique<Tally>(); }));
+      REQUIRE(tally);
+      ++tally->works;
+      if (m == refuser) tally->refuse = true;
+      return tx.exec("INSERT INTO t (k) VALUES ($1)", {int64_t{first_key + m}}).status;
+    });
   };
 
   const auto before = db->write_stats();

@@ -482,8 +482,7 @@ gv_status api_sql_run(gv_txn* txn, gv_str sql, const gv_value* params, size_t np
   });
 }
 
-// ---- ABI 1.1: events -----------------------------------------------------
-
+// ABI 1.5: one INSERT, and the integer key it gave the row.
 gv_status api_sql_insert(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
                          int64_t* id) {
   return shield([&]() -> gv_status {
@@ -496,6 +495,8 @@ gv_status api_sql_insert(gv_txn* txn, gv_str sql, const gv_value* params, size_t
     return GV_OK;
   });
 }
+
+// ---- ABI 1.1: events -----------------------------------------------------
 
 gv_status api_publish(gv_txn* txn, gv_str type, gv_str key, gv_str payload, uint32_t schema_version,
                       gv_sink_fn id_sink, void* id_ctx) {
