@@ -101,6 +101,72 @@ TEST_CASE("an event published with a write reaches its consumer once", "[events]
   CHECK(metrics.find("grapevine_events_outbox_backlog") != std::string::npos);
 }
 
+TEST_CASE("an answer that is a write: kept and published when committed, undone with a refusal",
+          "[events][after_write]") {
+  TempDir data;
+  Host host({.config = events_config(data.path / "d")});
+  REQUIRE(host.started());
+  HttpClient client(host.port());
+  auto post = [&](const std::string& path, json body) {
+    return client.request("POST", "/api/v1/evsource/" + path, body.dump());
+  };
+  auto error_code = [](const HttpResult& r) {
+    json b = r.json_body();
+    return b.is_object() && b["error"].is_object() ? b["error"].value("code", "") : "";
+  };
+
+  // Written in the group commit, answered once committed.
+  auto kept = post("after", {{"key", "a"}, {"n", 1}});
+  REQUIRE(kept.status == 201);
+  CHECK(kept.json_body()["id"].get<int64_t>() > 0);
+  CHECK(kept.json_body()["event_id"].get<std::string>().size() == 26);
+  CHECK(source_rows(host.port()) == 1);
+  // Refused after its insert, a duplicate of its own row, a duplicate of
+  // a kept row: the plugin's error or a 409, and nothing of it kept.
+  auto refused = post("after", {{"key", "a"}, {"n", 2}, {"then", "throw"}});
+  CHECK(refused.status == 422);
+  CHECK(error_code(refused) == "refused");
+  auto twice = post("after", {{"key", "a"}, {"n", 3}, {"then", "duplicate"}});
+  CHECK(twice.status == 409);
+  CHECK(error_code(twice) == "conflict");
+  CHECK(post("after", {{"key", "a"}, {"n", 1}}).status == 409);
+  CHECK(source_rows(host.port()) == 1);
+
+  // Returned by a grouped handler: a part of its group, the same rules.
+  CHECK(post("after_grouped", {{"key", "b"}, {"n", 1}}).status == 201);
+  CHECK(post("after_grouped", {{"key", "b"}, {"n", 2}, {"then", "throw"}}).status == 422);
+  CHECK(source_rows(host.port()) == 2);
+
+  // An in-process call waits for the write and gets its answer.
+  auto called = post("call_after", {{"key", "c"}, {"n", 1}});
+  REQUIRE(called.status == 200);
+  CHECK(called.json_body()["status"] == 201);
+  CHECK(called.json_body()["body"]["id"].get<int64_t>() > 0);
+  auto called_refused = post("call_after", {{"key", "c"}, {"n", 2}, {"then", "throw"}});
+  CHECK(called_refused.json_body()["status"] == 422);
+  CHECK(source_rows(host.port()) == 3);
+
+  // Many at once share commits; every kept row's event reaches the sink,
+  // and no undone row's does.
+  std::vector<std::thread> writers;
+  std::atomic<int> created{0};
+  for (int t = 0; t < 4; ++t)
+    writers.emplace_back([&, t] {
+      HttpClient mine(host.port());
+      for (int i = 0; i < 50; ++i) {
+        json body = {{"key", "w" + std::to_string(t)}, {"n", i}};
+        if (i % 10 == 9) body["then"] = "throw";
+        auto r = mine.request("POST", "/api/v1/evsource/after", body.dump());
+        if (r.status == 201) ++created;
+      }
+    });
+  for (auto& w : writers) w.join();
+  CHECK(created == 180);
+  CHECK(source_rows(host.port()) == 183);
+  REQUIRE(drained(host.port()));
+  CHECK(sink_stats(host.port())["applied"] == 183);
+}
+
 TEST_CASE("auto keeps the log broker where its file exists; direct will not start over it",
           "[events]") {
   TempDir data;

@@ -40,6 +40,47 @@ class EvSource : public grapevine::Plugin {
             });
             return Response::created(out);
           });
+    // The same row and event as an answer that is a write
+    // (Response::after_write): checked here, written in the group commit.
+    // then: "throw" refuses after inserting, "duplicate" inserts the row
+    // twice (a constraint); either way nothing of it is kept.
+    json after_schema = object_schema({{"key", {{"type", "string"}, {"minLength", 1}}},
+                                       {"n", {{"type", "integer"}}},
+                                       {"then", {{"enum", {"keep", "throw", "duplicate"}}}}},
+                                      {"key", "n"});
+    auto after_write = [](const Request& req) {
+      std::string key = req.input()["key"];
+      int64_t n = req.input()["n"];
+      std::string then = req.input().value("then", "keep");
+      return Response::after_write([key, n, then](grapevine::Tx& tx) {
+        int64_t id = tx.insert("INSERT INTO items (k, n) VALUES ($1, $2)", {key, n});
+        std::string event = tx.publish("item.created", key, {{"id", id}, {"key", key}, {"n", n}});
+        if (then == "throw") throw grapevine::Error(422, "refused", "refused after its insert");
+        if (then == "duplicate") tx.insert("INSERT INTO items (k, n) VALUES ($1, $2)", {key, n});
+        return Response::created({{"id", id}, {"event_id", event}});
+      });
+    };
+    r.add({.name = "evsource.write_after",
+           .http_method = "POST",
+           .http_path = "/api/v1/evsource/after",
+           .input_schema = after_schema},
+          after_write);
+    // Inside a grouped handler, the write is a part of the handler's group.
+    r.add({.name = "evsource.write_after_grouped",
+           .http_method = "POST",
+           .http_path = "/api/v1/evsource/after_grouped",
+           .input_schema = after_schema,
+           .grouped_write = true},
+          after_write);
+    // An in-process call of write_after, which waits for its write.
+    r.add({.name = "evsource.call_after",
+           .http_method = "POST",
+           .http_path = "/api/v1/evsource/call_after",
+           .input_schema = after_schema},
+          [service = ctx.service()](const Request& req) {
+            auto result = service.call("evsource.write_after", req.input(), req);
+            return Response(json{{"status", result.status}, {"body", result.body}});
+          });
     r.add({.name = "evsource.count", .http_method = "GET", .http_path = "/api/v1/evsource/count"},
           [this](const Request&) {
             return Response(db_.read([](grapevine::Tx& tx) {

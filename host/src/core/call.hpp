@@ -5,6 +5,8 @@
 #include <grapevine/abi.h>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -31,10 +33,27 @@ struct Call {
   int depth = 0;  // nesting of in-process calls
 };
 
+struct Reply;
+
+// A write a handler answered with (respond_after_write, ABI 1.6), still to
+// run in the plugin's database; it gives the answer.
+class AfterWrite {
+ public:
+  virtual ~AfterWrite() = default;
+  // wait false: queued as one part of the plugin's grouped write; done gets
+  // the answer once the group has committed, on some thread. wait true: a
+  // write of its own on this thread (in-process calls), done called before
+  // run returns.
+  virtual void run(bool wait, std::function<void(Reply)> done) = 0;
+};
+
 struct Reply {
   int status = 200;
   std::string body;  // JSON text; empty for 204
   std::vector<std::pair<std::string, std::string>> headers;  // a plugin's, checked
+  // Set instead of the above when the handler answered with a write: the
+  // caller runs it (Dispatcher does) for the real answer.
+  std::shared_ptr<AfterWrite> after_write{};
 };
 
 // {"error":{"code":...,"message":...,"request_id":...}} and its Reply.
@@ -56,4 +75,5 @@ struct gv_response {
   std::vector<std::pair<std::string, std::string>> headers;  // respond_header, checked
   bool answered = false;
   std::string_view request_id;
+  std::shared_ptr<gv::AfterWrite> after_write;  // respond_after_write; then not answered
 };

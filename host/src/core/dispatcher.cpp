@@ -80,6 +80,14 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
         return;
       } else {
         reply = invoke(*call);
+        if (auto write = std::move(reply.after_write)) {
+          // Answered with a write: queued in the plugin's group commit;
+          // this worker goes on, and the answer follows the commit.
+          write->run(false, [this, call, finish = std::move(finish)](Reply r) mutable {
+            finish(checked_body(*call, std::move(r)));
+          });
+          return;
+        }
       }
     } catch (const std::exception& e) {  // a host bug: answer, keep serving
       log::error("dispatch failed", {{"op", call->op->name}, {"error", e.what()}});
@@ -93,7 +101,13 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
 
 Reply Dispatcher::run(Call& call) const {
   if (auto refused = prepare(call)) return *refused;
-  return invoke(call);
+  Reply reply = invoke(call);
+  if (auto write = std::move(reply.after_write)) {
+    // A nested call waits for its write (run calls back before it returns).
+    write->run(true, [&reply](Reply r) { reply = std::move(r); });
+    return checked_body(call, std::move(reply));
+  }
+  return reply;
 }
 
 std::optional<Reply> Dispatcher::prepare(Call& call) const {
@@ -195,6 +209,11 @@ Reply Dispatcher::invoke(Call& call, const Invocation& given, bool check_body) c
     rc = op.handler(op.handler_ctx, &req, &response);
   } catch (...) {  // a plugin that let an exception escape the ABI
     rc = GV_ERR_INTERNAL;
+  }
+  if (rc == GV_OK && response.after_write) {
+    Reply pending;
+    pending.after_write = std::move(response.after_write);
+    return pending;  // its caller runs the write, then checks the answer
   }
   if (rc != GV_OK || !response.answered) return failed(call, rc, response.answered);
   Reply reply{response.status, std::move(response.body), std::move(response.headers)};

@@ -74,6 +74,137 @@ void api_log(gv_host* host, gv_log_level level, gv_str message) {
   });
 }
 
+// A write a handler answered with (respond_after_write, ABI 1.6): the
+// plugin's work runs as one part of the plugin's grouped write and gives
+// the answer, which goes out once the group has committed.
+class PluginWrite final : public AfterWrite, public std::enable_shared_from_this<PluginWrite> {
+ public:
+  using Work = gv_status (*)(void* ctx, gv_txn* txn, gv_response* r);
+  PluginWrite(gv_host* host, Work work, void* ctx, void (*release)(void*), std::string request_id)
+      : host_(host),
+        work_(work),
+        ctx_(ctx),
+        release_(release),
+        request_id_(std::move(request_id)) {}
+  ~PluginWrite() override {
+    if (release_) release_(ctx_);
+  }
+  PluginWrite(const PluginWrite&) = delete;
+  PluginWrite& operator=(const PluginWrite&) = delete;
+
+  // What the work did.
+  struct Outcome {
+    bool ran = false;
+    gv_status rc = GV_ERR_INTERNAL;
+    stores::SqlStatus status;  // failed: its writes are to be undone
+    gv_response response;
+    int published = 0;  // events, its own and those of write()s it made
+  };
+
+  // Runs the work on tx; on failure the caller undoes what it wrote (the
+  // savepoint of its group member, or of part()).
+  stores::SqlStatus attempt(stores::SqlTransaction& tx, Outcome* out) {
+    gv_txn txn;
+    txn.host = host_;
+    txn.writable = true;
+    txn.tx = &tx;
+    out->response.request_id = request_id_;
+    Ambient ambient;  // a write() the work makes is a part of this one
+    ambient.host = host_;
+    ambient.tx = &tx;
+    {
+      AmbientScope scope(&ambient);
+      try {
+        out->rc = work_(ctx_, &txn, &out->response);
+      } catch (...) {  // a plugin that let an exception escape the ABI
+        out->rc = GV_ERR_INTERNAL;
+      }
+    }
+    out->ran = true;
+    out->published = txn.published + ambient.published;
+    if (out->rc == GV_OK)
+      out->status = stores::SqlStatus::success();
+    else if (!txn.first_failure.ok())
+      out->status = txn.first_failure;
+    else
+      out->status = stores::SqlStatus::failure(
+          stores::SqlCode::invalid,
+          txn.plugin_error.empty() ? "the plugin's write failed" : txn.plugin_error);
+    return out->status;
+  }
+
+  // The answer once the work ran: its own, or what its failure means.
+  Reply answer(Outcome& out) const {
+    gv_response& r = out.response;
+    if (out.status.ok() && r.answered)
+      return Reply{r.status, std::move(r.body), std::move(r.headers)};
+    // The plugin's own refusal (a 404, say), its writes undone.
+    if (!out.status.ok() && out.rc != GV_OK && r.answered && r.status >= 400)
+      return Reply{r.status, std::move(r.body), std::move(r.headers)};
+    if (out.status.code == stores::SqlCode::busy)
+      return error_reply(503, "unavailable", "the database is busy; retry shortly", request_id_);
+    if (out.status.code == stores::SqlCode::constraint)
+      return error_reply(409, "conflict", "the request conflicts with existing data", request_id_);
+    log::error("operation failed",
+               {{"plugin", host_->plugin},
+                {"request_id", request_id_},
+                {"code", static_cast<int>(out.rc)},
+                {"answered", r.answered},
+                {"error", out.status.ok() ? "the write gave no answer" : out.status.message}});
+    return error_reply(500, "internal",
+                       "the operation failed; quote the request id when reporting it", request_id_);
+  }
+
+  // Runs the work as a part of tx (a grouped handler's transaction), in a
+  // savepoint of its own; the events it published are added to *published.
+  Reply part(stores::SqlTransaction& tx, int* published) {
+    Outcome out;
+    stores::SqlStatus kept =
+        tx.nested([&](stores::SqlTransaction& inner) { return attempt(inner, &out); });
+    if (kept.ok()) *published += out.published;
+    if (!kept.ok() && out.status.ok()) out.status = kept;  // its savepoint could not be released
+    return answer(out);
+  }
+
+  void run(bool wait, std::function<void(Reply)> done) override {
+    if (Ambient* a = t_ambient; wait && a && a->host == host_)
+      return done(part(*a->tx, &a->published));  // from inside this plugin's grouped write
+    // A group member of its own, whose savepoint undoes a failed work. The
+    // work holds this object until it has run; the caller drops its pointer.
+    auto out = std::make_shared<Outcome>();
+    auto work = [self = shared_from_this(), out](stores::SqlTransaction& tx) {
+      return self->attempt(tx, out.get());
+    };
+    auto committed = [self = shared_from_this(), out, done = std::move(done)](stores::SqlStatus s) {
+      if (out->ran && !out->status.ok()) return done(self->answer(*out));  // undone, answered
+      if (!s.ok()) {
+        // Never begun within the busy timeout, or the group's commit failed:
+        // nothing it wrote is kept, whatever it answered.
+        log::warn("grouped write failed", {{"plugin", self->host_->plugin},
+                                           {"request_id", self->request_id_},
+                                           {"error", s.message}});
+        return done(error_reply(503, "unavailable",
+                                "the write could not be committed; retry shortly",
+                                self->request_id_));
+      }
+      if (out->published > 0 && self->host_->services->events)
+        self->host_->services->events->notify_published();
+      done(self->answer(*out));
+    };
+    if (wait)
+      committed(host_->db->write(work));
+    else
+      host_->db->write_detached(std::move(work), std::move(committed));
+  }
+
+ private:
+  gv_host* host_;
+  Work work_;
+  void* ctx_;
+  void (*release_)(void*);
+  std::string request_id_;
+};
+
 // Runs a GV_OP_GROUPED_WRITE handler (run) as a work of the plugin's
 // grouped write, and its reply to done once the group has committed.
 void run_grouped(gv_host* host, const std::string& request_id, std::function<Reply()> run,
@@ -90,6 +221,10 @@ void run_grouped(gv_host* host, const std::string& request_id, std::function<Rep
         state->ambient.tx = &tx;  // reached only through t_ambient, set meanwhile
         AmbientScope scope(&state->ambient);
         state->reply = run();
+        if (auto write = std::move(state->reply->after_write)) {
+          // Answered with a write (respond_after_write): a part of this group.
+          state->reply = static_cast<PluginWrite&>(*write).part(tx, &state->ambient.published);
+        }
         return stores::SqlStatus::success();  // its parts were kept or undone each
       },
       [host, state, request_id, done = std::move(done)](stores::SqlStatus s) {
@@ -138,7 +273,8 @@ gv_status api_register(gv_host* host, const gv_operation_v1* op) {
 
 void api_respond_json(gv_response* r, int status, gv_str json) {
   shield_void([&] {
-    if (!r || status < 200 || status > 599) return;  // unanswered: a 500
+    // Unanswered (a 500), or answered with a write already.
+    if (!r || status < 200 || status > 599 || r->after_write) return;
     r->status = status;
     r->body = str(json);
     r->answered = true;
@@ -147,10 +283,28 @@ void api_respond_json(gv_response* r, int status, gv_str json) {
 
 void api_respond_error(gv_response* r, int status, gv_str code, gv_str message) {
   shield_void([&] {
-    if (!r || status < 400 || status > 599) return;
+    if (!r || status < 400 || status > 599 || r->after_write) return;
     r->status = status;
     r->body = error_body(str(code), str(message), r->request_id);
     r->answered = true;
+  });
+}
+
+gv_status api_respond_after_write(gv_host* host, gv_response* r,
+                                  gv_status (*work)(void*, gv_txn*, gv_response*), void* ctx,
+                                  void (*release)(void*)) {
+  return shield([&]() -> gv_status {
+    // Released here when refused: the plugin hands ctx over either way.
+    auto write = std::make_shared<PluginWrite>(host, work, ctx, release,
+                                               r ? std::string(r->request_id) : std::string());
+    if (!host || !r || !work || r->answered || r->after_write) return GV_ERR_INVALID;
+    if (!host->db) {
+      log::error("respond_after_write: the plugin has no database (declare a migration step)",
+                 {{"plugin", host->plugin}});
+      return GV_ERR_INVALID;
+    }
+    r->after_write = std::move(write);
+    return GV_OK;
   });
 }
 
@@ -859,7 +1013,8 @@ const gv_host_api_v1* host_api() {
                                      &api_access_token_ttl,
                                      &api_txn_invalidate,
                                      &api_invalidate,
-                                     &api_sql_insert};
+                                     &api_sql_insert,
+                                     &api_respond_after_write};
   return &api;
 }
 

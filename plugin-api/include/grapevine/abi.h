@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 5
+#define GV_ABI_MINOR 6
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -103,9 +103,9 @@ typedef struct gv_request_v1 {
 typedef struct gv_response gv_response;
 
 /* An operation handler. Runs on a host worker thread, never on an I/O
- * thread, so blocking is allowed. It must answer through respond_json or
- * respond_error before returning GV_OK; any other return (or no answer)
- * gives the client a 500 with the request id. */
+ * thread, so blocking is allowed. It must answer through respond_json,
+ * respond_error or (1.6) respond_after_write before returning GV_OK; any
+ * other return (or no answer) gives the client a 500 with the request id. */
 typedef gv_status (*gv_handler_fn)(void* handler_ctx, const gv_request_v1* request,
                                    gv_response* response);
 
@@ -393,6 +393,29 @@ typedef struct gv_host_api_v1 {
    * Any other statement: GV_ERR_INVALID. */
   gv_status (*sql_insert)(gv_txn* txn, gv_str sql, const gv_value* params, size_t nparams,
                           int64_t* id);
+
+  /* ---- ABI 1.6 ---- */
+
+  /* Answers a request with a write: instead of respond_json, a handler that
+   * has checked its input hands over work, and returns GV_OK. The host runs
+   * work(ctx, txn, response) as one part of the plugin's grouped write
+   * transaction (the group commit), on the thread writing the group, and
+   * sends the answer work gives once the group has committed; so the
+   * handler's parsing and checks run on a worker, in parallel, and only
+   * the transaction holds up the group. work answers through respond_json
+   * or respond_error on the response it receives, and returns GV_OK to keep
+   * its writes; any other return undoes them (its answer, if it gave one,
+   * still goes out: a 404, say; without one the client gets a 500, or 409
+   * or 503 for a constraint or a busy database). If the group's commit
+   * fails, the client gets 503 whatever work answered. Published events go
+   * out with the commit, as in sql_write. In-process calls (call_operation)
+   * run work in a write of their own, waiting for it. release(ctx) (may be
+   * NULL) runs once work has run or never will. At most once per handler
+   * call, and not with respond_json or respond_error: GV_ERR_INVALID (also
+   * when the plugin has no database). */
+  gv_status (*respond_after_write)(gv_host* host, gv_response* response,
+                                   gv_status (*work)(void* ctx, gv_txn* txn, gv_response* r),
+                                   void* ctx, void (*release)(void* ctx));
 } gv_host_api_v1;
 
 /* What a plugin exports. Lifecycle: create (register operations), start in

@@ -74,6 +74,8 @@ class Error : public std::runtime_error {
   int64_t retry_after_s_ = 0;
 };
 
+class Tx;
+
 // What a handler returns: a status and a JSON body.
 struct Response {
   Response(json body_in = json::object(), int status_in = 200)  // NOLINT
@@ -100,10 +102,29 @@ struct Response {
     headers.emplace_back(std::move(name), std::move(value));
     return *this;
   }
+  // An answer that is a write (ABI 1.6): the handler checks its input
+  // and returns after_write(work), and the host runs work(Tx&) as one part
+  // of the plugin's grouped write transaction (the group commit), on the
+  // thread writing the group. Its Response is the answer, sent once the
+  // group has committed (503 if the commit fails). So parsing and checks
+  // run on a worker, in parallel with other requests, and only the
+  // transaction holds up the group: keep work to its statements and
+  // building the answer. An Error work throws undoes its writes and is the
+  // answer; a failed statement too (409 for a constraint, 503 when busy).
+  // work runs later, on another thread: capture by value what it needs
+  // (not the Request). In-process calls wait for it in a write of their own.
+  template <class F>
+  static Response after_write(F&& work) {
+    Response r(json(nullptr), 0);
+    r.write = std::make_shared<std::function<Response(Tx&)>>(std::forward<F>(work));
+    return r;
+  }
+
   int status;
   json body;
   std::vector<std::pair<std::string, std::string>> headers{};
   std::optional<std::string> text{};  // set by json_text: the body, and body unused
+  std::shared_ptr<std::function<Response(Tx&)>> write{};  // set by after_write
 };
 
 // One call of an operation, as a handler sees it.
@@ -216,6 +237,15 @@ inline void answer(const Shared& shared, gv_response* response, const Response& 
 inline void answer_error(const Shared& shared, gv_response* response, int status,
                          std::string_view code, std::string_view message) {
   shared.api->respond_error(response, status, to_gv(code), to_gv(message));
+}
+
+// The answer to an Error thrown by a handler, with its Retry-After.
+inline void answer_thrown(const Shared& shared, gv_response* response, const Error& err) {
+  if (err.retry_after_seconds() > 0) {
+    std::string seconds = std::to_string(err.retry_after_seconds());
+    shared.api->respond_header(response, to_gv("Retry-After"), to_gv(seconds));
+  }
+  answer_error(shared, response, err.status(), err.code(), err.what());
 }
 
 }  // namespace detail
@@ -549,6 +579,49 @@ class Database {
 
   const detail::Shared* shared_;
 };
+
+namespace detail {
+
+// A handler's Response::after_write, handed to the host
+// (respond_after_write), which runs it inside the group commit.
+struct WriteAnswer {
+  const Shared* shared;
+  std::shared_ptr<std::function<Response(Tx&)>> work;
+
+  static gv_status hand_over(const Shared* shared, gv_response* response,
+                             std::shared_ptr<std::function<Response(Tx&)>> work) {
+    auto* w = new WriteAnswer{shared, std::move(work)};
+    // The host owns w from here, refused or not (it releases it then).
+    return shared->api->respond_after_write(shared->host, response, &run, w, &release);
+  }
+
+  static gv_status run(void* ctx, gv_txn* txn, gv_response* response) {
+    auto* w = static_cast<WriteAnswer*>(ctx);
+    try {
+      try {
+        Tx tx(w->shared, txn, true);
+        Response out = (*w->work)(tx);
+        if (out.write) throw std::logic_error("after_write: the write answered with another write");
+        answer(*w->shared, response, out);
+        return GV_OK;
+      } catch (const SqlFailure& failed) {
+        throw_for(failed.status, "database: a statement failed");  // the host logs which
+      }
+    } catch (const Error& err) {
+      answer_thrown(*w->shared, response, err);
+      return GV_ERR_INVALID;  // its writes are undone; the answer stands
+    } catch (const std::exception& err) {
+      w->shared->api->log(w->shared->host, GV_LOG_ERROR, to_gv(err.what()));
+      return GV_ERR_INTERNAL;
+    } catch (...) {
+      return GV_ERR_INTERNAL;
+    }
+  }
+
+  static void release(void* ctx) { delete static_cast<WriteAnswer*>(ctx); }
+};
+
+}  // namespace detail
 
 // ---- cache ----
 
@@ -980,14 +1053,13 @@ class Registry {
     auto* e = static_cast<Entry*>(ctx);
     try {
       Request request(raw);
-      detail::answer(*e->shared, response, e->handler(request));
+      Response out = e->handler(request);
+      if (out.write)
+        return detail::WriteAnswer::hand_over(e->shared, response, std::move(out.write));
+      detail::answer(*e->shared, response, out);
       return GV_OK;
     } catch (const Error& err) {
-      if (err.retry_after_seconds() > 0) {
-        std::string seconds = std::to_string(err.retry_after_seconds());
-        e->shared->api->respond_header(response, to_gv("Retry-After"), to_gv(seconds));
-      }
-      detail::answer_error(*e->shared, response, err.status(), err.code(), err.what());
+      detail::answer_thrown(*e->shared, response, err);
       return GV_OK;
     } catch (const json::exception& err) {
       // Input was schema-checked, so a JSON error here is the plugin's bug.

@@ -40,9 +40,9 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
              {{"type", "string"}, {"minLength", 1}, {"maxLength", cfg.max_idempotency_key_chars}}}},
            {"text"}),
        .summary = "Creates a post; honours the Idempotency-Key header",
-       .access = Access::signed_in,
-       // Its effect is its write and event: run in the group commit.
-       .grouped_write = true},
+       .access = Access::signed_in},
+      // Checks on a worker, then answers with its write (after_write),
+      // which the host runs in the group commit.
       [&service](const Request& r) { return service.create(r); });
 
   registry.add(

@@ -249,29 +249,49 @@ class PostsService {
     if (auto key = idempotency_key(r))
       idem = IdempotencyKey{
           *key, json{{"text", body_text}, {"reply_to", in.value("reply_to", json())}}.dump()};
-    int64_t now = now_ms();
-    try {
-      StoredAnswer a = store_.create(
-          std::string(r.user_id()), body_text, reply_to, idem, now,
-          now - config_.idempotency_ttl_s * 1000, [](const Post& p) { return post_text(p, true); },
-          [](const Post& p) { return post_text(p, false); });
-      // The stored text as it is: the answer of a replayed key byte for
-      // byte, and no parse and second dump of a new post's.
-      std::string id;
-      if (a.post_id > 0) {
-        id = std::to_string(a.post_id);
-      } else if (a.status == 201) {  // replayed: the same Location as the first time
-        json stored = json::parse(a.body, nullptr, false);
-        if (stored.is_object() && stored.contains("id") && stored["id"].is_string())
-          id = stored["id"].get<std::string>();
+    Post post;  // as it will be written, but for its id
+    post.author_id = r.user_id();
+    post.text = std::move(body_text);
+    post.reply_to = reply_to;
+    post.created_ms = now_ms();
+    int64_t fresh_after = post.created_ms - config_.idempotency_ttl_s * 1000;
+    // The answer and the event payload are written here, on a worker, but
+    // for the id. What follows is the transaction: the host runs it in the
+    // group commit, where every writer waits for it.
+    std::string answer_head = text_before_id(post, true),
+                payload_head = text_before_id(post, false), tail = text_after_id(post);
+    return grapevine::Response::after_write([post = std::move(post), idem = std::move(idem),
+                                             fresh_after, answer_head = std::move(answer_head),
+                                             payload_head = std::move(payload_head),
+                                             tail = std::move(tail)](grapevine::Tx& tx) {
+      try {
+        StoredAnswer a = PostsStore::create(
+            tx, post, idem, fresh_after,
+            [&](const Post& p) { return answer_head + std::to_string(p.id) + tail; },
+            [&](const Post& p) { return payload_head + std::to_string(p.id) + tail; });
+        return created_answer(std::move(a));
+      } catch (const KeyReused&) {
+        throw Error(422, "idempotency_key_reused",
+                    "Idempotency-Key was already used with a different request");
       }
-      grapevine::Response out = grapevine::Response::json_text(std::move(a.body), a.status);
-      if (a.status == 201 && !id.empty()) out.header("Location", "/api/v1/posts/" + id);
-      return out;
-    } catch (const KeyReused&) {
-      throw Error(422, "idempotency_key_reused",
-                  "Idempotency-Key was already used with a different request");
+    });
+  }
+
+  // The answer of create: the stored text as it is (the answer of a
+  // replayed key byte for byte, and no parse and second dump of a new
+  // post's), with the new post's Location.
+  static grapevine::Response created_answer(StoredAnswer a) {
+    std::string id;
+    if (a.post_id > 0) {
+      id = std::to_string(a.post_id);
+    } else if (a.status == 201) {  // replayed: the same Location as the first time
+      json stored = json::parse(a.body, nullptr, false);
+      if (stored.is_object() && stored.contains("id") && stored["id"].is_string())
+        id = stored["id"].get<std::string>();
     }
+    grapevine::Response out = grapevine::Response::json_text(std::move(a.body), a.status);
+    if (a.status == 201 && !id.empty()) out.header("Location", "/api/v1/posts/" + id);
+    return out;
   }
 
   // GET /api/v1/posts/{postId} and PUT: the post as clients see it, as
@@ -362,12 +382,17 @@ class PostsService {
   // A post as JSON text: with counters as clients see it, without as the
   // payload of post.created and post.updated. Keys in the order a json
   // object writes them (sorted). Written directly rather than built as a
-  // json and dumped, which costs about ten times as much: POST
-  // /api/v1/posts renders inside the group commit, where each microsecond
-  // is spent while every other writer waits.
+  // json and dumped, which costs about ten times as much.
   static std::string post_text(const Post& p, bool counters) {
+    return text_before_id(p, counters) + std::to_string(p.id) + text_after_id(p);
+  }
+
+  // A post's text in two parts around its id, which follows
+  // `"id":"` in the first: the parts of a new post are written before its
+  // write, whose insert gives the id (see create).
+  static std::string text_before_id(const Post& p, bool counters) {
     std::string out;
-    out.reserve(200 + p.author_id.size() + p.text.size());
+    out.reserve(160 + p.author_id.size());
     out += "{\"author_id\":";
     append_json_string(out, p.author_id);
     if (counters) {
@@ -379,8 +404,13 @@ class PostsService {
     out += ",\"created_at\":\"" + iso8601(p.created_ms) + "\"";
     out += ",\"edited_at\":";
     out += p.edited_ms ? "\"" + iso8601(*p.edited_ms) + "\"" : std::string("null");
-    out += ",\"id\":\"" + std::to_string(p.id) + "\"";
-    out += ",\"reply_to\":";
+    out += ",\"id\":\"";
+    return out;
+  }
+  static std::string text_after_id(const Post& p) {
+    std::string out;
+    out.reserve(40 + p.text.size());
+    out += "\",\"reply_to\":";
     out += p.reply_to ? "\"" + std::to_string(*p.reply_to) + "\"" : std::string("null");
     out += ",\"text\":";
     append_json_string(out, p.text);

@@ -85,61 +85,57 @@ class PostsStore {
     dal.migration(5, "CREATE INDEX idempotency_by_time ON idempotency_keys (created_ms)");
   }
 
-  // Creates a post and publishes post.created. With an idempotency key,
+  // Creates a post and publishes post.created, in tx (the service runs it
+  // as its answer's write, in the group commit). With an idempotency key,
   // the key is claimed (unique per author) in the same transaction and the
   // answer stored with it; a key already claimed after fresh_after_ms
   // gives back the stored answer and creates nothing. Throws KeyReused when
   // the stored request differs, Error 422 when reply_to names no post.
-  StoredAnswer create(const std::string& author, const std::string& text,
-                      std::optional<int64_t> reply_to, const std::optional<IdempotencyKey>& idem,
-                      int64_t now_ms, int64_t fresh_after_ms, const Render& render,
-                      const Payload& payload) {
-    return db_.write([&](grapevine::Tx& tx) -> StoredAnswer {
-      if (idem) {
-        // Claims the key, or takes over one that expired. A concurrent
-        // duplicate waits on the unique key and then finds it claimed.
-        auto claimed = tx.query_one(
-            "INSERT INTO idempotency_keys (author_id, key, request, status, body, created_ms) "
-            "VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (author_id, key) DO UPDATE SET "
-            "request = excluded.request, status = 0, body = '', created_ms = excluded.created_ms "
-            "WHERE idempotency_keys.created_ms < $5 RETURNING created_ms",
-            {author, idem->key, idem->fingerprint, now_ms, fresh_after_ms});
-        if (!claimed) {
-          auto row = tx.query_one(
-              "SELECT request, status, body FROM idempotency_keys "
-              "WHERE author_id = $1 AND key = $2",
-              {author, idem->key});
-          if ((*row)["request"].as_text() != idem->fingerprint) throw KeyReused{};
-          return {static_cast<int>((*row)["status"].as_int()), (*row)["body"].as_text(), true};
-        }
-      }
-      if (reply_to && !tx.query_one("SELECT 1 AS x FROM posts WHERE id = $1 AND deleted_ms IS NULL",
-                                    {*reply_to}))
-        throw grapevine::Error(422, "reply_to_not_found",
-                               "reply_to: post " + std::to_string(*reply_to) + " does not exist");
-      // Only the id back (the other columns are what was given or their
-      // defaults: a new post is version 1 with no counts), and through
-      // insert() rather than RETURNING, which SQLite runs through a
-      // temporary table: this statement runs in the group commit, where
-      // every writer waits for it.
-      Post post;
-      post.id = tx.insert(
-          "INSERT INTO posts (author_id, text, reply_to, created_ms) VALUES ($1, $2, $3, $4)",
-          {author, text, reply_to, now_ms});
-      post.author_id = author;
-      post.text = text;
-      post.reply_to = reply_to;
-      post.created_ms = now_ms;
-      tx.publish_json_text("post.created", event_key(post.id), payload(post));
-      tx.invalidate(author_tag(author));
-      StoredAnswer answer{201, render(post), false, post.id};
-      if (idem)
-        tx.exec(
-            "UPDATE idempotency_keys SET status = $3, body = $4 "
+  // post: a new post's author_id, text, reply_to and created_ms.
+  static StoredAnswer create(grapevine::Tx& tx, Post post,
+                             const std::optional<IdempotencyKey>& idem, int64_t fresh_after_ms,
+                             const Render& render, const Payload& payload) {
+    const std::string& author = post.author_id;
+    if (idem) {
+      // Claims the key, or takes over one that expired. A concurrent
+      // duplicate waits on the unique key and then finds it claimed.
+      auto claimed = tx.query_one(
+          "INSERT INTO idempotency_keys (author_id, key, request, status, body, created_ms) "
+          "VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (author_id, key) DO UPDATE SET "
+          "request = excluded.request, status = 0, body = '', created_ms = excluded.created_ms "
+          "WHERE idempotency_keys.created_ms < $5 RETURNING created_ms",
+          {author, idem->key, idem->fingerprint, post.created_ms, fresh_after_ms});
+      if (!claimed) {
+        auto row = tx.query_one(
+            "SELECT request, status, body FROM idempotency_keys "
             "WHERE author_id = $1 AND key = $2",
-            {author, idem->key, answer.status, answer.body});
-      return answer;
-    });
+            {author, idem->key});
+        if ((*row)["request"].as_text() != idem->fingerprint) throw KeyReused{};
+        return {static_cast<int>((*row)["status"].as_int()), (*row)["body"].as_text(), true};
+      }
+    }
+    const auto& reply_to = post.reply_to;
+    if (reply_to &&
+        !tx.query_one("SELECT 1 AS x FROM posts WHERE id = $1 AND deleted_ms IS NULL", {*reply_to}))
+      throw grapevine::Error(422, "reply_to_not_found",
+                             "reply_to: post " + std::to_string(*reply_to) + " does not exist");
+    // Only the id back (the other columns are what was given or their
+    // defaults: a new post is version 1 with no counts), and through
+    // insert() rather than RETURNING, which SQLite runs through a
+    // temporary table: this statement runs in the group commit, where
+    // every writer waits for it.
+    post.id = tx.insert(
+        "INSERT INTO posts (author_id, text, reply_to, created_ms) VALUES ($1, $2, $3, $4)",
+        {author, post.text, reply_to, post.created_ms});
+    tx.publish_json_text("post.created", event_key(post.id), payload(post));
+    tx.invalidate(author_tag(author));
+    StoredAnswer answer{201, render(post), false, post.id};
+    if (idem)
+      tx.exec(
+          "UPDATE idempotency_keys SET status = $3, body = $4 "
+          "WHERE author_id = $1 AND key = $2",
+          {author, idem->key, answer.status, answer.body});
+    return answer;
   }
 
   std::optional<Post> get(int64_t id) {
