@@ -254,21 +254,29 @@ struct EventEngine::Impl {
   std::vector<Source> sources;
   std::map<std::string, std::unique_ptr<Consumer>> consumers;
 
-  std::mutex mutex;  // guards wake_relay, published_wake, stopping_relay, stopping_consumers
+  std::mutex
+      mutex;  // guards wake_relay, published_wake, lingering, stopping_relay, stopping_consumers
   std::condition_variable relay_cv;
   std::condition_variable backoff_cv;
   bool wake_relay = false;
   bool published_wake = false;  // wake_relay set by a publish (relay_linger applies)
+  bool lingering = false;       // in relay_linger's wait, before a pass
 
   // Makes the relay pass now instead of at its next poll; published: for
   // new outbox rows (the relay lingers for more), not a broker's answer.
+  // Called after every commit that published (once per grouped request):
+  // the relay is signalled only when it waits for a wake, not when it was
+  // told already or lingers (it reads the outbox next in both cases), so
+  // that most calls cost a lock and no futex call or context switch.
   void wake(bool published = false) {
+    bool signal;
     {
       std::lock_guard lock(mutex);
+      signal = !wake_relay && !lingering;
       wake_relay = true;
       if (published) published_wake = true;
     }
-    relay_cv.notify_one();
+    if (signal) relay_cv.notify_one();
   }
   bool stopping_relay = false;
   std::atomic<bool> relay_stop{false};  // stopping_relay, readable without mutex
@@ -606,7 +614,9 @@ void EventEngine::Impl::relay_loop() {
   for (;;) {
     if (woken && options.relay_linger.count() > 0) {
       std::unique_lock lock(mutex);
+      lingering = true;
       relay_cv.wait_for(lock, options.relay_linger, [&] { return stopping_relay; });
+      lingering = false;
     }
     bool stopping;
     {
