@@ -773,6 +773,66 @@ TEST_CASE("sqlite: max_group_size 1 commits every write alone", "[sql][sqlite]")
   CHECK(stats.commits == stats.works);
 }
 
+TEST_CASE("sqlite: commit_wait gathers writes that keep coming, not a lone writer's",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  // Eight threads each writing every 4 ms, in turn: with commit_wait the leader
+  // waits for the next write, and groups grow; without, each write finds
+  // the queue empty and commits alone or nearly.
+  auto stream = [&](const fs::path& file, std::chrono::microseconds wait) {
+    auto db = open_db(file, {.commit_wait = wait});
+    create_business_tables(*db);
+    const auto before = db->write_stats();
+    std::atomic<int> done{0}, failed{0};
+    std::vector<std::thread> threads;
+    const auto start = std::chrono::steady_clock::now() + 10ms;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        for (int64_t n = 0; n < 25; ++n) {
+          // Staggered: together, a write every half millisecond.
+          std::this_thread::sleep_until(start + t * 500us + n * 4ms);
+          db->write_detached([t, n](SqlTransaction& tx) { return insert_both(tx, t, n); },
+                             [&](SqlStatus s) {
+                               if (!s.ok()) ++failed;
+                               ++done;
+                             });
+        }
+      });
+    for (auto& th : threads) th.join();
+    for (int i = 0; i < 500 && done < 200; ++i) std::this_thread::sleep_for(10ms);
+    REQUIRE(done == 200);
+    CHECK(failed == 0);
+    CHECK(count(*db, "outbox") == 200);
+    auto after = db->write_stats();
+    after.works -= before.works;
+    after.commits -= before.commits;
+    after.waits -= before.waits;
+    after.fruitless_waits -= before.fruitless_waits;
+    return after;
+  };
+  const auto waiting = stream(tmp.dir / "wait.db", 20ms);
+  const auto eager = stream(tmp.dir / "eager.db", 0us);
+  INFO("groups of " << double(waiting.works) / double(waiting.commits) << " waiting, "
+                    << double(eager.works) / double(eager.commits) << " without");
+  CHECK(waiting.works >= 3 * waiting.commits);
+  CHECK(waiting.waits > waiting.fruitless_waits);
+  CHECK(eager.waits == 0);
+  CHECK(eager.commits >= 2 * waiting.commits);
+
+  // A lone writer: no wait brings it anything, so they back off (waits at
+  // its groups 1, 3, 6, 11, 20 and 37 of 50, skipping 1, 2, 4, 8, 16).
+  auto db = open_db(tmp.file(), {.commit_wait = 20ms});
+  create_business_tables(*db);
+  const auto before = db->write_stats();
+  for (int64_t n = 0; n < 50; ++n)
+    REQUIRE(db->write([n](SqlTransaction& tx) { return insert_both(tx, 9, n); }).ok());
+  const auto lone = db->write_stats();
+  CHECK(lone.commits - before.commits == 50);
+  CHECK(lone.waits - before.waits >= 1);
+  CHECK(lone.waits - before.waits <= 7);
+  CHECK(lone.fruitless_waits - before.fruitless_waits == lone.waits - before.waits);
+}
+
 TEST_CASE("sqlite: another process's write lock makes each waiting writer busy, losing nothing",
           "[sql][sqlite]") {
   TempDir tmp;

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "config/yaml_document.hpp"
+#include "core/dispatcher.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
 #include "events/events.hpp"
@@ -285,6 +286,8 @@ bool PluginHost::open_database(Loaded& p, std::string* error) {
   options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
   options.reader_connections = cfg.storage.reader_connections;
   options.mmap_bytes = cfg.storage.sqlite_mmap_bytes;
+  options.commit_wait = std::chrono::microseconds(cfg.storage.group_commit_wait_us);
+  if (Dispatcher* d = services_.dispatcher) options.under_way = [d] { return d->in_flight(); };
   options.run_completions = services_.run_job;
   fs::path file = dir / (h.plugin + ".sqlite");
   auto opened = stores::SqliteDatabase::open(file, options);

@@ -915,12 +915,13 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
   NestingGuard guard(this);
   if (guard.nested()) return nested_refusal("write");
   auto me = std::make_shared<Member>(work, busy_deadline());
-  bool leader = false;
+  bool leader = false, awaited = false;
   {
     std::lock_guard lock(queue_mutex_);
-    queue_.push_back(me);
+    awaited = push_locked(me);
     if (!leading_) leading_ = leader = true;
   }
+  if (awaited) queue_cv_.notify_one();
   if (!leader) {
     // The pool may run another request meanwhile (which often writes too,
     // and so joins the group this one is in).
@@ -947,12 +948,13 @@ void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)>
   NestingGuard guard(this);  // the works this thread may lead refuse nested writes
   if (guard.nested()) return done(nested_refusal("write_detached"));
   auto me = std::make_shared<Member>(std::move(work), std::move(done), busy_deadline());
-  bool leader = false;
+  bool leader = false, awaited = false;
   {
     std::lock_guard lock(queue_mutex_);
-    queue_.push_back(std::move(me));
+    awaited = push_locked(std::move(me));
     if (!leading_) leading_ = leader = true;
   }
+  if (awaited) queue_cv_.notify_one();
   if (!leader) return;  // the leader runs it and calls done
   lead_detached();
 }
@@ -961,16 +963,30 @@ void SqliteDatabase::write_queued(SqlWork work, std::function<void(SqlStatus)> d
   {
     NestingGuard guard(this);
     if (guard.nested()) return done(nested_refusal("write_queued"));
-    std::lock_guard lock(queue_mutex_);
+    std::unique_lock lock(queue_mutex_);
     if (leading_) {
       // Joins the group under way; its leader calls done.
-      queue_.push_back(std::make_shared<Member>(std::move(work), std::move(done), busy_deadline()));
+      bool awaited =
+          push_locked(std::make_shared<Member>(std::move(work), std::move(done), busy_deadline()));
+      lock.unlock();
+      if (awaited) queue_cv_.notify_one();
       return;
     }
   }
   // No group under way: a write() of its own, which leads only its own
   // group and hands the rest to the checkpoint thread, then done here.
   SqlDatabase::write_detached(std::move(work), std::move(done));
+}
+
+bool SqliteDatabase::push_locked(std::shared_ptr<Member> m) {
+  const auto now = Clock::now();
+  if (last_arrival_ != Clock::time_point{}) {
+    const auto gap = now - last_arrival_;
+    arrival_gap_ = arrival_gap_ == Clock::duration::max() ? gap : (arrival_gap_ * 7 + gap) / 8;
+  }
+  last_arrival_ = now;
+  queue_.push_back(std::move(m));
+  return collecting_;
 }
 
 // Leads for no work of this thread's own, until the queue has a waiting
@@ -991,6 +1007,10 @@ bool SqliteDatabase::lead(const Member* own) {
   SqlStatus broken;                              // why the open transaction cannot go on
   bool open = false, own_done = false;
   Clock::time_point first_done;
+  // Whether this group may wait for more works (commit_wait), and how that went.
+  const bool may_wait = options_.commit_wait.count() > 0 && wait_skip_ == 0;
+  if (wait_skip_ > 0) --wait_skip_;
+  bool waited = false, wait_paid = false;
   const auto finish = [&](std::shared_ptr<Member> m, SqlStatus s) {
     m->status = std::move(s);
     if (m.get() == own) own_done = true;
@@ -1015,7 +1035,19 @@ bool SqliteDatabase::lead(const Member* own) {
   for (;;) {
     std::shared_ptr<Member> m;
     {
-      std::lock_guard lock(queue_mutex_);
+      std::unique_lock lock(queue_mutex_);
+      if (queue_.empty() && may_wait && !pending.empty() && arrival_gap_ < options_.commit_wait &&
+          (!options_.under_way || options_.under_way() > static_cast<int64_t>(pending.size()))) {
+        // Writes keep coming: wait a little for the next, so that more
+        // share this commit, rather than commit a group of one or two.
+        const auto until =
+            std::min(first_done + options_.commit_wait, Clock::now() + 2 * arrival_gap_);
+        collecting_ = true;
+        queue_cv_.wait_until(lock, until, [&] { return !queue_.empty(); });
+        collecting_ = false;
+        waited = true;
+        if (!queue_.empty()) wait_paid = true;
+      }
       if (queue_.empty()) break;
       if (open && (pending.size() >= static_cast<size_t>(options_.max_group_size) ||
                    Clock::now() - first_done >= kMaxCommitDelay))
@@ -1061,6 +1093,16 @@ bool SqliteDatabase::lead(const Member* own) {
     }
     if (pending.empty()) first_done = Clock::now();
     pending.push_back(std::move(m));
+  }
+  if (waited) {
+    waits_.fetch_add(1, std::memory_order_relaxed);
+    if (wait_paid) {
+      wait_backoff_ = 0;
+    } else {
+      fruitless_waits_.fetch_add(1, std::memory_order_relaxed);
+      wait_backoff_ = std::min(std::max(1, 2 * wait_backoff_), kMaxWaitBackoff);
+      wait_skip_ = wait_backoff_;
+    }
   }
   if (open) {
     // A failing before_commit is rolled back like a failing COMMIT.
@@ -1158,7 +1200,8 @@ SqlStatus SqliteDatabase::run_member(Connection& c, Member& m, SqlStatus& broken
 }
 
 SqliteWriteStats SqliteDatabase::write_stats() const {
-  return {works_.load(std::memory_order_relaxed), commits_.load(std::memory_order_relaxed)};
+  return {works_.load(std::memory_order_relaxed), commits_.load(std::memory_order_relaxed),
+          waits_.load(std::memory_order_relaxed), fruitless_waits_.load(std::memory_order_relaxed)};
 }
 
 SqlStatus SqliteDatabase::read(const SqlWork& work) {

@@ -22,7 +22,9 @@
 //   runs the queued works one after the other in one transaction, each in
 //   its own SAVEPOINT, taking works that arrive meanwhile too, until the
 //   queue is empty, max_group_size works ran or kMaxCommitDelay passed
-//   since the first ended. Then it commits, hands the lead to the caller
+//   since the first ended. (An empty queue while writes keep arriving
+//   close together: it may wait a little for the next, commit_wait.)
+//   Then it commits, hands the lead to the caller
 //   at the head of the queue, and wakes the members. The others sleep
 //   meanwhile (in a BlockingRegion, so the worker pool runs other requests,
 //   whose writes join the queue). No lock passes from thread to thread
@@ -100,6 +102,19 @@ struct SqliteOptions {
   // commit); larger groups save commits under load but make the first
   // members of a group wait for the later ones.
   int max_group_size = 64;
+  // Group commit: when the queue is empty but writes have been arriving
+  // less than this far apart, the leader waits for the next one (up to
+  // twice the recent gap, and this long after the group's first work
+  // ended) before it commits, so that more share the commit. A wait that
+  // brought no work is not tried again for 1, 2, 4 ... 64 groups (a lone
+  // writer, or every writer already in the group). 0: commit as soon as
+  // the queue is empty.
+  std::chrono::microseconds commit_wait{0};
+  // With commit_wait: how many requests the host has under way (its
+  // dispatcher's). The leader waits only while more are under way than
+  // its group holds: when every one is in the group (a few clients each
+  // waiting for its answer), none can come. Unset: not checked.
+  std::function<int64_t()> under_way;
   // Bytes of the file each connection maps into memory (PRAGMA mmap_size):
   // reads of mapped pages cost no system call. 0 reads with pread only.
   int64_t mmap_bytes = 256 << 20;
@@ -116,6 +131,8 @@ struct SqliteOptions {
 struct SqliteWriteStats {
   uint64_t works = 0;    // write() works run (each called once)
   uint64_t commits = 0;  // COMMITs that succeeded, each of one group
+  uint64_t waits = 0;    // groups whose leader waited for more works (commit_wait)
+  uint64_t fruitless_waits = 0;  // of which no wait brought one
 };
 
 class SqliteDatabase final : public SqlDatabase {
@@ -125,6 +142,9 @@ class SqliteDatabase final : public SqlDatabase {
   // leader commits it. Bounds how long finished works wait for later ones
   // when writers keep arriving (slow works, say).
   static constexpr std::chrono::milliseconds kMaxCommitDelay{10};
+  // Groups that commit without waiting (commit_wait) after fruitless waits
+  // in a row, at most.
+  static constexpr int kMaxWaitBackoff = 64;
   // A commit that leaves at least this many pages in the WAL wakes the
   // checkpointer (SQLite's own automatic checkpoint uses the same figure,
   // but runs it inside that commit, on the writer's thread).
@@ -203,9 +223,20 @@ class SqliteDatabase final : public SqlDatabase {
   // leads: it runs queued works on writer_ and commits them; members wait
   // until it sets their state. leading_ is true from then until a leader
   // finds the queue empty.
-  std::mutex queue_mutex_;  // guards queue_ and leading_
+  std::mutex queue_mutex_;  // guards queue_, leading_ and the arrival fields below
   std::deque<std::shared_ptr<Member>> queue_;
   bool leading_ = false;
+  // Queues m (queue_mutex_ held) and notes when it came; true when the
+  // leader waits for it (notify queue_cv_ once the lock is released).
+  bool push_locked(std::shared_ptr<Member> m);
+  Clock::time_point last_arrival_{};
+  Clock::duration arrival_gap_ = Clock::duration::max();  // smoothed, between queued works
+  bool collecting_ = false;  // the leader waits on queue_cv_ for another work
+  std::condition_variable queue_cv_;
+  // Backoff of fruitless waits; only the leader (one at a time) uses them.
+  int wait_skip_ = 0;     // groups left that commit without waiting
+  int wait_backoff_ = 0;  // the last skip, doubled after each fruitless wait
+  std::atomic<uint64_t> waits_{0}, fruitless_waits_{0};
   std::unique_ptr<Connection> writer_;  // used by the leader only
   std::atomic<uint64_t> works_{0};
   std::atomic<uint64_t> commits_{0};
