@@ -25,6 +25,7 @@ struct Call {
   std::optional<auth::Identity> identity;  // nullopt: anonymous
   bool system = false;                     // an in-process call made as the system: every right
   std::string body;                        // raw JSON body over HTTP; may be empty
+  bool input_is_body = false;  // input is body as parsed, nothing merged: the handler gets body
   nlohmann::json input = nlohmann::json::object();  // WebSocket data, or {}
   PathParams params;  // path and query parameters, strings until coerced
   uint64_t connection_id = 0;

@@ -154,6 +154,7 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
     if (!parsed.is_object())
       return error_reply(400, "invalid_json", "the body must be a JSON object", call.request_id);
     call.input = std::move(parsed);
+    call.input_is_body = call.params.empty();
   }
   // The parameter's schema, looked up in place (value() would copy the
   // schema's properties for every request); find() on a non-object is end().
@@ -177,7 +178,11 @@ std::optional<Reply> Dispatcher::build_input(Call& call) const {
 
 Dispatcher::Invocation Dispatcher::invocation_of(const Call& call) {
   Invocation given;
-  given.input = call.input.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // A body that is the whole input goes as it came (it parsed as a JSON
+  // object, so the handler's parse gives the same): no dump of it again.
+  given.input = call.input_is_body
+                    ? call.body
+                    : call.input.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (call.identity) {
     given.user_id = call.identity->user_id;
     given.roles = call.identity->roles_joined();
