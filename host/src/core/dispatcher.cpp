@@ -56,11 +56,24 @@ int header_lookup(const gv_request_v1* req, const char* name, gv_str* value) {
 
 bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> done) {
   ++in_flight_;
+  ++before_write_;
   bool queued = pool_.try_submit([this, call, done = std::move(done)]() mutable {
     auto finish = [this, done = std::move(done)](Reply reply) {
       if (done) done(std::move(reply));  // empty only if grouped() threw after taking it
       --in_flight_;
     };
+    // Once its handler has returned, or it is about to queue its grouped
+    // write, a request queues no more writes (done() before either: the
+    // write may be led on this thread, and must not wait for itself).
+    struct Handled {
+      std::atomic<int64_t>& count;
+      bool counted = true;
+      void done() {
+        if (counted) --count;
+        counted = false;
+      }
+      ~Handled() { done(); }
+    } handled{before_write_};
     Reply reply;
     try {
       if (auto refused = prepare(*call)) {
@@ -71,6 +84,7 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
         // Its body is checked once committed, on the thread that runs the
         // group's completions (SqliteOptions::run_completions), not on
         // the one writing the next group.
+        handled.done();
         call->op->grouped(
             call->request_id,
             [this, call, given = invocation_of(*call)] { return invoke(*call, given, false); },
@@ -80,6 +94,7 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
         return;
       } else {
         reply = invoke(*call);
+        handled.done();
         if (auto write = std::move(reply.after_write)) {
           // Answered with a write: queued in the plugin's group commit;
           // this worker goes on, and the answer follows the commit.
@@ -95,7 +110,10 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
     }
     finish(std::move(reply));
   });
-  if (!queued) --in_flight_;
+  if (!queued) {
+    --in_flight_;
+    --before_write_;
+  }
   return queued;
 }
 

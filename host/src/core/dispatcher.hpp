@@ -35,6 +35,9 @@ class Dispatcher {
 
   // Calls queued or running now; shutdown waits for this to reach zero.
   int64_t in_flight() const { return in_flight_.load(); }
+  // Of those, the ones whose handler has not returned yet: they may still
+  // queue a write (a group commit waits for them, commit_wait).
+  int64_t before_write() const { return before_write_.load(std::memory_order_relaxed); }
 
   static constexpr int kMaxCallDepth = 8;
 
@@ -63,6 +66,7 @@ class Dispatcher {
   WorkerPool& pool_;
   unsigned json_depth_;
   std::atomic<int64_t> in_flight_{0};
+  std::atomic<int64_t> before_write_{0};
   const auth::Revocations* revocations_ = nullptr;
 };
 

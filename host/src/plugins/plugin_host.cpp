@@ -287,7 +287,7 @@ bool PluginHost::open_database(Loaded& p, std::string* error) {
   options.reader_connections = cfg.storage.reader_connections;
   options.mmap_bytes = cfg.storage.sqlite_mmap_bytes;
   options.commit_wait = std::chrono::microseconds(cfg.storage.group_commit_wait_us);
-  if (Dispatcher* d = services_.dispatcher) options.under_way = [d] { return d->in_flight(); };
+  if (Dispatcher* d = services_.dispatcher) options.under_way = [d] { return d->before_write(); };
   options.run_completions = services_.run_job;
   fs::path file = dir / (h.plugin + ".sqlite");
   auto opened = stores::SqliteDatabase::open(file, options);

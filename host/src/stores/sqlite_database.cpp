@@ -1037,7 +1037,7 @@ bool SqliteDatabase::lead(const Member* own) {
     {
       std::unique_lock lock(queue_mutex_);
       if (queue_.empty() && may_wait && !pending.empty() && arrival_gap_ < options_.commit_wait &&
-          (!options_.under_way || options_.under_way() > static_cast<int64_t>(pending.size()))) {
+          (!options_.under_way || options_.under_way() > 0)) {
         // Writes keep coming: wait a little for the next, so that more
         // share this commit, rather than commit a group of one or two.
         const auto until =

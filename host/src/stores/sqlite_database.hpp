@@ -110,10 +110,11 @@ struct SqliteOptions {
   // writer, or every writer already in the group). 0: commit as soon as
   // the queue is empty.
   std::chrono::microseconds commit_wait{0};
-  // With commit_wait: how many requests the host has under way (its
-  // dispatcher's). The leader waits only while more are under way than
-  // its group holds: when every one is in the group (a few clients each
-  // waiting for its answer), none can come. Unset: not checked.
+  // With commit_wait: how many of the host's requests may still queue a
+  // write (its dispatcher's, whose handlers have not returned). The leader
+  // waits only while there are some: when every client's request is in
+  // the group already (a few clients each waiting for its answer), none
+  // can come. Unset: not checked.
   std::function<int64_t()> under_way;
   // Bytes of the file each connection maps into memory (PRAGMA mmap_size):
   // reads of mapped pages cost no system call. 0 reads with pread only.
