@@ -254,8 +254,9 @@ struct EventEngine::Impl {
   std::vector<Source> sources;
   std::map<std::string, std::unique_ptr<Consumer>> consumers;
 
-  std::mutex
-      mutex;  // guards wake_relay, published_wake, lingering, stopping_relay, stopping_consumers
+  // Guards wake_relay, published_wake, lingering, stopping_relay and
+  // stopping_consumers.
+  std::mutex mutex;
   std::condition_variable relay_cv;
   std::condition_variable backoff_cv;
   bool wake_relay = false;

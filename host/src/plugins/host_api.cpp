@@ -74,6 +74,32 @@ void api_log(gv_host* host, gv_log_level level, gv_str message) {
   });
 }
 
+// What a plugin's transaction function returning rc means for its
+// writes: kept on GV_OK; else undone, for the statement that failed first,
+// the plugin's own word (txn_fail), or otherwise.
+stores::SqlStatus work_status(gv_status rc, const gv_txn& txn, const char* otherwise) {
+  if (rc == GV_OK) return stores::SqlStatus::success();
+  if (!txn.first_failure.ok()) return txn.first_failure;
+  return stores::SqlStatus::failure(stores::SqlCode::invalid,
+                                    txn.plugin_error.empty() ? otherwise : txn.plugin_error);
+}
+
+// Wakes the relay for events a committed write published.
+void relay_published(const gv_host* host, int published) {
+  if (published > 0 && host->services->events) host->services->events->notify_published();
+}
+
+// The answer to a grouped write whose work never began within the busy
+// timeout, or whose group's commit failed: nothing it did is kept,
+// whatever it answered.
+Reply commit_failed(const gv_host* host, const std::string& request_id,
+                    const stores::SqlStatus& s) {
+  log::warn("grouped write failed",
+            {{"plugin", host->plugin}, {"request_id", request_id}, {"error", s.message}});
+  return error_reply(503, "unavailable", "the write could not be committed; retry shortly",
+                     request_id);
+}
+
 // A write a handler answered with (respond_after_write, ABI 1.6): the
 // plugin's work runs as one part of the plugin's grouped write and gives
 // the answer, which goes out once the group has committed.
@@ -122,14 +148,7 @@ class PluginWrite final : public AfterWrite, public std::enable_shared_from_this
     }
     out->ran = true;
     out->published = txn.published + ambient.published;
-    if (out->rc == GV_OK)
-      out->status = stores::SqlStatus::success();
-    else if (!txn.first_failure.ok())
-      out->status = txn.first_failure;
-    else
-      out->status = stores::SqlStatus::failure(
-          stores::SqlCode::invalid,
-          txn.plugin_error.empty() ? "the plugin's write failed" : txn.plugin_error);
+    out->status = work_status(out->rc, txn, "the plugin's write failed");
     return out->status;
   }
 
@@ -177,18 +196,8 @@ class PluginWrite final : public AfterWrite, public std::enable_shared_from_this
     };
     auto committed = [self = shared_from_this(), out, done = std::move(done)](stores::SqlStatus s) {
       if (out->ran && !out->status.ok()) return done(self->answer(*out));  // undone, answered
-      if (!s.ok()) {
-        // Never begun within the busy timeout, or the group's commit failed:
-        // nothing it wrote is kept, whatever it answered.
-        log::warn("grouped write failed", {{"plugin", self->host_->plugin},
-                                           {"request_id", self->request_id_},
-                                           {"error", s.message}});
-        return done(error_reply(503, "unavailable",
-                                "the write could not be committed; retry shortly",
-                                self->request_id_));
-      }
-      if (out->published > 0 && self->host_->services->events)
-        self->host_->services->events->notify_published();
+      if (!s.ok()) return done(commit_failed(self->host_, self->request_id_, s));
+      relay_published(self->host_, out->published);
       done(self->answer(*out));
     };
     if (wait)
@@ -228,17 +237,9 @@ void run_grouped(gv_host* host, const std::string& request_id, std::function<Rep
         return stores::SqlStatus::success();  // its parts were kept or undone each
       },
       [host, state, request_id, done = std::move(done)](stores::SqlStatus s) {
-        if (!s.ok() || !state->reply) {
-          // Not begun within the busy timeout, or the group's commit
-          // failed: nothing it did is kept, and its reply may describe
-          // what was not.
-          log::warn("grouped write failed",
-                    {{"plugin", host->plugin}, {"request_id", request_id}, {"error", s.message}});
-          return done(error_reply(503, "unavailable",
-                                  "the write could not be committed; retry shortly", request_id));
-        }
-        if (state->ambient.published > 0 && host->services->events)
-          host->services->events->notify_published();
+        // Its reply may describe what was not kept.
+        if (!s.ok() || !state->reply) return done(commit_failed(host, request_id, s));
+        relay_published(host, state->ambient.published);
         done(std::move(*state->reply));
       });
 }
@@ -507,11 +508,7 @@ gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_si
     txn.first_failure = SqlStatus::success();
     work_rc = work(ctx, &txn);
     txn.tx = nullptr;
-    if (work_rc == GV_OK) return SqlStatus::success();
-    if (!txn.first_failure.ok()) return txn.first_failure;
-    return SqlStatus::failure(SqlCode::invalid, txn.plugin_error.empty()
-                                                    ? "the plugin's transaction function failed"
-                                                    : txn.plugin_error);
+    return work_status(work_rc, txn, "the plugin's transaction function failed");
   };
   SqlStatus st;
   if (Ambient* a = t_ambient; a && a->host == host) {
@@ -529,7 +526,7 @@ gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_si
     st = writable ? host->db->write(body) : host->db->read(body);
   }
   if (st.ok()) {
-    if (txn.published > 0 && host->services->events) host->services->events->notify_published();
+    relay_published(host, txn.published);
     return GV_OK;
   }
   sink_text(error_sink, error_ctx, st.message);

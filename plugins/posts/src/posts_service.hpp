@@ -384,15 +384,30 @@ class PostsService {
   // object writes them (sorted). Written directly rather than built as a
   // json and dumped, which costs about ten times as much.
   static std::string post_text(const Post& p, bool counters) {
-    return text_before_id(p, counters) + std::to_string(p.id) + text_after_id(p);
+    std::string out;
+    out.reserve(200 + p.author_id.size() + p.text.size());
+    append_before_id(out, p, counters);
+    out += std::to_string(p.id);
+    append_after_id(out, p);
+    return out;
   }
 
-  // A post's text in two parts around its id, which follows
-  // `"id":"` in the first: the parts of a new post are written before its
-  // write, whose insert gives the id (see create).
+  // A post's text in two parts around its id, which follows `"id":"` in
+  // the first: the parts of a new post are written before its write, whose
+  // insert gives the id (see create).
   static std::string text_before_id(const Post& p, bool counters) {
     std::string out;
-    out.reserve(160 + p.author_id.size());
+    append_before_id(out, p, counters);
+    return out;
+  }
+  static std::string text_after_id(const Post& p) {
+    std::string out;
+    append_after_id(out, p);
+    return out;
+  }
+
+ private:
+  static void append_before_id(std::string& out, const Post& p, bool counters) {
     out += "{\"author_id\":";
     append_json_string(out, p.author_id);
     if (counters) {
@@ -405,20 +420,15 @@ class PostsService {
     out += ",\"edited_at\":";
     out += p.edited_ms ? "\"" + iso8601(*p.edited_ms) + "\"" : std::string("null");
     out += ",\"id\":\"";
-    return out;
   }
-  static std::string text_after_id(const Post& p) {
-    std::string out;
-    out.reserve(40 + p.text.size());
+  static void append_after_id(std::string& out, const Post& p) {
     out += "\",\"reply_to\":";
     out += p.reply_to ? "\"" + std::to_string(*p.reply_to) + "\"" : std::string("null");
     out += ",\"text\":";
     append_json_string(out, p.text);
     out += ",\"version\":" + std::to_string(p.version) + "}";
-    return out;
   }
 
- private:
   // Appends s as a JSON string, escaped as json::dump escapes it. s is
   // valid UTF-8: texts are checked when written, and user ids come from
   // tokens the host verified (the host also checks every answer and event
