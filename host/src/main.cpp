@@ -347,6 +347,7 @@ int run(const Args& args) {
     broker_options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
     broker_options.synchronous = cfg.storage.synchronous;
     broker_options.mmap_bytes = cfg.storage.sqlite_mmap_bytes;
+    broker_options.wal_bytes = cfg.storage.sqlite_wal_bytes;
     broker_options.retention_events = cfg.events.log_retention_events;
     broker = gv::events::make_in_process_broker(broker_options, &metrics);
   }

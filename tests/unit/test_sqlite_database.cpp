@@ -1182,17 +1182,22 @@ void insert_padded(SqliteDatabase& db, int rounds, int per_round) {
 
 TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", "[sql][sqlite]") {
   TempDir tmp;
-  auto db = open_db(tmp.file());
+  CHECK(SqliteDatabase::open(tmp.dir / "x.db", {.wal_bytes = (8 << 20) - 1}).status.code ==
+        SqlCode::invalid);
+  auto db = open_db(tmp.file(), {.wal_bytes = 8 << 20});
   REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)").ok());
-  // About 24,000 pages through the WAL, six times the restart bound.
+  // About 24,000 pages through the WAL, twelve times wal_bytes.
   insert_padded(*db, 300, 80);
   for (int i = 0; i < 200 && db->checkpoints() == 0; ++i) std::this_thread::sleep_for(10ms);
   CHECK(db->checkpoints() > 0);
   fs::path wal = tmp.file().string() + "-wal";
   REQUIRE(fs::exists(wal));
   INFO("WAL " << fs::file_size(wal) << " bytes after " << db->checkpoints() << " checkpoints");
-  // Without restarts the WAL would hold every page written (~100 MB).
-  CHECK(fs::file_size(wal) < 40u << 20);
+  // Without restarts the WAL would hold every page written (~100 MB); it
+  // starts over past wal_bytes, and writers wait for the checkpointer
+  // rather than let it pass twice that.
+  CHECK(fs::file_size(wal) > 4u << 20);
+  CHECK(fs::file_size(wal) < 17u << 20);
   CHECK(fs::file_size(tmp.file()) > 50u << 20);  // copied into the database file
   CHECK(count(*db, "t") == 300 * 80);
   CHECK(db->integrity_check().value == "ok");

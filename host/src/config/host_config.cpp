@@ -86,6 +86,7 @@ json make_schema() {
                 {"busy_timeout_ms", integer(0, kHour_ms)},
                 {"reader_connections", integer(1, 64)},
                 {"sqlite_mmap_bytes", integer(0, 1LL << 40)},
+                {"sqlite_wal_bytes", integer(8 << 20, 1LL << 40)},
                 {"group_commit_wait_us", integer(0, 10000)},
                 {"cache_max_bytes", integer(1 << 16, 1LL << 40)}})},
       {"response_cache",
@@ -367,6 +368,7 @@ void read_config(const YamlDocument& doc, HostConfig* c, std::vector<Diagnostic>
   r.number("/storage/busy_timeout_ms", &c->storage.busy_timeout_ms);
   r.number("/storage/reader_connections", &c->storage.reader_connections);
   r.number("/storage/sqlite_mmap_bytes", &c->storage.sqlite_mmap_bytes);
+  r.number("/storage/sqlite_wal_bytes", &c->storage.sqlite_wal_bytes);
   r.number("/storage/group_commit_wait_us", &c->storage.group_commit_wait_us);
   r.number("/storage/cache_max_bytes", &c->storage.cache_max_bytes);
   r.number("/response_cache/max_bytes", &c->response_cache.max_bytes);

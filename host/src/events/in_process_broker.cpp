@@ -233,6 +233,7 @@ bool InProcessBroker::start(std::string* error) {
   so.busy_timeout_ms = options_.busy_timeout_ms;
   so.synchronous = options_.synchronous;
   so.mmap_bytes = options_.mmap_bytes;
+  so.wal_bytes = options_.wal_bytes;
   so.reader_connections = threads_count_ + 1;
   auto opened = stores::SqliteDatabase::open(options_.file, so);
   if (!opened.ok())

@@ -286,6 +286,7 @@ bool PluginHost::open_database(Loaded& p, std::string* error) {
   options.busy_timeout_ms = cfg.storage.busy_timeout_ms;
   options.reader_connections = cfg.storage.reader_connections;
   options.mmap_bytes = cfg.storage.sqlite_mmap_bytes;
+  options.wal_bytes = cfg.storage.sqlite_wal_bytes;
   options.commit_wait = std::chrono::microseconds(cfg.storage.group_commit_wait_us);
   if (Dispatcher* d = services_.dispatcher) options.under_way = [d] { return d->before_write(); };
   options.run_completions = services_.run_job;

@@ -13,6 +13,7 @@
 #include <cctype>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <list>
 #include <mutex>
 #include <string_view>
@@ -792,7 +793,7 @@ SqliteDatabase::~SqliteDatabase() {
 // checkpointer once the WAL holds kCheckpointPages, then again every
 // kCheckpointStep pages more. The WAL starts over
 // only when a writer finds it all copied, which under steady writes a
-// checkpoint on another connection never sees; so past kRestartPages the
+// checkpoint on another connection never sees; so past restart_pages_ the
 // writer checkpoints here, between its transactions, copying what the
 // checkpointer has not yet (little), and its next transaction starts the
 // WAL over.
@@ -802,14 +803,14 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
     self->checkpoint_at_ = kCheckpointPages;  // the WAL started over
     return SQLITE_OK;
   }
-  if (pages >= kRestartPages) {
+  if (pages >= self->restart_pages_) {
     // Busy when the checkpointer is at it: the next commit tries again.
     // Past twice the bound (a checkpointer starved of CPU while writes go
     // on), this writer waits for it, so the WAL cannot grow without end.
     auto checkpoint = [db] {
       return sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     };
-    const int waits = pages >= 2 * kRestartPages ? kMaxCheckpointWaits : 0;
+    const int waits = pages >= 2 * self->restart_pages_ ? kMaxCheckpointWaits : 0;
     for (int waited = 0; checkpoint() == SQLITE_BUSY && waited < waits; ++waited)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     return SQLITE_OK;
@@ -854,7 +855,7 @@ void SqliteDatabase::run_checkpointer() {
       checkpoints_.fetch_add(1, std::memory_order_relaxed);
       // SQLite syncs the database file only after a checkpoint that copied
       // the whole WAL, which under steady writes is the writer's own, at
-      // kRestartPages: that sync then had every page copied since to
+      // restart_pages_: that sync then had every page copied since to
       // flush, for tens of milliseconds, between two commit groups. Synced
       // here after each pass, it has only the last pass's pages left.
       if (backfilled != synced_backfill) {
@@ -882,6 +883,7 @@ SqlResult<std::unique_ptr<SqliteDatabase>> SqliteDatabase::open(const std::files
   if (o.reader_connections < 1) return {invalid("reader_connections must be at least 1")};
   if (o.mmap_bytes < 0) return {invalid("mmap_bytes must not be negative")};
   if (o.max_group_size < 1) return {invalid("max_group_size must be at least 1")};
+  if (o.wal_bytes < (8 << 20)) return {invalid("wal_bytes must be at least 8 MiB")};
   std::unique_ptr<SqliteDatabase> db(new SqliteDatabase(path, o));
   if (SqlStatus s = db->open_connections(); !s.ok()) return {s};
   return {{}, std::move(db)};
@@ -893,6 +895,12 @@ SqlStatus SqliteDatabase::open_connections() {
   auto writer = open_connection(path_, true, options_);
   if (!writer.ok()) return writer.status;
   writer_ = std::move(writer.value);
+  std::string page_size;
+  if (int rc = host_exec(*writer_, "PRAGMA page_size", &page_size); rc != SQLITE_OK)
+    return failure(writer_->db, rc);
+  restart_pages_ = static_cast<int>(
+      std::clamp<int64_t>(options_.wal_bytes / std::max(512, std::atoi(page_size.c_str())),
+                          kCheckpointPages + kCheckpointStep, INT_MAX / 2));
   for (int i = 0; i < options_.reader_connections; ++i) {
     auto reader = open_connection(path_, false, options_);
     if (!reader.ok()) return reader.status;

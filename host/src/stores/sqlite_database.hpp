@@ -119,6 +119,15 @@ struct SqliteOptions {
   // Bytes of the file each connection maps into memory (PRAGMA mmap_size):
   // reads of mapped pages cost no system call. 0 reads with pread only.
   int64_t mmap_bytes = 256 << 20;
+  // How long the WAL grows under steady writes before the writer starts it
+  // over (see on_wal_commit), at least 8 MiB (and kCheckpointPages +
+  // kCheckpointStep pages). Each start-over is a
+  // checkpoint on the writer, with two file syncs that every queued write
+  // waits for (milliseconds, tens on a busy disk): a longer WAL has them
+  // less often. Without steady writes the checkpointer catches up and the
+  // WAL starts over near kCheckpointPages. The file stays at the longest
+  // it has been; past twice this, writers wait for the checkpointer.
+  int64_t wal_bytes = 64 << 20;
   // Where the completions of a group's detached works (write_detached,
   // write_queued) run once it has committed: given them as one job, it
   // returns false to have them run on the writing thread after all. Unset,
@@ -154,12 +163,9 @@ class SqliteDatabase final : public SqlDatabase {
   // WAL has grown this many pages: a page written by many commits in a row
   // (a table's last leaf, say) is copied once per wake, not once per commit.
   static constexpr int kCheckpointStep = kCheckpointPages / 4;
-  // A commit that leaves the WAL this long checkpoints on the writer, so
-  // that the WAL starts over (see on_wal_commit): bounds the WAL file to
-  // about this many pages.
-  static constexpr int kRestartPages = 4 * kCheckpointPages;
-  // Past 2 * kRestartPages a writer waits for a running checkpoint, up to
-  // this many milliseconds, rather than commit on (see on_wal_commit).
+  // Past twice SqliteOptions::wal_bytes a writer waits for a running
+  // checkpoint, up to this many milliseconds, rather than commit on (see
+  // on_wal_commit).
   static constexpr int kMaxCheckpointWaits = 5000;
 
   // Opens (creating if absent) the database file at path and its
@@ -253,6 +259,9 @@ class SqliteDatabase final : public SqlDatabase {
   // WAL length at which on_wal_commit wakes the checkpointer next; only the
   // writer's commits (one at a time) touch it.
   int checkpoint_at_ = kCheckpointPages;
+  // WAL length (pages) at which the writer starts it over: wal_bytes over
+  // the page size, set by open_connections.
+  int restart_pages_ = 4 * kCheckpointPages;
   bool lead_wanted_ = false;  // the same thread leads detached works handed to it
   std::atomic<uint64_t> checkpoints_{0};
 
