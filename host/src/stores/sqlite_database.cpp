@@ -3,6 +3,7 @@
 #include "core/blocking.hpp"
 #include "core/cond_wait.hpp"
 #include "core/thread_name.hpp"
+#include "stores/sqlite_wal_vfs.hpp"
 
 #include <linux/futex.h>
 #include <sqlite3.h>
@@ -366,7 +367,7 @@ SqlResult<std::unique_ptr<Connection>> open_connection(const std::filesystem::pa
   auto c = std::make_unique<Connection>();
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
   if (writer) flags |= SQLITE_OPEN_CREATE;
-  int rc = sqlite3_open_v2(path.c_str(), &c->db, flags, nullptr);
+  int rc = sqlite3_open_v2(path.c_str(), &c->db, flags, wal_coalescing_vfs());
   if (rc != SQLITE_OK) {
     SqlStatus s = failure(c->db, rc);
     s.message = "cannot open " + path.string() + ": " + s.message;
