@@ -18,30 +18,52 @@ sqlite3_vfs shim_vfs{};
 // SQLite allocates szOsFile bytes per open file: this, then the real
 // VFS's file right after it.
 struct File {
-  sqlite3_file base;      // pMethods: the methods below
-  sqlite3_file* real;     // the wrapped file, in the same allocation
-  bool wal;               // gathers its writes
-  bool commit_frame;      // the last write was a commit frame's header
-  long long gathered_at;  // file offset of pending's first byte
-  std::vector<char>* pending;
+  sqlite3_file base;           // pMethods: the methods below
+  sqlite3_file* real;          // the wrapped file, in the same allocation
+  bool wal;                    // a WAL file
+  bool header_gathered;        // the last write was a frame header, gathered: its page is next
+  bool commit;                 // that header is the commit frame's
+  long long gathered_at;       // file offset of pending's first byte
+  long long end;               // just past the last write through this handle; -1: none yet
+  std::vector<char>* pending;  // on a WAL file
+  File* db_of_wal;  // on a WAL: the database file it is linked to (link_wal); gathers only then
+  File* wal_of_db;  // on a database file: its linked WAL
 };
 
 File* as_file(sqlite3_file* f) { return reinterpret_cast<File*>(f); }
 const sqlite3_io_methods* real_methods(File* f) { return f->real->pMethods; }
 
-// Writes what is gathered; its error, if any, is the caller's.
+// Writes what is gathered; the real write's result.
 int flush(File* f) {
   if (!f->pending || f->pending->empty()) return SQLITE_OK;
   int rc = real_methods(f)->xWrite(f->real, f->pending->data(),
                                    static_cast<int>(f->pending->size()), f->gathered_at);
   f->pending->clear();
-  f->commit_frame = false;
   return rc;
+}
+
+// The same before another method: its failure is an I/O error there, which
+// makes SQLite roll the whole transaction back (SQLITE_FULL from a read
+// would undo only the statement, and the commit would go on without the
+// frames).
+int flush_before(File* f) {
+  int rc = flush(f);
+  return rc == SQLITE_OK ? rc : SQLITE_IOERR_WRITE;
+}
+
+// Drops what is gathered: the frames of a transaction rolled back.
+void discard(File* f) {
+  if (!f->pending || f->pending->empty()) return;
+  f->end = f->gathered_at;
+  f->pending->clear();
+  f->header_gathered = f->commit = false;
 }
 
 int x_close(sqlite3_file* p) {
   File* f = as_file(p);
-  int flushed = flush(f);
+  int flushed = flush_before(f);
+  if (f->db_of_wal) f->db_of_wal->wal_of_db = nullptr;
+  if (f->wal_of_db) f->wal_of_db->db_of_wal = nullptr;
   int rc = real_methods(f)->xClose(f->real);
   delete f->pending;
   f->pending = nullptr;
@@ -50,52 +72,74 @@ int x_close(sqlite3_file* p) {
 
 int x_read(sqlite3_file* p, void* out, int amount, sqlite3_int64 offset) {
   File* f = as_file(p);
-  if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  if (int rc = flush_before(f); rc != SQLITE_OK) return rc;
   return real_methods(f)->xRead(f->real, out, amount, offset);
+}
+
+bool is_page_size(int amount) { return amount >= 512 && (amount & (amount - 1)) == 0; }
+
+// Gathers bytes appended at the end of what was written: a frame's header
+// or, right after it, its page.
+int gather(File* f, const void* data, int amount, sqlite3_int64 offset) {
+  auto& pending = *f->pending;
+  if (pending.capacity() == 0) pending.reserve(kWalGatherBytes);
+  if (static_cast<long long>(pending.size()) + amount > kWalGatherBytes)
+    if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  if (pending.empty()) f->gathered_at = offset;
+  const char* bytes = static_cast<const char*>(data);
+  pending.insert(pending.end(), bytes, bytes + amount);
+  f->end = offset + amount;
+  return SQLITE_OK;
 }
 
 int x_write(sqlite3_file* p, const void* data, int amount, sqlite3_int64 offset) {
   File* f = as_file(p);
-  if (!f->wal) return real_methods(f)->xWrite(f->real, data, amount, offset);
-  auto& pending = *f->pending;
-  // Reserved on the first write: only the writer's connection writes its
-  // WAL; the readers' and the checkpointer's handles never do.
-  if (pending.capacity() == 0) pending.reserve(kWalGatherBytes);
-  const bool follows = !pending.empty() && offset == f->gathered_at + (long long)pending.size();
-  if (!follows || (long long)pending.size() + amount > kWalGatherBytes) {
-    if (int rc = flush(f); rc != SQLITE_OK) return rc;
-    if (amount > kWalGatherBytes) return real_methods(f)->xWrite(f->real, data, amount, offset);
-    f->gathered_at = offset;
-  }
-  const char* bytes = static_cast<const char*>(data);
-  pending.insert(pending.end(), bytes, bytes + amount);
-  if (amount == kFrameHeaderBytes) {
-    // A frame's header: bytes 4..7 are the database size in pages after a
-    // commit, 0 in the other frames of a transaction. Its page follows.
-    f->commit_frame = std::memcmp(bytes + 4, "\0\0\0\0", 4) != 0;
+  if (!f->wal || !f->db_of_wal) return real_methods(f)->xWrite(f->real, data, amount, offset);
+  const bool appended = offset == f->end;
+  if (appended && amount == kFrameHeaderBytes) {
+    // A new frame's header: bytes 4..7 are the database size in pages
+    // after a commit, 0 in the other frames of a transaction.
+    const char* bytes = static_cast<const char*>(data);
+    if (int rc = gather(f, data, amount, offset); rc != SQLITE_OK) return rc;
+    f->header_gathered = true;
+    f->commit = std::memcmp(bytes + 4, "\0\0\0\0", 4) != 0;
     return SQLITE_OK;
   }
-  // The commit frame's page ends what the commit writes before SQLite
-  // publishes it to readers: written now.
-  if (f->commit_frame) return flush(f);
-  return SQLITE_OK;
+  if (appended && f->header_gathered && is_page_size(amount)) {
+    f->header_gathered = false;
+    if (int rc = gather(f, data, amount, offset); rc != SQLITE_OK) return rc;
+    // The commit frame's page ends what the commit writes before SQLite
+    // shows it to readers: written now, and a failure is the commit's.
+    if (f->commit) {
+      f->commit = false;
+      return flush(f);
+    }
+    return SQLITE_OK;
+  }
+  // Anything else (the WAL's own header, a frame rewritten in place, its
+  // checksums rewritten, a write split at a sync point): what is gathered,
+  // then this write, at once.
+  f->header_gathered = f->commit = false;
+  if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  f->end = offset + amount;
+  return real_methods(f)->xWrite(f->real, data, amount, offset);
 }
 
 int x_truncate(sqlite3_file* p, sqlite3_int64 size) {
   File* f = as_file(p);
-  if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  if (int rc = flush_before(f); rc != SQLITE_OK) return rc;
   return real_methods(f)->xTruncate(f->real, size);
 }
 
 int x_sync(sqlite3_file* p, int flags) {
   File* f = as_file(p);
-  if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  if (int rc = flush_before(f); rc != SQLITE_OK) return rc;
   return real_methods(f)->xSync(f->real, flags);
 }
 
 int x_file_size(sqlite3_file* p, sqlite3_int64* size) {
   File* f = as_file(p);
-  if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  if (int rc = flush_before(f); rc != SQLITE_OK) return rc;
   return real_methods(f)->xFileSize(f->real, size);
 }
 
@@ -111,7 +155,7 @@ int x_check_reserved_lock(sqlite3_file* p, int* out) {
 
 int x_file_control(sqlite3_file* p, int op, void* arg) {
   File* f = as_file(p);
-  if (int rc = flush(f); rc != SQLITE_OK) return rc;
+  if (int rc = flush_before(f); rc != SQLITE_OK) return rc;
   return real_methods(f)->xFileControl(f->real, op, arg);
 }
 
@@ -128,7 +172,14 @@ int x_shm_map(sqlite3_file* p, int page, int size, int extend, void volatile** o
   return real_methods(as_file(p))->xShmMap(as_file(p)->real, page, size, extend, out);
 }
 int x_shm_lock(sqlite3_file* p, int offset, int n, int flags) {
-  return real_methods(as_file(p))->xShmLock(as_file(p)->real, offset, n, flags);
+  File* f = as_file(p);
+  // The write lock (lock 0 of the wal-index) let go: the write
+  // transaction is over. A commit wrote all it gathered; what is left
+  // belongs to one rolled back, and must not be written after another
+  // writer (another process) may have taken the WAL over.
+  if (f->wal_of_db && offset == 0 && (flags & SQLITE_SHM_UNLOCK) && (flags & SQLITE_SHM_EXCLUSIVE))
+    discard(f->wal_of_db);
+  return real_methods(f)->xShmLock(f->real, offset, n, flags);
 }
 void x_shm_barrier(sqlite3_file* p) { real_methods(as_file(p))->xShmBarrier(as_file(p)->real); }
 int x_shm_unmap(sqlite3_file* p, int remove) {
@@ -168,9 +219,11 @@ int x_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* p, int flags, int*
   f->base.pMethods = nullptr;
   f->real = reinterpret_cast<sqlite3_file*>(f + 1);
   f->wal = (flags & SQLITE_OPEN_WAL) != 0;
-  f->commit_frame = false;
+  f->header_gathered = f->commit = false;
   f->gathered_at = 0;
+  f->end = -1;
   f->pending = nullptr;
+  f->db_of_wal = f->wal_of_db = nullptr;
   int rc = real_vfs->xOpen(real_vfs, name, f->real, flags, out_flags);
   if (rc != SQLITE_OK || !f->real->pMethods) return rc;
   if (f->real->pMethods->iVersion < 3) {
@@ -217,6 +270,22 @@ int x_current_time_int64(sqlite3_vfs*, sqlite3_int64* out) {
 }
 
 }  // namespace
+
+bool link_wal(sqlite3* db) {
+  sqlite3_file* main = nullptr;
+  sqlite3_file* wal = nullptr;
+  if (sqlite3_file_control(db, "main", SQLITE_FCNTL_FILE_POINTER, &main) != SQLITE_OK ||
+      sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) != SQLITE_OK)
+    return false;
+  if (!main || !wal || main->pMethods != &shim_methods || wal->pMethods != &shim_methods)
+    return false;
+  File* m = as_file(main);
+  File* w = as_file(wal);
+  if (!w->wal || !w->pending) return false;
+  m->wal_of_db = w;
+  w->db_of_wal = m;
+  return true;
+}
 
 const char* wal_coalescing_vfs() {
   static const char* name = []() -> const char* {

@@ -12,12 +12,17 @@
 // whose header carries the database size) is complete, inside that
 // xWrite: a failure is that write's error, as without the VFS, and SQLite
 // makes the commit visible to readers (the wal-index header) only after
-// it. Anything else on the file (a read, sync, truncate, size, file
-// control, close, or a write elsewhere) writes what is gathered first.
-// Files other than WALs pass straight through.
+// it. Only a frame's header appended at the end of what was written, and
+// its page right after, are gathered; anything else on the file (the WAL
+// header, a frame or checksum rewritten in place, a write split at a sync
+// point, a read, sync, truncate, size, file control, close) writes what is
+// gathered first, and itself at once. Only the writer's WAL (link_wal)
+// gathers; other files pass straight through.
 //
 // Only stores/ uses it; the file format is SQLite's own, so the sqlite3
 // shell, backups and other processes read the files as before.
+
+struct sqlite3;  // <sqlite3.h>, kept out of this header
 
 namespace gv::stores {
 
@@ -25,6 +30,13 @@ namespace gv::stores {
 // sqlite3_open_v2. nullptr if it could not be registered (no default VFS):
 // the caller opens with the default then.
 const char* wal_coalescing_vfs();
+
+// Gathers the WAL writes of db (opened through the VFS, in WAL mode, its
+// WAL open), from now on; other connections' WALs are written through. At
+// the end of each write transaction (the wal-index write lock let go) what
+// a rolled-back transaction left gathered is dropped. False (nothing
+// gathered) if db's files are not this VFS's.
+bool link_wal(sqlite3* db);
 
 // Bytes gathered at most before they are written anyway: SQLite's Unix
 // file layer writes less than 128 KiB per call (it masks larger counts
