@@ -82,7 +82,14 @@ bool is_page_size(int amount) { return amount >= 512 && (amount & (amount - 1)) 
 // or, right after it, its page.
 int gather(File* f, const void* data, int amount, sqlite3_int64 offset) {
   auto& pending = *f->pending;
-  if (pending.capacity() == 0) pending.reserve(kWalGatherBytes);
+  // Reserved once (only the writer's WAL gathers); no exception may cross
+  // SQLite's C frames. The insert below then never allocates: a header or
+  // a page (at most 64 KiB), and a flush first past kWalGatherBytes.
+  if (pending.capacity() < static_cast<size_t>(kWalGatherBytes)) try {
+      pending.reserve(kWalGatherBytes);
+    } catch (const std::bad_alloc&) {
+      return SQLITE_IOERR_NOMEM;
+    }
   if (static_cast<long long>(pending.size()) + amount > kWalGatherBytes)
     if (int rc = flush(f); rc != SQLITE_OK) return rc;
   if (pending.empty()) f->gathered_at = offset;
