@@ -1227,19 +1227,13 @@ TEST_CASE("sqlite: a commit writes its WAL frames in one call, seen at once by r
   auto db = open_db(tmp.file());
   REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)").ok());
   insert_padded(*db, 1, 1);  // the WAL's header written and synced
-  const std::string pad(3000, 'p');
   for (int round = 1; round <= 5; ++round) {
     // write() runs the work and its COMMIT on this thread (no other
     // writer to lead it): 20 rows of 3,000 bytes are 20 new pages, 40
     // write calls without the VFS.
     const int64_t before = write_calls_of_this_thread();
     REQUIRE(before >= 0);
-    REQUIRE(db->write([&](SqlTransaction& tx) {
-                for (int i = 0; i < 20; ++i)
-                  if (auto r = tx.exec("INSERT INTO t (pad) VALUES ($1)", {pad}); !r.ok())
-                    return r.status;
-                return SqlStatus{};
-              }).ok());
+    insert_padded(*db, 1, 20);
     const int64_t calls = write_calls_of_this_thread() - before;
     INFO("round " << round << ": " << calls << " write calls");
     CHECK(calls >= 1);
@@ -1301,16 +1295,13 @@ TEST_CASE("sqlite: every commit is in the WAL file when acknowledged, as a crash
           "[sql][sqlite]") {
   TempDir tmp;
   auto db = open_db(tmp.file());
-  REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, pad TEXT)").ok());
-  const std::string pad(3000, 'p');
+  REQUIRE(
+      exec_one(*db,
+               "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0, pad TEXT)")
+          .ok());
   int64_t rows = 0;
   for (int pages : {1, 2, 29, 30, 31, 32, 45, 61, 62}) {
-    REQUIRE(db->write([&](SqlTransaction& tx) {
-                for (int i = 0; i < pages; ++i)
-                  if (auto r = tx.exec("INSERT INTO t (n, pad) VALUES (0, $1)", {pad}); !r.ok())
-                    return r.status;
-                return SqlStatus{};
-              }).ok());
+    insert_padded(*db, 1, pages);  // a row of 3,000 bytes: a page
     rows += pages;
     INFO("a commit of " << pages << " rows");
     CHECK(recovered(tmp.file(), tmp.dir / "crash") == std::to_string(rows) + "|0|ok");
@@ -1318,9 +1309,10 @@ TEST_CASE("sqlite: every commit is in the WAL file when acknowledged, as a crash
   // About 9 MB in one transaction: more than the writer's page cache, so
   // SQLite writes (spills) frames before the COMMIT, then the UPDATE
   // changes pages already spilled.
+  const std::string pad(3000, 'p');
   REQUIRE(db->write([&](SqlTransaction& tx) {
               for (int i = 0; i < 3000; ++i)
-                if (auto r = tx.exec("INSERT INTO t (n, pad) VALUES (0, $1)", {pad}); !r.ok())
+                if (auto r = tx.exec("INSERT INTO t (pad) VALUES ($1)", {pad}); !r.ok())
                   return r.status;
               return tx.exec("UPDATE t SET n = 1").status;
             }).ok());

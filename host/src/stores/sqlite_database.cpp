@@ -268,10 +268,9 @@ struct SqliteDatabase::Connection {
   // Set while the host runs its own BEGIN/COMMIT/ROLLBACK/PRAGMA, which the
   // authorizer refuses to plugin SQL.
   bool host_statement = false;
-  bool writer = false;
-  // The writer's WAL gathers its commits' frames (sqlite_wal_vfs.hpp): set
-  // up at its first write transaction, when the WAL is open.
-  bool wal_linked = false;
+  // The writer's WAL is to gather its commits' frames (sqlite_wal_vfs.hpp):
+  // set up at its first write transaction, when the WAL is open.
+  bool link_wal_due = false;
   StatementCache cache;
   // The host's own transaction statements (BEGIN, SAVEPOINT, COMMIT...),
   // prepared once, keyed by their literal SQL. Apart from cache, so that
@@ -393,7 +392,7 @@ SqlResult<std::unique_ptr<Connection>> open_connection(const std::filesystem::pa
   if (writer && mode != "wal")
     return {SqlStatus::failure(
         SqlCode::io, path.string() + ": cannot switch to WAL (journal mode is " + mode + ")")};
-  c->writer = writer;
+  c->link_wal_due = writer;
   sqlite3_set_authorizer(c->db, authorize, c.get());
   return {{}, std::move(c)};
 }
@@ -695,7 +694,10 @@ SqlStatus begin(Connection& c, const char* sql, Clock::time_point deadline, int 
   sqlite3_busy_timeout(c.db, static_cast<int>(std::max<int64_t>(left.count(), 0)));
   int rc = host_run(c, sql);
   if (rc == SQLITE_OK) {
-    if (c.writer && !c.wal_linked) c.wal_linked = link_wal(c.db);
+    if (c.link_wal_due) {
+      c.link_wal_due = false;
+      (void)link_wal(c.db);  // false: written through, as with SQLite's own VFS
+    }
     return {};
   }
   SqlStatus s = failure(c.db, rc);

@@ -3,7 +3,6 @@
 #include <sqlite3.h>
 
 #include <cstring>
-#include <mutex>
 #include <new>
 #include <vector>
 
@@ -25,7 +24,7 @@ struct File {
   bool commit;                 // that header is the commit frame's
   long long gathered_at;       // file offset of pending's first byte
   long long end;               // just past the last write through this handle; -1: none yet
-  std::vector<char>* pending;  // on a WAL file
+  std::vector<char>* pending;  // on a linked WAL (link_wal): what is gathered
   File* db_of_wal;  // on a WAL: the database file it is linked to (link_wal); gathers only then
   File* wal_of_db;  // on a database file: its linked WAL
 };
@@ -82,14 +81,9 @@ bool is_page_size(int amount) { return amount >= 512 && (amount & (amount - 1)) 
 // or, right after it, its page.
 int gather(File* f, const void* data, int amount, sqlite3_int64 offset) {
   auto& pending = *f->pending;
-  // Reserved once (only the writer's WAL gathers); no exception may cross
-  // SQLite's C frames. The insert below then never allocates: a header or
-  // a page (at most 64 KiB), and a flush first past kWalGatherBytes.
-  if (pending.capacity() < static_cast<size_t>(kWalGatherBytes)) try {
-      pending.reserve(kWalGatherBytes);
-    } catch (const std::bad_alloc&) {
-      return SQLITE_IOERR_NOMEM;
-    }
+  // Never allocates (no exception may cross SQLite's C frames): reserved
+  // by link_wal, and a header or a page (at most 64 KiB) goes in only
+  // after a flush past kWalGatherBytes.
   if (static_cast<long long>(pending.size()) + amount > kWalGatherBytes)
     if (int rc = flush(f); rc != SQLITE_OK) return rc;
   if (pending.empty()) f->gathered_at = offset;
@@ -101,7 +95,7 @@ int gather(File* f, const void* data, int amount, sqlite3_int64 offset) {
 
 int x_write(sqlite3_file* p, const void* data, int amount, sqlite3_int64 offset) {
   File* f = as_file(p);
-  if (!f->wal || !f->db_of_wal) return real_methods(f)->xWrite(f->real, data, amount, offset);
+  if (!f->db_of_wal) return real_methods(f)->xWrite(f->real, data, amount, offset);
   const bool appended = offset == f->end;
   if (appended && amount == kFrameHeaderBytes) {
     // A new frame's header: bytes 4..7 are the database size in pages
@@ -234,17 +228,10 @@ int x_open(sqlite3_vfs*, sqlite3_filename name, sqlite3_file* p, int flags, int*
   int rc = real_vfs->xOpen(real_vfs, name, f->real, flags, out_flags);
   if (rc != SQLITE_OK || !f->real->pMethods) return rc;
   if (f->real->pMethods->iVersion < 3) {
-    // Not the default unix VFS's methods: no gathering, and no shim in
-    // the way of methods it may not have.
+    // Older methods than the default unix VFS's: refused, rather than
+    // offered through shim_methods, which would call ones they lack.
     f->real->pMethods->xClose(f->real);
     return SQLITE_CANTOPEN;
-  }
-  if (f->wal) {
-    f->pending = new (std::nothrow) std::vector<char>();
-    if (!f->pending) {
-      f->real->pMethods->xClose(f->real);
-      return SQLITE_NOMEM;
-    }
   }
   f->base.pMethods = &shim_methods;
   return SQLITE_OK;
@@ -288,7 +275,19 @@ bool link_wal(sqlite3* db) {
     return false;
   File* m = as_file(main);
   File* w = as_file(wal);
-  if (!w->wal || !w->pending) return false;
+  if (!w->wal) return false;
+  if (!w->pending) {
+    // Its one allocation: gather() never allocates.
+    w->pending = new (std::nothrow) std::vector<char>();
+    if (!w->pending) return false;
+    try {
+      w->pending->reserve(kWalGatherBytes);
+    } catch (const std::bad_alloc&) {
+      delete w->pending;
+      w->pending = nullptr;
+      return false;
+    }
+  }
   m->wal_of_db = w;
   w->db_of_wal = m;
   return true;
