@@ -344,12 +344,11 @@ int host_run(Connection& c, std::string_view sql) {
 // Statement journals (the undo log of a savepoint: every group-committed
 // work runs in one) stay in memory up to this size, then spill to a
 // temporary file. SQLite's default is 64 KiB. The size is also the chunk
-// the journal is written to that file in, and SQLite's Unix file layer
-// writes at most 128 KiB - 1 at once (it masks larger counts with 0x1ffff):
-// a chunk of 128 KiB or more writes nothing and fails the work with
-// SQLITE_FULL, "database or disk is full" (SQLite 3.40, Debian 12). So just
-// under 128 KiB: a work undoing more than that (a large DELETE) spills.
-constexpr int kStatementJournalInMemory = (128 << 10) - 4096;
+// the journal is written to that file in, one write call each, so at most
+// what the Unix file layer writes at once (kUnixWriteMaxBytes; a chunk of
+// 128 KiB or more failed every such work with SQLITE_FULL). A work undoing
+// more than that (a large DELETE) spills.
+constexpr int kStatementJournalInMemory = kUnixWriteMaxBytes;
 
 // Once per process, before SQLite initializes: no memory statistics (with
 // them on, Debian's default, every allocation SQLite makes takes one global

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <cstring>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -278,13 +279,11 @@ bool link_wal(sqlite3* db) {
   if (!w->wal) return false;
   if (!w->pending) {
     // Its one allocation: gather() never allocates.
-    w->pending = new (std::nothrow) std::vector<char>();
-    if (!w->pending) return false;
     try {
-      w->pending->reserve(kWalGatherBytes);
+      auto pending = std::make_unique<std::vector<char>>();
+      pending->reserve(kWalGatherBytes);
+      w->pending = pending.release();
     } catch (const std::bad_alloc&) {
-      delete w->pending;
-      w->pending = nullptr;
       return false;
     }
   }

@@ -38,11 +38,15 @@ const char* wal_coalescing_vfs();
 // gathered) if db's files are not this VFS's.
 bool link_wal(sqlite3* db);
 
-// Bytes gathered at most before they are written anyway: SQLite's Unix
-// file layer writes less than 128 KiB per call (it masks larger counts
-// with 0x1ffff, and fails a write of a multiple of 128 KiB with
-// SQLITE_FULL; SQLite 3.40, Debian 12), so a group commit of 40 frames
-// (165 KB) is two calls.
-inline constexpr long long kWalGatherBytes = (128 << 10) - 4096;
+// The most one write call to SQLite's Unix file layer may carry, in whole
+// 4 KiB pages: it writes less than 128 KiB per call (it masks larger
+// counts with 0x1ffff, and a write of a multiple of 128 KiB writes nothing
+// and fails with SQLITE_FULL, "database or disk is full"; SQLite 3.40,
+// Debian 12).
+inline constexpr int kUnixWriteMaxBytes = (128 << 10) - 4096;
+
+// Bytes gathered at most before they are written anyway: a group commit of
+// 40 frames (165 KB) is two calls.
+inline constexpr long long kWalGatherBytes = kUnixWriteMaxBytes;
 
 }  // namespace gv::stores
