@@ -839,6 +839,7 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
 void SqliteDatabase::run_checkpointer() {
   name_this_thread("gv-checkpoint");
   int synced_backfill = 0;  // the WAL's frames copied when the file was last synced here
+  Clock::time_point synced_at;
   std::unique_lock lock(checkpoint_mutex_);
   for (;;) {
     wait_rechecking(checkpoint_cv_, lock,
@@ -858,18 +859,26 @@ void SqliteDatabase::run_checkpointer() {
     // still needs and waits for no one, so writes go on meanwhile (see
     // on_wal_commit for how the WAL starts over). Busy (the writer's own
     // checkpoint running, say) waits for the next wake.
-    int backfilled = 0;  // the WAL's frames copied into the database
+    int wal_pages = 0, backfilled = 0;  // the WAL's frames, and those copied into the database
     int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                       nullptr, &backfilled);
+                                       &wal_pages, &backfilled);
     if (rc == SQLITE_OK) {
       checkpoints_.fetch_add(1, std::memory_order_relaxed);
       // SQLite syncs the database file only after a checkpoint that copied
       // the whole WAL, which under steady writes is the writer's own, at
-      // restart_pages_: that sync then had every page copied since to
-      // flush, for tens of milliseconds, between two commit groups. Synced
-      // here after each pass, it has only the last pass's pages left.
-      if (backfilled != synced_backfill) {
+      // restart_pages_: that sync would have every page copied since to
+      // flush, for tens of milliseconds, while every queued write waits.
+      // Synced here, it has only the last pass's pages left: after each
+      // pass near the start-over, and before that every kFileSyncInterval.
+      // Not after every pass: a page that many passes copy (an index's
+      // inner pages, the outbox's, a table's last leaf) would be written
+      // to the disk each time, about a hundred times a second under
+      // bench/api's POSTs, where one sync per interval writes it once.
+      const auto now = Clock::now();
+      if (backfilled != synced_backfill && (wal_pages >= restart_pages_ - 2 * kCheckpointStep ||
+                                            now - synced_at >= kFileSyncInterval)) {
         synced_backfill = backfilled;
+        synced_at = now;
         sqlite3_file* file = nullptr;
         if (sqlite3_file_control(checkpointer_->db, "main", SQLITE_FCNTL_FILE_POINTER, &file) ==
                 SQLITE_OK &&

@@ -163,6 +163,10 @@ class SqliteDatabase final : public SqlDatabase {
   // WAL has grown this many pages: a page written by many commits in a row
   // (a table's last leaf, say) is copied once per wake, not once per commit.
   static constexpr int kCheckpointStep = kCheckpointPages / 4;
+  // The checkpointer syncs the database file after its passes at most this
+  // often, and after each pass once the WAL is within two steps of its
+  // start-over (see run_checkpointer).
+  static constexpr std::chrono::milliseconds kFileSyncInterval{100};
   // Past twice SqliteOptions::wal_bytes a writer waits for a running
   // checkpoint, up to this many milliseconds, rather than commit on (see
   // on_wal_commit).
