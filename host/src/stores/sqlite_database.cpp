@@ -7,6 +7,7 @@
 
 #include <linux/futex.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -795,13 +796,16 @@ SqliteDatabase::~SqliteDatabase() {
     checkpoint_stop_ = true;
   }
   checkpoint_cv_.notify_all();
+  lead_cv_.notify_all();
   if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+  if (lead_thread_.joinable()) lead_thread_.join();
 }
 
 // The writer's WAL hook, after each commit (it replaces SQLite's automatic
 // checkpoint, which copies the whole WAL inside the commit): wakes the
-// checkpointer once the WAL holds kCheckpointPages, then again every
-// kCheckpointStep pages more. The WAL starts over
+// checkpointer once the WAL holds kCheckpointPages, then again each time it
+// has grown a quarter of what is left to restart_pages_ (at least
+// kCheckpointStep pages). The WAL starts over
 // only when a writer finds it all copied, which under steady writes a
 // checkpoint on another connection never sees; so past restart_pages_ the
 // writer checkpoints here, between its transactions, copying what the
@@ -826,7 +830,7 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
     return SQLITE_OK;
   }
   if (pages < self->checkpoint_at_) return SQLITE_OK;
-  self->checkpoint_at_ = pages + kCheckpointStep;
+  self->checkpoint_at_ = pages + std::max(kCheckpointStep, (self->restart_pages_ - pages) / 4);
   {
     std::lock_guard lock(self->checkpoint_mutex_);
     if (self->checkpoint_wanted_) return SQLITE_OK;
@@ -838,21 +842,17 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
 
 void SqliteDatabase::run_checkpointer() {
   name_this_thread("gv-checkpoint");
+  // Below the threads that answer requests: a pass copies thousands of
+  // pages in one go, which at the same priority would take its share of
+  // the CPU from them while it lasts. Failure (a sandbox that forbids it)
+  // leaves it at theirs.
+  setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kCheckpointerNice);
   int synced_backfill = 0;  // the WAL's frames copied when the file was last synced here
   Clock::time_point synced_at;
   std::unique_lock lock(checkpoint_mutex_);
   for (;;) {
     wait_rechecking(checkpoint_cv_, lock,
-                    [this] { return checkpoint_wanted_ || lead_wanted_ || checkpoint_stop_; });
-    if (lead_wanted_) {
-      // Handed the lead by a waiting writer (write()): lead until a
-      // waiting writer can take it, or the queue is empty.
-      lead_wanted_ = false;
-      lock.unlock();
-      lead_detached();
-      lock.lock();
-      continue;
-    }
+                    [this] { return checkpoint_wanted_ || checkpoint_stop_; });
     if (checkpoint_stop_) return;
     lock.unlock();
     // PASSIVE, like SQLite's automatic checkpoint: copies what no reader
@@ -888,6 +888,21 @@ void SqliteDatabase::run_checkpointer() {
     }
     lock.lock();
     checkpoint_wanted_ = false;
+  }
+}
+
+// Handed the lead by a writer (write()) with detached works queued behind
+// its own: leads until a waiting writer can take it, or the queue is empty.
+void SqliteDatabase::run_leader() {
+  name_this_thread("gv-sqlite-lead");
+  std::unique_lock lock(checkpoint_mutex_);
+  for (;;) {
+    wait_rechecking(lead_cv_, lock, [this] { return lead_wanted_ || checkpoint_stop_; });
+    if (checkpoint_stop_) return;
+    lead_wanted_ = false;
+    lock.unlock();
+    lead_detached();
+    lock.lock();
   }
 }
 
@@ -935,6 +950,7 @@ SqlStatus SqliteDatabase::open_connections() {
     return failure(checkpointer_->db, rc);
   sqlite3_wal_hook(writer_->db, &SqliteDatabase::on_wal_commit, this);
   checkpoint_thread_ = std::thread([this] { run_checkpointer(); });
+  lead_thread_ = std::thread([this] { run_leader(); });
   return {};
 }
 
@@ -965,7 +981,7 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
       std::lock_guard lock(checkpoint_mutex_);
       lead_wanted_ = true;
     }
-    checkpoint_cv_.notify_one();
+    lead_cv_.notify_one();
   }
   if (me->thrown) std::rethrow_exception(me->thrown);
   return me->status;
@@ -1001,7 +1017,7 @@ void SqliteDatabase::write_queued(SqlWork work, std::function<void(SqlStatus)> d
     }
   }
   // No group under way: a write() of its own, which leads only its own
-  // group and hands the rest to the checkpoint thread, then done here.
+  // group and hands the rest to the lead thread, then done here.
   SqlDatabase::write_detached(std::move(work), std::move(done));
 }
 

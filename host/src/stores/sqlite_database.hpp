@@ -32,7 +32,7 @@
 // - write_detached() queues a work with a completion instead of a waiting
 //   caller: the leader calls it after the commit. With no caller to hand
 //   the lead to, the leader goes on; a write() caller whose own work is
-//   done hands such a lead to the database's checkpoint thread instead.
+//   done hands such a lead to a thread of the database's own instead.
 //   write_queued() joins the group under way like write_detached(), or,
 //   with none, is a write() of its own: its caller leads no other group.
 // - So a work may run on another thread than its caller's (the leader's).
@@ -159,14 +159,21 @@ class SqliteDatabase final : public SqlDatabase {
   // checkpointer (SQLite's own automatic checkpoint uses the same figure,
   // but runs it inside that commit, on the writer's thread).
   static constexpr int kCheckpointPages = 1000;
-  // Past kCheckpointPages, the checkpointer is woken again each time the
-  // WAL has grown this many pages: a page written by many commits in a row
-  // (a table's last leaf, say) is copied once per wake, not once per commit.
+  // Past kCheckpointPages, the checkpointer is woken again once the WAL has
+  // grown a quarter of the way to its start-over (restart_pages_), and at
+  // least this many pages: a page written by many commits in a row (a
+  // table's last leaf, an index's inner pages) is copied once per wake, not
+  // once per commit; and the wakes come closer together near the start-over,
+  // whose checkpoint on the writer then has only the last of them to copy.
   static constexpr int kCheckpointStep = kCheckpointPages / 4;
   // The checkpointer syncs the database file after its passes at most this
   // often, and after each pass once the WAL is within two steps of its
   // start-over (see run_checkpointer).
   static constexpr std::chrono::milliseconds kFileSyncInterval{100};
+  // The checkpoint thread's nice value, above the other threads' (0): it
+  // runs when they leave the CPU free, and takes little from them
+  // otherwise (README: the POST p99 it saves under bench/api).
+  static constexpr int kCheckpointerNice = 10;
   // Past twice SqliteOptions::wal_bytes a writer waits for a running
   // checkpoint, up to this many milliseconds, rather than commit on (see
   // on_wal_commit).
@@ -224,6 +231,7 @@ class SqliteDatabase final : public SqlDatabase {
     return Clock::now() + std::chrono::milliseconds(options_.busy_timeout_ms);
   }
   void run_checkpointer();
+  void run_leader();
   static int on_wal_commit(void* self, ::sqlite3* db, const char* name, int pages);
   void return_reader(Connection* reader);
 
@@ -253,12 +261,16 @@ class SqliteDatabase final : public SqlDatabase {
   std::atomic<uint64_t> commits_{0};
 
   // Checkpoints (copying the WAL into the file, with its fsync) run on
-  // their own thread and connection, so that no commit waits for one. The
-  // same thread leads queued detached works that a write() caller leaves.
+  // their own thread and connection, so that no commit waits for one.
+  // Another thread leads queued detached works that a write() caller
+  // leaves (run_leader): at the writers' priority, which the
+  // checkpointer's is not.
   std::unique_ptr<Connection> checkpointer_;
-  std::thread checkpoint_thread_;
-  std::mutex checkpoint_mutex_;  // guards checkpoint_wanted_, checkpoint_stop_
-  std::condition_variable checkpoint_cv_;
+  std::thread checkpoint_thread_, lead_thread_;
+  // Guards checkpoint_wanted_, lead_wanted_ and checkpoint_stop_ (which
+  // stops both threads).
+  std::mutex checkpoint_mutex_;
+  std::condition_variable checkpoint_cv_, lead_cv_;
   bool checkpoint_wanted_ = false, checkpoint_stop_ = false;
   // WAL length at which on_wal_commit wakes the checkpointer next; only the
   // writer's commits (one at a time) touch it.
@@ -266,7 +278,7 @@ class SqliteDatabase final : public SqlDatabase {
   // WAL length (pages) at which the writer starts it over: wal_bytes over
   // the page size, set by open_connections.
   int restart_pages_ = 4 * kCheckpointPages;
-  bool lead_wanted_ = false;  // the same thread leads detached works handed to it
+  bool lead_wanted_ = false;  // lead_thread_ leads detached works handed to it
   std::atomic<uint64_t> checkpoints_{0};
 
   std::mutex readers_mutex_;  // guards idle_readers_
