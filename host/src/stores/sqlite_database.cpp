@@ -804,8 +804,8 @@ SqliteDatabase::~SqliteDatabase() {
 // The writer's WAL hook, after each commit (it replaces SQLite's automatic
 // checkpoint, which copies the whole WAL inside the commit): wakes the
 // checkpointer once the WAL holds kCheckpointPages, then again each time it
-// has grown a quarter of what is left to restart_pages_ (at least
-// kCheckpointStep pages). The WAL starts over
+// has grown a quarter of what is left to restart_pages_ (from
+// kCheckpointStep to kMaxCheckpointStep pages). The WAL starts over
 // only when a writer finds it all copied, which under steady writes a
 // checkpoint on another connection never sees; so past restart_pages_ the
 // writer checkpoints here, between its transactions, copying what the
@@ -830,7 +830,8 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
     return SQLITE_OK;
   }
   if (pages < self->checkpoint_at_) return SQLITE_OK;
-  self->checkpoint_at_ = pages + std::max(kCheckpointStep, (self->restart_pages_ - pages) / 4);
+  self->checkpoint_at_ =
+      pages + std::clamp((self->restart_pages_ - pages) / 4, kCheckpointStep, kMaxCheckpointStep);
   {
     std::lock_guard lock(self->checkpoint_mutex_);
     if (self->checkpoint_wanted_) return SQLITE_OK;

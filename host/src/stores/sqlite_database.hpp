@@ -166,6 +166,11 @@ class SqliteDatabase final : public SqlDatabase {
   // once per commit; and the wakes come closer together near the start-over,
   // whose checkpoint on the writer then has only the last of them to copy.
   static constexpr int kCheckpointStep = kCheckpointPages / 4;
+  // And at most this many: a reader looks a page up in the WAL-index's
+  // blocks of 4,096 frames from the newest down to the first frame not yet
+  // copied, so a longer wal_bytes does not make its searches longer, nor a
+  // pass copy more at once. The default wal_bytes stays below it.
+  static constexpr int kMaxCheckpointStep = 4096;
   // The checkpointer syncs the database file after its passes at most this
   // often, and after each pass once the WAL is within two steps of its
   // start-over (see run_checkpointer).
