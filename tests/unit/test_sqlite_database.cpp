@@ -1,5 +1,6 @@
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -1202,6 +1204,50 @@ TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", 
   CHECK(fs::file_size(tmp.file()) > 50u << 20);  // copied into the database file
   CHECK(count(*db, "t") == 300 * 80);
   CHECK(db->integrity_check().value == "ok");
+}
+
+namespace {
+
+// The nice values of this process's threads named name (/proc/self/task).
+std::vector<int> nice_of_threads(const std::string& name) {
+  std::vector<int> out;
+  for (const auto& task : fs::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string c;
+    if (!std::getline(comm, c) || c != name) continue;
+    std::ifstream stat_file(task.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(stat_file)), {});
+    // Fields after the name in parentheses: state is the 3rd, nice the 19th.
+    std::istringstream fields(stat.substr(stat.rfind(')') + 1));
+    std::string field;
+    for (int i = 3; i <= 19 && fields >> field; ++i) {
+    }
+    out.push_back(std::stoi(field));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sqlite: the checkpoint thread runs below the writers' priority, the lead thread at it",
+          "[sql][sqlite]") {
+  const int own = getpriority(PRIO_PROCESS, 0);  // this thread's, which new threads inherit
+  if (own >= SqliteDatabase::kCheckpointerNice) {
+    WARN("the tests run at nice " << own << ": nothing to lower the checkpointer below");
+    return;
+  }
+  TempDir tmp;
+  auto db = open_db(tmp.file());
+  // The checkpointer lowers its own priority as it starts.
+  CHECK(gvtest::eventually([&] {
+    auto checkpointers = nice_of_threads("gv-checkpoint");
+    return !checkpointers.empty() &&
+           std::all_of(checkpointers.begin(), checkpointers.end(),
+                       [](int n) { return n == SqliteDatabase::kCheckpointerNice; });
+  }));
+  const auto leads = nice_of_threads("gv-sqlite-lead");
+  REQUIRE(!leads.empty());
+  for (int n : leads) CHECK(n == own);
 }
 
 namespace {
