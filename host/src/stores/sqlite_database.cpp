@@ -899,7 +899,9 @@ void SqliteDatabase::run_leader() {
   std::unique_lock lock(checkpoint_mutex_);
   for (;;) {
     wait_rechecking(lead_cv_, lock, [this] { return lead_wanted_ || checkpoint_stop_; });
-    if (checkpoint_stop_) return;
+    // A lead handed over before the stop is still served: its works'
+    // completions are owed.
+    if (!lead_wanted_) return;
     lead_wanted_ = false;
     lock.unlock();
     lead_detached();
