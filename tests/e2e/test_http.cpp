@@ -185,6 +185,39 @@ TEST_CASE("a throwing handler gives 500 with the request id; the host keeps serv
   check_error_body(chosen, "conflict");
 }
 
+TEST_CASE("a quick handler runs on the network thread, where a call that may wait is refused",
+          "[http][faults]") {
+  Host host;
+  REQUIRE(host.started());
+  // The network threads: the main one (the process's name) and gv-io.
+  auto network = [](const json& thread) { return thread == "grapevine" || thread == "gv-io"; };
+  auto worker = host.request("GET", "/api/v1/testkit/thread");
+  REQUIRE(worker.status == 200);
+  CHECK(worker.json_body()["thread"] == "gv-worker");
+  auto quick = host.request("GET", "/api/v1/testkit/quick");
+  REQUIRE(quick.status == 200);
+  CHECK(network(quick.json_body()["thread"]));
+  WebSocket ws(host.port());
+  json reply = ws.call("testkit.quick");
+  REQUIRE(reply["ok"] == true);
+  CHECK(network(reply["data"]["thread"]));
+  CHECK(ws.call("testkit.thread")["data"]["thread"] == "gv-worker");
+  // Calling another operation: fine on a worker, refused on the network
+  // thread (a 500 with the request id, and the refusal logged).
+  CHECK(host.request("GET", "/api/v1/testkit/thread?call=true").status == 200);
+  auto refused =
+      host.request("GET", "/api/v1/testkit/quick?call=true", "", {{"X-Request-Id", "req-quick"}});
+  CHECK(refused.status == 500);
+  check_error_body(refused, "internal");
+  CHECK(refused.json_body()["error"]["request_id"] == "req-quick");
+  CHECK(eventually([&] {
+    const std::string out = host.output();
+    return out.find("a quick operation's handler called what may wait") != std::string::npos &&
+           out.find(R"("call":"call_operation")") != std::string::npos;
+  }));
+  CHECK(host.request("GET", "/api/v1/testkit/quick").status == 200);  // still serving
+}
+
 TEST_CASE("a body given as JSON text is sent as it is; text that is not JSON gives 500",
           "[http][faults]") {
   Host host;

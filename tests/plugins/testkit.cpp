@@ -1,6 +1,8 @@
 // A plugin for the end-to-end tests: operations that misbehave on purpose.
 #include <grapevine/sdk.hpp>
 
+#include <pthread.h>
+
 #include <chrono>
 #include <stdexcept>
 #include <thread>
@@ -112,6 +114,28 @@ class TestKit : public grapevine::Plugin {
               service_->revoke_session(req.session_id());
             return Response::no_content();
           });
+    // The thread a handler ran on, quick (on the network thread that read
+    // the request) or not (on a worker); with "call": true the quick one
+    // also calls another operation, which may wait and so is refused there.
+    auto thread_of = [this](const Request& req) {
+      if (req.input().value("call", false))
+        service_->call_as_system("testkit.nullable", json::object());
+      char name[32] = {};
+      pthread_getname_np(pthread_self(), name, sizeof name);
+      return Response(json{{"thread", name}});
+    };
+    const json call_flag = {{"type", "object"}, {"properties", {{"call", {{"type", "boolean"}}}}}};
+    r.add({.name = "testkit.quick",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/quick",
+           .input_schema = call_flag,
+           .quick = true},
+          thread_of);
+    r.add({.name = "testkit.thread",
+           .http_method = "GET",
+           .http_path = "/api/v1/testkit/thread",
+           .input_schema = call_flag},
+          thread_of);
     service_.emplace(ctx.service());
   }
 

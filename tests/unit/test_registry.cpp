@@ -64,7 +64,17 @@ TEST_CASE("the registry refuses bad and clashing operations", "[registry]") {
   auto no_handler = op("b.seven");
   no_handler.handler = nullptr;
   CHECK_FALSE(r.add("b", no_handler, &error));
+  auto quick_grouped = op("b.eight");
+  quick_grouped.flags = GV_OP_QUICK | GV_OP_GROUPED_WRITE;
+  CHECK_FALSE(r.add("b", quick_grouped, &error));
+  CHECK(error.find("cannot be quick") != std::string::npos);
   CHECK(r.size() == 1);
+  auto quick = op("b.nine");
+  quick.flags = GV_OP_QUICK;
+  REQUIRE(r.add("b", quick, &error));
+  CHECK(r.find("b.nine")->quick);
+  CHECK_FALSE(r.find("a.one")->quick);
+  r.remove_plugin("b");
   r.remove_plugin("a");
   CHECK(r.size() == 0);
   CHECK(r.find("a.one") == nullptr);

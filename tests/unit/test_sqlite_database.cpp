@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -12,12 +13,14 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/blocking.hpp"
 #include "eventually.hpp"
 #include "stores/sqlite_database.hpp"
 #include "temp_dir.hpp"
@@ -1116,6 +1119,60 @@ TEST_CASE("sqlite: run_completions takes a group's completions off the writing t
   REQUIRE(third);
   CHECK(third->code == SqlCode::invalid);
   CHECK(count(*db, "t") == 3);
+}
+
+TEST_CASE("sqlite: a thread that must not wait leads no group; the lead thread runs its works",
+          "[sql][sqlite]") {
+  TempDir tmp;
+  std::atomic<int> handed{0};  // completion jobs given to run_completions
+  SqliteOptions options;
+  options.run_completions = [&](std::function<void()> job) {
+    ++handed;
+    job();
+    return true;
+  };
+  auto db = open_db(tmp.file(), options);
+  REQUIRE(exec_one(*db, "CREATE TABLE t (x INTEGER)").ok());
+  const int handed_before = handed;
+  constexpr int kWrites = 200;
+  std::mutex m;
+  std::set<std::string> ran_on;  // names of the threads the works ran on
+  std::atomic<int> completed{0}, failed{0}, on_caller{0};
+  const auto caller = std::this_thread::get_id();
+  auto write = [&](int64_t x) {
+    db->write_detached(
+        [&, x](SqlTransaction& tx) {
+          if (std::this_thread::get_id() == caller) ++on_caller;
+          char name[32] = {};
+          pthread_getname_np(pthread_self(), name, sizeof name);
+          {
+            std::lock_guard lock(m);
+            ran_on.insert(name);
+          }
+          return tx.exec("INSERT INTO t VALUES ($1)", {x}).status;
+        },
+        [&](SqlStatus s) {
+          if (!s.ok()) ++failed;
+          ++completed;
+        });
+  };
+  {
+    gv::NoWaitRegion no_wait;  // a network thread running a quick handler
+    for (int64_t x = 0; x < kWrites; ++x) write(x);
+  }
+  REQUIRE(gvtest::eventually([&] { return completed == kWrites; }));
+  CHECK(failed == 0);
+  CHECK(on_caller == 0);
+  CHECK(ran_on == std::set<std::string>{"gv-sqlite-lead"});
+  CHECK(count(*db, "t") == kWrites);
+  CHECK(handed == handed_before);  // the lead thread completes its groups itself
+  // Outside the region, the caller of an idle database leads its own write
+  // and hands its completion over.
+  write(kWrites);
+  CHECK(completed == kWrites + 1);  // done before write_detached returned
+  CHECK(on_caller == 1);
+  CHECK(handed == handed_before + 1);
+  CHECK(count(*db, "t") == kWrites + 1);
 }
 
 TEST_CASE("sqlite: a queued write joins the group under way, or else writes alone",

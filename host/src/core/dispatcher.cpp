@@ -4,6 +4,7 @@
 
 #include <charconv>
 
+#include "core/blocking.hpp"
 #include "core/json_text.hpp"
 #include "core/log.hpp"
 
@@ -57,7 +58,7 @@ int header_lookup(const gv_request_v1* req, const char* name, gv_str* value) {
 bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> done) {
   ++in_flight_;
   ++before_write_;
-  bool queued = pool_.try_submit([this, call, done = std::move(done)]() mutable {
+  auto job = [this, call, done = std::move(done)]() mutable {
     auto finish = [this, done = std::move(done)](Reply reply) {
       if (done) done(std::move(reply));  // empty only if grouped() threw after taking it
       --in_flight_;
@@ -109,7 +110,18 @@ bool Dispatcher::submit(std::shared_ptr<Call> call, std::function<void(Reply)> d
       reply = error_reply(500, "internal", "the operation failed", call->request_id);
     }
     finish(std::move(reply));
-  });
+  };
+  // A quick handler (GV_OP_QUICK) runs here, on the network thread that
+  // read the request, which saves handing it to a worker and back; a write
+  // it answers with is led by the database's own thread. Not while as many
+  // calls are under way as the worker queue holds: then it queues like any
+  // other, and a full queue refuses it.
+  if (call->op->quick && in_flight_.load() <= static_cast<int64_t>(pool_.queue_limit())) {
+    NoWaitRegion no_wait;
+    job();
+    return true;
+  }
+  bool queued = pool_.try_submit(std::move(job));
   if (!queued) {
     --in_flight_;
     --before_write_;

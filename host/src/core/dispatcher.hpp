@@ -1,6 +1,7 @@
 // Runs operations: checks who may call, builds and validates the input,
-// calls the plugin's handler on a worker thread, and turns whatever happens
-// into a Reply. The same path serves HTTP, WebSocket and in-process calls.
+// calls the plugin's handler on a worker thread (a quick one on the calling
+// network thread), and turns whatever happens into a Reply. The same path
+// serves HTTP, WebSocket and in-process calls.
 #pragma once
 
 #include <atomic>
@@ -28,6 +29,9 @@ class Dispatcher {
 
   // Queues call on the worker pool; done runs there with the reply. False
   // when the queue is full: nothing was queued and done is never called.
+  // A quick operation's handler runs on this thread instead, in a
+  // NoWaitRegion (core/blocking.hpp), unless the queue's worth of calls
+  // is under way; done may then run before submit returns.
   bool submit(std::shared_ptr<Call> call, std::function<void(Reply)> done);
 
   // Runs call on this thread (a worker, or a handler making a nested call).

@@ -143,6 +143,12 @@ bool Registry::add(const std::string& plugin, const gv_operation_v1& raw, std::s
     *error = "operation " + op->name + " has no handler";
     return false;
   }
+  op->quick = (raw.flags & GV_OP_QUICK) != 0;
+  if (op->quick && (raw.flags & GV_OP_GROUPED_WRITE)) {
+    *error = "operation " + op->name +
+             " is a grouped write and cannot be quick (its handler runs in the group commit)";
+    return false;
+  }
   if (raw.http_method || raw.http_path) {
     op->http_method = raw.http_method ? raw.http_method : "";
     op->http_path = raw.http_path ? raw.http_path : "";

@@ -36,6 +36,9 @@ struct Operation {
   std::function<void(const std::string& request_id, std::function<Reply()> run,
                      std::function<void(Reply)> done)>
       grouped;
+  // GV_OP_QUICK (ABI 1.7): the handler does not wait, so the dispatcher
+  // may run it on the network thread that read the request.
+  bool quick = false;
 
   struct Segment {
     std::string text;  // literal text, or the parameter name

@@ -52,6 +52,7 @@ class WorkerPool final : private BlockingObserver {
   static void flush_wakes();
 
   size_t depth() const;              // jobs waiting
+  size_t queue_limit() const { return queue_limit_; }
   unsigned idle_threads() const;     // threads waiting for a job
   unsigned started_threads() const;  // threads started so far, spares included
 

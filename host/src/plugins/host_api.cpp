@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "core/blocking.hpp"
 #include "core/call.hpp"
 #include "core/json_text.hpp"
 #include "core/log.hpp"
@@ -63,6 +64,16 @@ void shield_void(F&& f) noexcept {
 }
 
 std::string str(gv_str s) { return s.data ? std::string(s.data, s.len) : std::string(); }
+
+// A quick handler (GV_OP_QUICK) runs on a network thread, which must not
+// wait (NoWaitRegion): the calls that may wait are refused there, and
+// logged, so that the plugin's author learns which one.
+bool refused_while_quick(const gv_host* host, const char* call) {
+  if (!t_must_not_wait) return false;
+  log::error("a quick operation's handler called what may wait; refused (GV_ERR_DENIED)",
+             {{"plugin", host ? host->plugin : ""}, {"call", call}});
+  return true;
+}
 
 void api_log(gv_host* host, gv_log_level level, gv_str message) {
   shield_void([&] {
@@ -363,6 +374,7 @@ gv_status api_call(gv_host* host, const gv_request_v1* caller, gv_str operation,
                    int* status, gv_sink_fn sink, void* sink_ctx) {
   return shield([&]() -> gv_status {
     if (!host || !status) return GV_ERR_INVALID;
+    if (refused_while_quick(host, "call_operation")) return GV_ERR_DENIED;
     const Operation* op = host->services->registry->find(str(operation));
     if (!op) return GV_ERR_NOT_FOUND;
     Call call;
@@ -493,6 +505,7 @@ gv_status api_add_migration(gv_host* host, int32_t step, gv_str sql) {
 gv_status run_txn(gv_host* host, bool writable, gv_txn_fn work, void* ctx, gv_sink_fn error_sink,
                   void* error_ctx) {
   if (!host || !work) return GV_ERR_INVALID;
+  if (refused_while_quick(host, writable ? "sql_write" : "sql_read")) return GV_ERR_DENIED;
   if (!host->db) {
     sink_text(error_sink, error_ctx,
               "plugin " + host->plugin + " has no database: declare a migration step first");
@@ -741,6 +754,7 @@ gv_status cache_status(stores::CacheStatus s) {
 template <class F>
 gv_status with_cache(gv_host* host, F&& f) {
   return shield([&]() -> gv_status {
+    if (refused_while_quick(host, "cache_*")) return GV_ERR_DENIED;
     if (!host || !host->services->cache) return GV_ERR_UNAVAILABLE;
     return f(*host->services->cache);
   });
@@ -843,6 +857,7 @@ bool blob_key(const gv_host* host, gv_str key, std::string* out) {
 template <class F>
 gv_status with_blobs(gv_host* host, F&& f) {
   return shield([&]() -> gv_status {
+    if (refused_while_quick(host, "blob_*")) return GV_ERR_DENIED;
     if (!host || !host->services->blobs) return GV_ERR_UNAVAILABLE;
     return f(*host->services->blobs);
   });

@@ -267,8 +267,11 @@ class SqlDatabase {
   // or failed, with what write() would have returned. A throwing work
   // fails with invalid; nothing is rethrown. done must not call write() or
   // read() of this database (it may run inside the leader's write). For
-  // callers that must not hold a thread while a commit is pending. The
-  // default runs write() and then done on this thread.
+  // callers that must not hold a thread while a commit is pending. In a
+  // NoWaitRegion (core/blocking.hpp: a network thread running a quick
+  // handler) the work must not run on this thread: SQLite's has its own
+  // thread lead the group. The default runs write() and then done on this
+  // thread, so a store that keeps it cannot serve quick handlers.
   virtual void write_detached(SqlWork work, std::function<void(SqlStatus)> done) {
     SqlStatus s;
     try {

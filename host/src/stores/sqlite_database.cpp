@@ -979,13 +979,7 @@ SqlStatus SqliteDatabase::write(const SqlWork& work) {
   // Detached works queued behind have no thread to lead them, and this
   // caller must not serve them for as long as they keep coming: the
   // database's own thread takes the lead over.
-  if (leader && lead(me.get())) {
-    {
-      std::lock_guard lock(checkpoint_mutex_);
-      lead_wanted_ = true;
-    }
-    lead_cv_.notify_one();
-  }
+  if (leader && lead(me.get())) hand_lead();
   if (me->thrown) std::rethrow_exception(me->thrown);
   return me->status;
 }
@@ -1002,7 +996,18 @@ void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)>
   }
   if (awaited) queue_cv_.notify_one();
   if (!leader) return;  // the leader runs it and calls done
+  // A thread that must not wait (a network thread running a quick
+  // handler) leads no group: the lead thread does.
+  if (t_must_not_wait) return hand_lead();
   lead_detached();
+}
+
+void SqliteDatabase::hand_lead() {
+  {
+    std::lock_guard lock(checkpoint_mutex_);
+    lead_wanted_ = true;
+  }
+  lead_cv_.notify_one();
 }
 
 void SqliteDatabase::write_queued(SqlWork work, std::function<void(SqlStatus)> done) {
@@ -1180,7 +1185,11 @@ bool SqliteDatabase::lead(const Member* own) {
   }
   // The callers waiting in write() are woken here; the detached members'
   // completions run after, as one job of run_completions if it takes it,
-  // so that the next group need not wait for them.
+  // so that the next group need not wait for them. Not from the lead
+  // thread, which runs them itself: it leads for the threads that must not
+  // wait (quick handlers), whose writes have no other leader, and a job
+  // per group would wake an idle worker to do what it does as quickly
+  // (bench/api's POSTs: 3-12% more a second, a lower p99 in 2 of 3 rounds).
   std::vector<std::shared_ptr<Member>> detached;
   for (auto& m : done) {
     if (m->completion) {
@@ -1199,7 +1208,9 @@ bool SqliteDatabase::lead(const Member* own) {
   auto complete_all = [job] {
     for (const auto& m : *job) complete(*m);
   };
-  if (!(options_.run_completions && options_.run_completions(complete_all))) complete_all();
+  const bool handed = std::this_thread::get_id() != lead_thread_.get_id() &&
+                      options_.run_completions && options_.run_completions(complete_all);
+  if (!handed) complete_all();
   return again;
 }
 

@@ -32,7 +32,9 @@
 // - write_detached() queues a work with a completion instead of a waiting
 //   caller: the leader calls it after the commit. With no caller to hand
 //   the lead to, the leader goes on; a write() caller whose own work is
-//   done hands such a lead to a thread of the database's own instead.
+//   done hands such a lead to a thread of the database's own instead, and
+//   so does a write_detached() caller that must not wait (a network thread
+//   running a quick handler: NoWaitRegion in core/blocking.hpp).
 //   write_queued() joins the group under way like write_detached(), or,
 //   with none, is a write() of its own: its caller leads no other group.
 // - So a work may run on another thread than its caller's (the leader's).
@@ -133,7 +135,8 @@ struct SqliteOptions {
   // returns false to have them run on the writing thread after all. Unset,
   // they run on the writing thread, and the next group waits for them;
   // the host hands them to its worker pool, so that the next group begins
-  // at once.
+  // at once. The database's lead thread runs its groups' completions
+  // itself (see lead()).
   std::function<bool(std::function<void()>)> run_completions;
 };
 
@@ -227,6 +230,8 @@ class SqliteDatabase final : public SqlDatabase {
   // own to hand the lead to: the caller leads again.
   bool lead(const Member* own);
   void lead_detached();
+  // Has the lead thread (run_leader) lead the queue.
+  void hand_lead();
   // Calls a detached member's completion with its result.
   static void complete(Member& m);
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);

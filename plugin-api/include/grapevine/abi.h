@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 #define GV_ABI_MAJOR 1
-#define GV_ABI_MINOR 6
+#define GV_ABI_MINOR 7
 #define GV_PLUGIN_MAGIC 0x47525056u /* "GRPV" */
 
 #define GV_MANIFEST_SECTION ".grapevine_plugin"
@@ -103,7 +103,7 @@ typedef struct gv_request_v1 {
 typedef struct gv_response gv_response;
 
 /* An operation handler. Runs on a host worker thread, never on an I/O
- * thread, so blocking is allowed. It must answer through respond_json,
+ * thread, so blocking is allowed (but see GV_OP_QUICK). It must answer through respond_json,
  * respond_error or (1.6) respond_after_write before returning GV_OK; any
  * other return (or no answer) gives the client a 500 with the request id. */
 typedef gv_status (*gv_handler_fn)(void* handler_ctx, const gv_request_v1* request,
@@ -147,6 +147,17 @@ typedef struct gv_operation_v1 {
  * events. If the group's commit fails (or its work never began within the
  * busy timeout), the client gets 503, whatever the handler answered. */
 #define GV_OP_GROUPED_WRITE 1u
+/* ABI 1.7. The handler does not wait: it computes its answer from the
+ * request alone (respond_json, respond_error, respond_header, or
+ * respond_after_write, whose work runs in the group commit as usual).
+ * The host may then run it on the network thread that read the request
+ * instead of handing it to a worker and back, one thread hand-off less
+ * per request; handlers of many connections run on that thread one after
+ * another, so keep it to microseconds. While it runs there, the calls that
+ * may wait return GV_ERR_DENIED and the host logs the refusal:
+ * call_operation, sql_write, sql_read, cache_* and blob_*. Not with
+ * GV_OP_GROUPED_WRITE (refused by register_operation). */
+#define GV_OP_QUICK 2u
 
 typedef struct gv_host gv_host; /* the host's per-plugin context, opaque */
 

@@ -199,6 +199,14 @@ struct Operation {
   // answer once it commits (GV_OP_GROUPED_WRITE in abi.h): for short
   // operations whose effect is their writes and events.
   bool grouped_write = false;
+  // The handler does not wait (GV_OP_QUICK in abi.h, ABI 1.7): it checks
+  // its input and answers, or answers with Response::after_write, touching
+  // no store and calling no operation. The host may run it on the network
+  // thread that read the request, one thread hand-off less per request;
+  // there Database, Blobs and call() throw (a 500) and Cache calls fail as
+  // when the cache is down, each refusal logged by the host. Not with
+  // grouped_write.
+  bool quick = false;
   // For a GET that anyone may call and whose answer depends only on its
   // path and query: what the answer shows, over the path's parameters
   // ("post:{postId}"). The host then keeps 200 answers in memory and sends
@@ -985,6 +993,8 @@ class ServiceContext {
                                                 &status, &detail::StringSink::write, &sink);
     if (rc == GV_ERR_NOT_FOUND)
       throw Error(500, "internal", "no operation " + std::string(operation));
+    if (rc == GV_ERR_DENIED)  // nested too deep, or from a quick handler: a bug, not a load
+      throw std::runtime_error("the host refused the call to " + std::string(operation));
     if (rc != GV_OK)
       throw Error(503, "unavailable", "operation " + std::string(operation) + " is unavailable");
     CallResult result;
@@ -1034,7 +1044,7 @@ class Registry {
     raw.role = op.role.c_str();
     raw.handler = &Registry::trampoline;
     raw.handler_ctx = &e;
-    raw.flags = op.grouped_write ? GV_OP_GROUPED_WRITE : 0u;
+    raw.flags = (op.grouped_write ? GV_OP_GROUPED_WRITE : 0u) | (op.quick ? GV_OP_QUICK : 0u);
     raw.cache_tag = op.cache_tag.empty() ? nullptr : op.cache_tag.c_str();
     if (shared_->api->register_operation(shared_->host, &raw) != GV_OK) {
       entries_.pop_back();

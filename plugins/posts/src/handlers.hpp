@@ -40,9 +40,12 @@ inline void register_handlers(grapevine::Registry& registry, PostsService& servi
              {{"type", "string"}, {"minLength", 1}, {"maxLength", cfg.max_idempotency_key_chars}}}},
            {"text"}),
        .summary = "Creates a post; honours the Idempotency-Key header",
-       .access = Access::signed_in},
-      // Checks on a worker, then answers with its write (after_write),
-      // which the host runs in the group commit.
+       .access = Access::signed_in,
+       .quick = true},
+      // Checks its input and answers with its write (after_write), which
+      // the host runs in the group commit. It reads nothing, so it is
+      // quick: the host may run it on the network thread that read the
+      // request.
       [&service](const Request& r) { return service.create(r); });
 
   registry.add(

@@ -255,9 +255,9 @@ class PostsService {
     post.reply_to = reply_to;
     post.created_ms = now_ms();
     int64_t fresh_after = post.created_ms - config_.idempotency_ttl_s * 1000;
-    // The answer and the event payload are written here, on a worker, but
-    // for the id. What follows is the transaction: the host runs it in the
-    // group commit, where every writer waits for it.
+    // The answer and the event payload are written here, before the
+    // transaction, but for the id. What follows is the transaction: the
+    // host runs it in the group commit, where every writer waits for it.
     std::string answer_head = text_before_id(post, true),
                 payload_head = text_before_id(post, false), tail = text_after_id(post);
     return grapevine::Response::after_write([post = std::move(post), idem = std::move(idem),
