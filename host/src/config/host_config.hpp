@@ -84,7 +84,7 @@ struct StorageConfig {
   int busy_timeout_ms = 5000;
   int reader_connections = 4;
   int64_t sqlite_mmap_bytes = 256 << 20;  // PRAGMA mmap_size of every connection
-  int64_t sqlite_wal_bytes = 64 << 20;    // SqliteOptions::wal_bytes
+  int64_t sqlite_wal_bytes = 256 << 20;   // SqliteOptions::wal_bytes
   int group_commit_wait_us = 1000;        // SqliteOptions::commit_wait
   size_t cache_max_bytes = 64u << 20;
 };

@@ -183,7 +183,7 @@ struct InProcessBrokerOptions {
   int busy_timeout_ms = 5000;
   std::string synchronous = "NORMAL";
   int64_t mmap_bytes = 256 << 20;  // PRAGMA mmap_size of the log's connections
-  int64_t wal_bytes = 64 << 20;    // stores::SqliteOptions::wal_bytes of the log
+  int64_t wal_bytes = 256 << 20;   // stores::SqliteOptions::wal_bytes of the log
   int64_t retention_events = 100000;  // consumed events kept in the log for inspection
   std::chrono::milliseconds retention_every{5000};  // how often consumed events are deleted
   // Rows one retention transaction deletes at most: a backlog is deleted in

@@ -129,7 +129,7 @@ struct SqliteOptions {
   // less often. Without steady writes the checkpointer catches up and the
   // WAL starts over near kCheckpointPages. The file stays at the longest
   // it has been; past twice this, writers wait for the checkpointer.
-  int64_t wal_bytes = 64 << 20;
+  int64_t wal_bytes = 256 << 20;
   // Where the completions of a group's detached works (write_detached,
   // write_queued) run once it has committed: given them as one job, it
   // returns false to have them run on the writing thread after all. Unset,
@@ -172,7 +172,8 @@ class SqliteDatabase final : public SqlDatabase {
   // And at most this many: a reader looks a page up in the WAL-index's
   // blocks of 4,096 frames from the newest down to the first frame not yet
   // copied, so a longer wal_bytes does not make its searches longer, nor a
-  // pass copy more at once. The default wal_bytes stays below it.
+  // pass copy more at once. Under the default wal_bytes (65,536 pages of
+  // 4 KiB) the wakes are this far apart but for the last 16,384 pages.
   static constexpr int kMaxCheckpointStep = 4096;
   // The checkpointer syncs the database file after its passes at most this
   // often, and after each pass once the WAL is within two steps of its
