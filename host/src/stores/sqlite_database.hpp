@@ -187,6 +187,10 @@ class SqliteDatabase final : public SqlDatabase {
   // checkpoint, up to this many milliseconds, rather than commit on (see
   // on_wal_commit).
   static constexpr int kMaxCheckpointWaits = 5000;
+  // A COMMIT, or a checkpoint at the WAL's start-over (in the COMMIT, on
+  // the writer), that takes this long is logged as a warning (one line a
+  // second at most): every queued write waited for it.
+  static constexpr std::chrono::milliseconds kSlowStartOver{50};
 
   // Opens (creating if absent) the database file at path and its
   // connections, switching it to WAL. The folder must exist. Fails with
@@ -233,6 +237,9 @@ class SqliteDatabase final : public SqlDatabase {
   void lead_detached();
   // Has the lead thread (run_leader) lead the queue.
   void hand_lead();
+  // Whether a slow COMMIT may be logged now (kSlowStartOver).
+  bool may_log_slow();
+  Clock::time_point slow_logged_at_;  // the last such line; the writing thread's
   // Calls a detached member's completion with its result.
   static void complete(Member& m);
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
