@@ -424,6 +424,7 @@ int run(const Args& args) {
   server.run();
   scheduler.stop();  // no new job runs
   pool.stop();       // handlers still running past the grace finish first
+  plugins.finish_writes();  // and the writes they queued (quick ones too), answered
   events.stop();     // the relay's last pass; consumers finish their event
   plugins.stop();
   gv::log::info("stopped");

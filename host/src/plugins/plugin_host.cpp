@@ -373,7 +373,13 @@ void PluginHost::register_database_metrics() {
                                 "counter", family(&stores::SqliteWriteStats::commits));
 }
 
+void PluginHost::finish_writes() {
+  for (const auto& p : loaded_)
+    if (p->context.db) p->context.db->finish_writes();
+}
+
 void PluginHost::stop() {
+  finish_writes();  // a plugin's queued work runs its code
   for (auto it = loaded_.rbegin(); it != loaded_.rend(); ++it) {
     if (!(*it)->started) continue;
     (*it)->descriptor->stop((*it)->state);

@@ -82,7 +82,12 @@ class PluginHost {
   // one is logged, counted in metrics, and left out.
   bool load(std::vector<std::string>* errors);
   bool start(std::vector<std::string>* errors);
-  void stop();  // reverse order; idempotent
+  void stop();  // reverse order, after finish_writes(); idempotent
+  // Waits until the writes queued on the plugins' databases have run and
+  // their answers and events are handed on (SqlDatabase::finish_writes):
+  // at shutdown, before the server and the event engine that those reach
+  // go away.
+  void finish_writes();
 
   std::vector<std::string> names() const;  // loaded, in start order
 

@@ -294,6 +294,12 @@ class SqlDatabase {
     write_detached(std::move(work), std::move(done));
   }
 
+  // Returns once the writes queued so far have run and their completions
+  // with them, on whatever thread led them (shutdown: before the objects
+  // those completions reach go away). Writes queued meanwhile may still
+  // run. The default has nothing to wait for.
+  virtual void finish_writes() {}
+
   // Runs work in a read-only snapshot: every query sees the database as of
   // the snapshot's first read, including all writes committed before it,
   // and nothing committed after. Never waits for writers. exec(),

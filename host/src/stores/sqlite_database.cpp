@@ -796,6 +796,10 @@ SqliteDatabase::~SqliteDatabase() {
     std::lock_guard lock(checkpoint_mutex_);
     checkpoint_stop_ = true;
   }
+  {
+    std::lock_guard lock(lead_mutex_);
+    lead_stop_ = true;
+  }
   checkpoint_cv_.notify_all();
   lead_cv_.notify_all();
   if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
@@ -908,16 +912,18 @@ void SqliteDatabase::run_checkpointer() {
 // its own: leads until a waiting writer can take it, or the queue is empty.
 void SqliteDatabase::run_leader() {
   name_this_thread("gv-sqlite-lead");
-  std::unique_lock lock(checkpoint_mutex_);
+  std::unique_lock lock(lead_mutex_);
   for (;;) {
-    wait_rechecking(lead_cv_, lock, [this] { return lead_wanted_ || checkpoint_stop_; });
+    wait_rechecking(lead_cv_, lock, [this] { return lead_wanted_ || lead_stop_; });
     // A lead handed over before the stop is still served: its works'
     // completions are owed.
     if (!lead_wanted_) return;
     lead_wanted_ = false;
+    lead_busy_ = true;
     lock.unlock();
     lead_detached();
     lock.lock();
+    lead_busy_ = false;
   }
 }
 
@@ -1011,7 +1017,10 @@ void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)>
   // A thread that must not wait (a network thread running a quick
   // handler) leads no group: the lead thread does.
   if (t_must_not_wait) return hand_lead();
-  lead_detached();
+  // One group here, then the lead thread goes on if detached works keep
+  // coming (quick handlers' writes, say): this caller, a worker, is not
+  // kept from its other requests for as long as they do.
+  if (lead(nullptr)) hand_lead();
 }
 
 // One line a second at most: a disk that stays slow would otherwise log
@@ -1025,10 +1034,21 @@ bool SqliteDatabase::may_log_slow() {
 
 void SqliteDatabase::hand_lead() {
   {
-    std::lock_guard lock(checkpoint_mutex_);
+    std::lock_guard lock(lead_mutex_);
     lead_wanted_ = true;
   }
   lead_cv_.notify_one();
+}
+
+void SqliteDatabase::finish_writes() {
+  for (;;) {
+    {
+      std::lock_guard queue_lock(queue_mutex_);
+      std::lock_guard lead_lock(lead_mutex_);
+      if (!leading_ && queue_.empty() && !lead_wanted_ && !lead_busy_) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 void SqliteDatabase::write_queued(SqlWork work, std::function<void(SqlStatus)> done) {

@@ -34,7 +34,8 @@
 //   the lead to, the leader goes on; a write() caller whose own work is
 //   done hands such a lead to a thread of the database's own instead, and
 //   so does a write_detached() caller that must not wait (a network thread
-//   running a quick handler: NoWaitRegion in core/blocking.hpp).
+//   running a quick handler: NoWaitRegion in core/blocking.hpp) at once,
+//   and any other after leading one group.
 //   write_queued() joins the group under way like write_detached(), or,
 //   with none, is a write() of its own: its caller leads no other group.
 // - So a work may run on another thread than its caller's (the leader's).
@@ -205,6 +206,7 @@ class SqliteDatabase final : public SqlDatabase {
 
   SqlStatus write(const SqlWork& work) override;
   void write_detached(SqlWork work, std::function<void(SqlStatus)> done) override;
+  void finish_writes() override;
   void write_queued(SqlWork work, std::function<void(SqlStatus)> done) override;
   SqlStatus read(const SqlWork& work) override;
 
@@ -285,18 +287,24 @@ class SqliteDatabase final : public SqlDatabase {
   // checkpointer's is not.
   std::unique_ptr<Connection> checkpointer_;
   std::thread checkpoint_thread_, lead_thread_;
-  // Guards checkpoint_wanted_, lead_wanted_ and checkpoint_stop_ (which
-  // stops both threads).
+  // Guards checkpoint_wanted_ and checkpoint_stop_.
   std::mutex checkpoint_mutex_;
-  std::condition_variable checkpoint_cv_, lead_cv_;
+  std::condition_variable checkpoint_cv_;
   bool checkpoint_wanted_ = false, checkpoint_stop_ = false;
+  // Guards lead_wanted_, lead_busy_ and lead_stop_: a mutex of its own, which
+  // a network thread takes to hand a lead over (hand_lead), and the
+  // checkpointer, at nice 10, never holds.
+  std::mutex lead_mutex_;
+  std::condition_variable lead_cv_;
+  bool lead_wanted_ = false;  // lead_thread_ leads detached works handed to it
+  bool lead_busy_ = false;    // it is leading them now
+  bool lead_stop_ = false;
   // WAL length at which on_wal_commit wakes the checkpointer next; only the
   // writer's commits (one at a time) touch it.
   int checkpoint_at_ = kCheckpointPages;
   // WAL length (pages) at which the writer starts it over: wal_bytes over
   // the page size, set by open_connections.
   int restart_pages_ = 4 * kCheckpointPages;
-  bool lead_wanted_ = false;  // lead_thread_ leads detached works handed to it
   std::atomic<uint64_t> checkpoints_{0};
 
   std::mutex readers_mutex_;  // guards idle_readers_

@@ -102,10 +102,11 @@ typedef struct gv_request_v1 {
 /* Where a handler writes its answer; the host copies what it is given. */
 typedef struct gv_response gv_response;
 
-/* An operation handler. Runs on a host worker thread, never on an I/O
- * thread, so blocking is allowed (but see GV_OP_QUICK). It must answer through respond_json,
- * respond_error or (1.6) respond_after_write before returning GV_OK; any
- * other return (or no answer) gives the client a 500 with the request id. */
+/* An operation handler. Runs on a host worker thread, where blocking is
+ * allowed; only a GV_OP_QUICK one may run on an I/O thread. It must answer
+ * through respond_json, respond_error or (1.6) respond_after_write before
+ * returning GV_OK; any other return (or no answer) gives the client a 500
+ * with the request id. */
 typedef gv_status (*gv_handler_fn)(void* handler_ctx, const gv_request_v1* request,
                                    gv_response* response);
 

@@ -875,7 +875,9 @@ class ServiceContext {
   Log log() const { return Log(shared_); }
 
   // Calls another operation in process as the caller of `as`, with that
-  // caller's rights. Throws Error(503) when it cannot run now.
+  // caller's rights. Throws Error(503) when it cannot run now, and
+  // std::runtime_error (a 500) when the host refuses the call: nested more
+  // than 8 deep, or from a quick handler.
   CallResult call(std::string_view operation, const json& input, const Request& as) const {
     return invoke(operation, input, as.raw());
   }
