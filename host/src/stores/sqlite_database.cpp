@@ -830,19 +830,11 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
       return sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     };
     const int waits = pages >= 2 * self->restart_pages_ ? kMaxCheckpointWaits : 0;
-    const auto began = Clock::now();
     int waited = 0;
     for (; checkpoint() == SQLITE_BUSY && waited < waits; ++waited)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    // Every write queued meanwhile waited: a slow one is worth a line in
-    // the log (a disk busy with other work makes its syncs slow).
-    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - began);
-    if (took >= kSlowStartOver && self->may_log_slow())
-      log::warn("sqlite: the WAL's start-over held writes up",
-                {{"file", self->path_.filename().string()},
-                 {"ms", took.count()},
-                 {"wal_pages", pages},
-                 {"waited_for_checkpointer_ms", waited}});
+    // Inside the COMMIT, which lead() times: said in its warning if slow.
+    self->start_over_ = StartOver{true, waited};
     return SQLITE_OK;
   }
   if (pages < self->checkpoint_at_) return SQLITE_OK;
@@ -1023,15 +1015,6 @@ void SqliteDatabase::write_detached(SqlWork work, std::function<void(SqlStatus)>
   if (lead(nullptr)) hand_lead();
 }
 
-// One line a second at most: a disk that stays slow would otherwise log
-// every commit. On the writing thread (one at a time).
-bool SqliteDatabase::may_log_slow() {
-  const auto now = Clock::now();
-  if (now - slow_logged_at_ < std::chrono::seconds(1)) return false;
-  slow_logged_at_ = now;
-  return true;
-}
-
 void SqliteDatabase::hand_lead() {
   {
     std::lock_guard lock(lead_mutex_);
@@ -1201,17 +1184,26 @@ bool SqliteDatabase::lead(const Member* own) {
     SqlStatus result = run_deferred(c);
     if (result.ok()) {
       const auto began = Clock::now();
+      start_over_ = {};
       if (int rc = host_run(c, "COMMIT"); rc != SQLITE_OK)
         result = failure(c.db, rc);
       else
         commits_.fetch_add(1, std::memory_order_relaxed);
       // Its members and every write queued behind waited for it (file
-      // syncs at the WAL's start-over, a disk busy with other work).
-      const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - began);
-      if (took >= kSlowStartOver && may_log_slow())
-        log::warn(
-            "sqlite: a group's COMMIT held writes up",
-            {{"file", path_.filename().string()}, {"ms", took.count()}, {"works", pending.size()}});
+      // syncs at the WAL's start-over, a disk busy with other work): a
+      // slow one is logged, one line a second at most, as a disk that
+      // stays slow would otherwise log every commit.
+      const auto now = Clock::now();
+      const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(now - began);
+      if (took >= kSlowCommit && now - slow_logged_at_ >= std::chrono::seconds(1)) {
+        slow_logged_at_ = now;
+        log::warn("sqlite: a group's COMMIT held writes up",
+                  {{"file", path_.filename().string()},
+                   {"ms", took.count()},
+                   {"works", pending.size()},
+                   {"wal_start_over", start_over_.done},
+                   {"waited_for_checkpointer_ms", start_over_.waited_ms}});
+      }
     }
     end_transaction(std::move(result));
   }

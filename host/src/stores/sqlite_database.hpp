@@ -188,10 +188,10 @@ class SqliteDatabase final : public SqlDatabase {
   // checkpoint, up to this many milliseconds, rather than commit on (see
   // on_wal_commit).
   static constexpr int kMaxCheckpointWaits = 5000;
-  // A COMMIT, or a checkpoint at the WAL's start-over (in the COMMIT, on
-  // the writer), that takes this long is logged as a warning (one line a
-  // second at most): every queued write waited for it.
-  static constexpr std::chrono::milliseconds kSlowStartOver{50};
+  // A COMMIT (with the WAL's start-over, if on_wal_commit did it) that
+  // takes this long is logged as a warning (one line a second at most):
+  // every queued write waited for it.
+  static constexpr std::chrono::milliseconds kSlowCommit{50};
 
   // Opens (creating if absent) the database file at path and its
   // connections, switching it to WAL. The folder must exist. Fails with
@@ -239,9 +239,14 @@ class SqliteDatabase final : public SqlDatabase {
   void lead_detached();
   // Has the lead thread (run_leader) lead the queue.
   void hand_lead();
-  // Whether a slow COMMIT may be logged now (kSlowStartOver).
-  bool may_log_slow();
-  Clock::time_point slow_logged_at_;  // the last such line; the writing thread's
+  // Of the COMMIT under way (the writing thread's, one at a time): whether
+  // on_wal_commit started the WAL over in it, and how long it waited for
+  // the checkpointer; and when a slow COMMIT was last logged.
+  struct StartOver {
+    bool done = false;
+    int waited_ms = 0;
+  } start_over_;
+  Clock::time_point slow_logged_at_;
   // Calls a detached member's completion with its result.
   static void complete(Member& m);
   SqlStatus run_member(Connection& c, Member& m, SqlStatus& broken);
