@@ -2,6 +2,7 @@
 // cursor pages and delete over HTTP and /ws; Idempotency-Key; counters and
 // deletions fed by events the evinteractions test plugin publishes; an
 // authorization matrix and a table of malformed requests.
+#include <sqlite3.h>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -410,6 +411,131 @@ TEST_CASE("posts: counters follow interaction events", "[posts][events]") {
                            as("root", {"admin"}));
   REQUIRE(dead.status == 200);
   CHECK(dead.json_body()["items"].empty());
+}
+
+// A user's posts are chained from the newest (author_heads, then each
+// post's prev_by_author): pages follow one author's chain past the posts
+// of others and past deleted ones.
+TEST_CASE("posts: a user's list skips others' and deleted posts; a cursor of another's post is 400",
+          "[posts]") {
+  TempDir data;
+  Host host({.config = posts_config(data.path / "d")});
+  REQUIRE(host.started());
+  int port = host.port();
+  std::vector<std::string> mine;  // oldest first
+  for (int i = 0; i < 30; ++i) {
+    mine.push_back(create(port, "ida", "ida " + std::to_string(i))["id"]);
+    create(port, i % 2 ? "jon" : "kim", "other " + std::to_string(i));
+  }
+  // Deleted: the newest, a run of five in the middle, and the oldest.
+  std::set<std::string> deleted = {mine[29], mine[0]};
+  for (int i = 10; i < 15; ++i) deleted.insert(mine[i]);
+  for (const auto& id : deleted)
+    REQUIRE(host.request("DELETE", "/api/v1/posts/" + id, "", as("ida")).status == 204);
+  std::vector<std::string> live;  // newest first
+  for (int i = 29; i >= 0; --i)
+    if (!deleted.count(mine[i])) live.push_back(mine[i]);
+  for (int limit : {1, 2, 5, 23, 100}) {
+    INFO("limit " << limit);
+    std::vector<std::string> got;
+    for (const auto& p : all_posts(port, "ida", limit)) {
+      CHECK(p["author_id"] == "ida");
+      got.push_back(p["id"]);
+    }
+    CHECK(got == live);
+  }
+  // A page that ends just before the deleted run goes on after it.
+  json page = host.request("GET", "/api/v1/users/ida/posts?limit=14").json_body();
+  REQUIRE(page["items"].size() == 14);
+  CHECK(page["items"][13]["id"] == mine[15]);
+  page = host.request("GET", "/api/v1/users/ida/posts?limit=2&cursor=" +
+                                 page["next_cursor"].get<std::string>())
+             .json_body();
+  REQUIRE(page["items"].size() == 2);
+  CHECK(page["items"][0]["id"] == mine[9]);
+  CHECK(page["items"][1]["id"] == mine[8]);
+  // A well-formed cursor of this list naming a post of someone else, or
+  // no post at all, is refused, not taken as a position.
+  auto b64 = [](const std::string& s) {
+    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    std::string out;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (unsigned char c : s) {
+      acc = (acc << 8) | c, bits += 8;
+      while (bits >= 6) bits -= 6, out += a[(acc >> bits) & 63];
+    }
+    if (bits) out += a[(acc << (6 - bits)) & 63];
+    return out;
+  };
+  std::string jons = all_posts(port, "jon")[0]["id"];
+  for (const std::string& position : {jons, std::string("999999")}) {
+    auto r = host.request("GET", "/api/v1/users/ida/posts?cursor=" + b64("u:ida:" + position));
+    INFO(position);
+    CHECK(r.status == 400);
+    CHECK(r.json_body()["error"]["code"] == "invalid_cursor");
+  }
+  // The cursor of a post deleted after the page was read still goes on.
+  page = host.request("GET", "/api/v1/users/ida/posts?limit=3").json_body();
+  REQUIRE(host.request("DELETE", "/api/v1/posts/" + page["items"][2]["id"].get<std::string>(), "",
+                       as("ida"))
+              .status == 204);
+  page = host.request("GET", "/api/v1/users/ida/posts?limit=1&cursor=" +
+                                 page["next_cursor"].get<std::string>())
+             .json_body();
+  REQUIRE(page["items"].size() == 1);
+  CHECK(page["items"][0]["id"] == live[3]);
+}
+
+// Migration 6 replaced the (author_id, id) index with the author chain: a
+// database written before it is chained when the new plugin opens it.
+TEST_CASE("posts: a database from before the author chain keeps every list", "[posts]") {
+  TempDir data;
+  json config = posts_config(data.path / "d");
+  std::map<std::string, std::vector<std::string>> before;  // user: ids, newest first
+  {
+    Host host({.config = config});
+    REQUIRE(host.started());
+    for (int i = 0; i < 12; ++i) create(host.port(), i % 3 ? "lea" : "max", std::to_string(i));
+    auto some = all_posts(host.port(), "lea");
+    REQUIRE(
+        host.request("DELETE", "/api/v1/posts/" + some[3]["id"].get<std::string>(), "", as("lea"))
+            .status == 204);
+    for (const char* u : {"lea", "max"})
+      for (const auto& p : all_posts(host.port(), u)) before[u].push_back(p["id"]);
+    REQUIRE(before["lea"].size() == 7);
+    REQUIRE(before["max"].size() == 4);
+  }
+  // Back to the schema of migration step 5, with the posts kept.
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open((data.path / "d" / "db" / "posts.sqlite").string().c_str(), &db) ==
+          SQLITE_OK);
+  char* error = nullptr;
+  int rc = sqlite3_exec(db,
+                        "DROP TABLE author_heads; ALTER TABLE posts DROP COLUMN prev_by_author; "
+                        "CREATE INDEX posts_by_author ON posts (author_id, id); "
+                        "DELETE FROM gv_migrations WHERE step >= 6",
+                        nullptr, nullptr, &error);
+  std::string message = error ? error : "";
+  sqlite3_free(error);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+  INFO(message);
+
+  Host host({.config = config});
+  REQUIRE(host.started());
+  for (const char* u : {"lea", "max"}) {
+    std::vector<std::string> after;
+    for (const auto& p : all_posts(host.port(), u, 2)) after.push_back(p["id"]);
+    CHECK(after == before[u]);
+  }
+  // New posts chain onto the migrated ones.
+  std::string added = create(host.port(), "max", "after")["id"];
+  auto maxs = all_posts(host.port(), "max", 3);
+  REQUIRE(maxs.size() == 5);
+  CHECK(maxs[0]["id"] == added);
+  CHECK(maxs[1]["id"] == before["max"][0]);
+  CHECK(maxs[4]["id"] == before["max"][3]);
 }
 
 TEST_CASE("posts: user.deleted removes that user's posts", "[posts][events]") {

@@ -177,13 +177,18 @@ inline std::string make(std::string_view kind, std::string_view scope, int64_t p
   return encode(std::string(kind) + ":" + std::string(scope) + ":" + std::to_string(position));
 }
 
+// The 400 of a cursor that is not one of the list asked for.
+[[noreturn]] inline void refuse() {
+  throw Error(400, "invalid_cursor", "cursor: not a cursor of this list");
+}
+
 // The position of a cursor made by make(kind, scope, ...), or Error 400.
 inline int64_t read(const std::string& given, std::string_view kind, std::string_view scope) {
   auto plain = decode(given);
   std::string prefix = std::string(kind) + ":" + std::string(scope) + ":";
   if (plain && plain->size() > prefix.size() && plain->compare(0, prefix.size(), prefix) == 0)
     if (auto v = parse_positive(std::string_view(*plain).substr(prefix.size()))) return *v;
-  throw Error(400, "invalid_cursor", "cursor: not a cursor of this list");
+  refuse();
 }
 
 }  // namespace cursor
@@ -363,7 +368,10 @@ class PostsService {
     std::optional<int64_t> before;
     if (in.contains("cursor")) before = cursor::read(in["cursor"].get<std::string>(), "u", author);
     int64_t limit = page_size(in);
-    auto posts = store_.list_by_author(author, before, limit + 1);
+    auto page = store_.list_by_author(author, before, limit + 1);
+    // A cursor names a post of the list it came from; a made-up one may not.
+    if (!page) cursor::refuse();
+    const auto& posts = *page;
     json items = json::array();
     json next = nullptr;
     for (size_t i = 0; i < posts.size(); ++i) {
