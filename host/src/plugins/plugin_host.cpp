@@ -371,6 +371,10 @@ void PluginHost::register_database_metrics() {
                                 "Commits of a plugin's database; writes / commits is the mean "
                                 "group-commit size.",
                                 "counter", family(&stores::SqliteWriteStats::commits));
+  services_.metrics->add_family("grapevine_sqlite_wal_restarts_total",
+                                "Times a plugin's database started its WAL over, past "
+                                "storage.sqlite_wal_bytes; writes wait for each one's file syncs.",
+                                "counter", family(&stores::SqliteWriteStats::wal_restarts));
 }
 
 void PluginHost::finish_writes() {

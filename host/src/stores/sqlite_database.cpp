@@ -818,6 +818,9 @@ SqliteDatabase::~SqliteDatabase() {
 // WAL over.
 int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages) {
   auto* self = static_cast<SqliteDatabase*>(arg);
+  self->start_over_.new_wal = pages < self->wal_pages_;
+  self->wal_pages_ = pages;
+  if (self->start_over_.new_wal) self->wal_restarts_.fetch_add(1, std::memory_order_relaxed);
   if (pages < kCheckpointPages) {
     self->checkpoint_at_ = kCheckpointPages;  // the WAL started over
     return SQLITE_OK;
@@ -834,7 +837,8 @@ int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages
     for (; checkpoint() == SQLITE_BUSY && waited < waits; ++waited)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     // Inside the COMMIT, which lead() times: said in its warning if slow.
-    self->start_over_ = StartOver{true, waited};
+    self->start_over_.done = true;
+    self->start_over_.waited_ms = waited;
     return SQLITE_OK;
   }
   if (pages < self->checkpoint_at_) return SQLITE_OK;
@@ -1201,6 +1205,7 @@ bool SqliteDatabase::lead(const Member* own) {
                   {{"file", path_.filename().string()},
                    {"ms", took.count()},
                    {"works", pending.size()},
+                   {"new_wal", start_over_.new_wal},
                    {"wal_start_over", start_over_.done},
                    {"waited_for_checkpointer_ms", start_over_.waited_ms}});
       }
@@ -1299,7 +1304,8 @@ SqlStatus SqliteDatabase::run_member(Connection& c, Member& m, SqlStatus& broken
 
 SqliteWriteStats SqliteDatabase::write_stats() const {
   return {works_.load(std::memory_order_relaxed), commits_.load(std::memory_order_relaxed),
-          waits_.load(std::memory_order_relaxed), fruitless_waits_.load(std::memory_order_relaxed)};
+          waits_.load(std::memory_order_relaxed), fruitless_waits_.load(std::memory_order_relaxed),
+          wal_restarts_.load(std::memory_order_relaxed)};
 }
 
 SqlStatus SqliteDatabase::read(const SqlWork& work) {

@@ -147,6 +147,9 @@ struct SqliteWriteStats {
   uint64_t commits = 0;  // COMMITs that succeeded, each of one group
   uint64_t waits = 0;    // groups whose leader waited for more works (commit_wait)
   uint64_t fruitless_waits = 0;  // of which no wait brought one
+  // Commits that began a new WAL: each ended a start-over, whose file syncs
+  // every queued write waited for.
+  uint64_t wal_restarts = 0;
 };
 
 class SqliteDatabase final : public SqlDatabase {
@@ -240,12 +243,17 @@ class SqliteDatabase final : public SqlDatabase {
   // Has the lead thread (run_leader) lead the queue.
   void hand_lead();
   // Of the COMMIT under way (the writing thread's, one at a time): whether
-  // on_wal_commit started the WAL over in it, and how long it waited for
-  // the checkpointer; and when a slow COMMIT was last logged.
+  // on_wal_commit started the WAL over in it (the checkpoint that lets the
+  // next transaction write from the WAL's start), how long that waited for
+  // the checkpointer, and whether the COMMIT was the first of a new WAL
+  // (whose header SQLite syncs before its frames); the WAL's pages after
+  // the last commit; and when a slow COMMIT was last logged.
   struct StartOver {
     bool done = false;
     int waited_ms = 0;
+    bool new_wal = false;
   } start_over_;
+  int wal_pages_ = 0;
   Clock::time_point slow_logged_at_;
   // Calls a detached member's completion with its result.
   static void complete(Member& m);
@@ -311,6 +319,7 @@ class SqliteDatabase final : public SqlDatabase {
   // the page size, set by open_connections.
   int restart_pages_ = 4 * kCheckpointPages;
   std::atomic<uint64_t> checkpoints_{0};
+  std::atomic<uint64_t> wal_restarts_{0};
 
   std::mutex readers_mutex_;  // guards idle_readers_
   std::condition_variable reader_freed_;
