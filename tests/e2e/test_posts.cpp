@@ -82,6 +82,20 @@ bool is_error_body(const HttpResult& r) {
          j["error"]["message"].is_string() && j["error"]["request_id"].is_string();
 }
 
+// s in unpadded base64url, as the server writes cursors.
+std::string b64(const std::string& s) {
+  static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : s) {
+    acc = (acc << 8) | c, bits += 8;
+    while (bits >= 6) bits -= 6, out += a[(acc >> bits) & 63];
+  }
+  if (bits) out += a[(acc << (6 - bits)) & 63];
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("posts: create, get, edit, history, list and delete over HTTP", "[posts]") {
@@ -456,18 +470,6 @@ TEST_CASE("posts: a user's list skips others' and deleted posts; a cursor of ano
   CHECK(page["items"][1]["id"] == mine[8]);
   // A well-formed cursor of this list naming a post of someone else, or
   // no post at all, is refused, not taken as a position.
-  auto b64 = [](const std::string& s) {
-    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    std::string out;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (unsigned char c : s) {
-      acc = (acc << 8) | c, bits += 8;
-      while (bits >= 6) bits -= 6, out += a[(acc >> bits) & 63];
-    }
-    if (bits) out += a[(acc << (6 - bits)) & 63];
-    return out;
-  };
   std::string jons = all_posts(port, "jon")[0]["id"];
   for (const std::string& position : {jons, std::string("999999")}) {
     auto r = host.request("GET", "/api/v1/users/ida/posts?cursor=" + b64("u:ida:" + position));
@@ -871,18 +873,6 @@ TEST_CASE("posts: malformed requests get a 4xx and write nothing", "[posts][bad-
   }
   // Bad cursors and limits.
   std::string base = "/api/v1/users/alice/posts";
-  auto b64 = [](const std::string& s) {
-    static const char* a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    std::string out;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (unsigned char c : s) {
-      acc = (acc << 8) | c, bits += 8;
-      while (bits >= 6) bits -= 6, out += a[(acc >> bits) & 63];
-    }
-    if (bits) out += a[(acc << (6 - bits)) & 63];
-    return out;
-  };
   for (const std::string& c :
        {std::string("!!!"), std::string("abc"), std::string("AAAA"), b64("u:bob:5"),
         b64("u:alice:0"), b64("u:alice:-1"), b64("u:alice:abc"), b64("h:777:5"), b64("u:alice:"),
