@@ -57,6 +57,20 @@ TEST_CASE("the example plugin answers over /ws", "[plugins][sdk][ws]") {
   CHECK(bad["error"]["message"].get<std::string>().find("name") != std::string::npos);
 }
 
+// An operation flag means what the plugin's own ABI minor defines: bit 2,
+// GV_OP_QUICK since 1.7, is nothing to a 1.6 plugin, whose handler may
+// wait and so must run on a worker, not on a network thread.
+TEST_CASE("a flag a plugin's older ABI minor did not define is ignored", "[plugins][abi]") {
+  TempDir scratch;
+  Host host({config_with(scratch.path / "data", {{"oldminor", json::object()}})});
+  REQUIRE(host.started());
+  auto r = host.request("GET", "/api/v1/oldminor/thread");
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body()["thread"] == "gv-worker");
+  WebSocket ws(host.port());
+  CHECK(ws.call("oldminor.thread")["data"]["thread"] == "gv-worker");
+}
+
 TEST_CASE("a plugin built for another ABI major is refused before its code runs",
           "[plugins][abi]") {
   TempDir scratch;

@@ -18,6 +18,9 @@ struct gv_host {
   std::string plugin;
   gv::plugins::HostServices* services = nullptr;
   bool creating = false;  // operations, migrations, subscriptions, jobs only now
+  // The ABI minor the plugin was built for (its descriptor's): what its
+  // flags can mean.
+  int abi_minor = GV_ABI_MINOR;
 
   // Declared during create (ABI 1.1).
   std::vector<gv::stores::Migration> migrations;

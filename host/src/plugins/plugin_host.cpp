@@ -243,6 +243,7 @@ bool PluginHost::create(const config::PluginEntry& entry, const Manifest& manife
   p->descriptor = d;
   p->context.plugin = manifest.name;
   p->context.services = &services_;
+  p->context.abi_minor = d->abi_minor;
   std::string config = entry.config.dump();
   p->context.creating = true;
   gv_status rc =
