@@ -57,7 +57,7 @@ TEST_CASE("the example plugin answers over /ws", "[plugins][sdk][ws]") {
   CHECK(bad["error"]["message"].get<std::string>().find("name") != std::string::npos);
 }
 
-// An operation flag means what the plugin's own ABI minor defines: bit 2,
+// An operation flag means what the plugin's own ABI minor defines: the value 2,
 // GV_OP_QUICK since 1.7, is nothing to a 1.6 plugin, whose handler may
 // wait and so must run on a worker, not on a network thread.
 TEST_CASE("a flag a plugin's older ABI minor did not define is ignored", "[plugins][abi]") {

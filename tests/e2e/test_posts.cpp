@@ -3,6 +3,7 @@
 // deletions fed by events the evinteractions test plugin publishes; an
 // authorization matrix and a table of malformed requests.
 #include <sqlite3.h>
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -489,6 +490,51 @@ TEST_CASE("posts: a user's list skips others' and deleted posts; a cursor of ano
   CHECK(page["items"][0]["id"] == live[3]);
 }
 
+// Concurrent posts of one author share group commits: each claims the
+// head after the one before it in the group, so the chain holds every post
+// once, in the order of ids.
+TEST_CASE("posts: one author's concurrent posts are each listed once, newest first", "[posts]") {
+  TempDir data;
+  Host host({.config = posts_config(data.path / "d")});
+  REQUIRE(host.started());
+  int port = host.port();
+  std::mutex mutex;
+  std::vector<int64_t> ids;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 8; ++w)
+    writers.emplace_back([&, w] {
+      HttpClient client(port);
+      for (int n = 0; n < 40; ++n) {
+        // Another author's posts between them, in the same groups.
+        std::string user = n % 4 == 3 ? "zed" : "yan";
+        auto r =
+            client.request("POST", "/api/v1/posts",
+                           body({{"text", std::to_string(w) + "/" + std::to_string(n)}}), as(user));
+        if (r.status != 201) {
+          ++failures;
+          continue;
+        }
+        if (user == "yan") {
+          std::lock_guard lock(mutex);
+          ids.push_back(std::stoll(r.json_body()["id"].get<std::string>()));
+        }
+      }
+    });
+  for (auto& t : writers) t.join();
+  REQUIRE(failures == 0);
+  REQUIRE(ids.size() == 8 * 30);
+  std::sort(ids.rbegin(), ids.rend());
+  for (int limit : {1, 37, 100}) {
+    INFO("limit " << limit);
+    std::vector<int64_t> listed;
+    for (const auto& p : all_posts(port, "yan", limit))
+      listed.push_back(std::stoll(p["id"].get<std::string>()));
+    CHECK(listed == ids);
+  }
+  CHECK(all_posts(port, "zed").size() == 8 * 10);
+}
+
 // Migration 6 replaced the (author_id, id) index with the author chain: a
 // database written before it is chained when the new plugin opens it.
 TEST_CASE("posts: a database from before the author chain keeps every list", "[posts]") {
@@ -521,8 +567,8 @@ TEST_CASE("posts: a database from before the author chain keeps every list", "[p
   std::string message = error ? error : "";
   sqlite3_free(error);
   sqlite3_close(db);
-  REQUIRE(rc == SQLITE_OK);
   INFO(message);
+  REQUIRE(rc == SQLITE_OK);
 
   Host host({.config = config});
   REQUIRE(host.started());

@@ -1,5 +1,5 @@
 // A plugin built for ABI 1.6, written against the C ABI by hand: before
-// GV_OP_QUICK (1.7), bit 2 of an operation's flags meant nothing, and this
+// GV_OP_QUICK (1.7), the flag value 2 meant nothing, and this
 // one's operation leaves it set. The host must not read it as quick: the
 // handler may wait, so it runs on a worker. GET /api/v1/oldminor/thread
 // answers the name of the thread it ran on.

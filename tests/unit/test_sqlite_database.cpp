@@ -1247,6 +1247,7 @@ TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", 
         SqlCode::invalid);
   auto db = open_db(tmp.file(), {.wal_bytes = 8 << 20});
   REQUIRE(exec_one(*db, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)").ok());
+  CHECK(db->write_stats().wal_restarts == 0);  // a new database's first WAL is no restart
   // About 24,000 pages through the WAL, twelve times wal_bytes.
   insert_padded(*db, 300, 80);
   for (int i = 0; i < 200 && db->checkpoints() == 0; ++i) std::this_thread::sleep_for(10ms);
@@ -1260,10 +1261,12 @@ TEST_CASE("sqlite: checkpoints run beside the writes and keep the WAL bounded", 
   CHECK(fs::file_size(wal) > 4u << 20);
   CHECK(fs::file_size(wal) < 17u << 20);
   CHECK(fs::file_size(tmp.file()) > 50u << 20);  // copied into the database file
-  // It started over about once per wal_bytes written, each counted.
+  // It started over about once per wal_bytes written (2,048 pages), each
+  // counted; a pass of the checkpointer that caught up while the writer
+  // was descheduled may begin a WAL sooner, after 1,000 pages at least.
   INFO("WAL restarts " << db->write_stats().wal_restarts);
   CHECK(db->write_stats().wal_restarts >= 4);
-  CHECK(db->write_stats().wal_restarts <= 13);
+  CHECK(db->write_stats().wal_restarts <= 24);
   CHECK(count(*db, "t") == 300 * 80);
   CHECK(db->integrity_check().value == "ok");
 }

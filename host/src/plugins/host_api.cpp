@@ -263,7 +263,7 @@ gv_status api_register(gv_host* host, const gv_operation_v1* op) {
     gv_operation_v1 copy{};
     std::memcpy(&copy, op, std::min<size_t>(op->struct_size, sizeof copy));
     // A flag is read only from a plugin built for an ABI that defines it:
-    // to one built before 1.7, bit 2 meant nothing, not GV_OP_QUICK.
+    // to one built before 1.7, the value 2 (GV_OP_QUICK) meant nothing.
     if (host->abi_minor < 7) copy.flags &= ~GV_OP_QUICK;
     op = &copy;
     if (!host->creating) {

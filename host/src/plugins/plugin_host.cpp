@@ -373,8 +373,10 @@ void PluginHost::register_database_metrics() {
                                 "group-commit size.",
                                 "counter", family(&stores::SqliteWriteStats::commits));
   services_.metrics->add_family("grapevine_sqlite_wal_restarts_total",
-                                "Times a plugin's database started its WAL over, past "
-                                "storage.sqlite_wal_bytes; writes wait for each one's file syncs.",
+                                "Times a plugin's database began its WAL anew once all of it "
+                                "was copied into the file: past storage.sqlite_wal_bytes (a "
+                                "start-over, whose file syncs the writes wait for), or after "
+                                "the checkpointer caught up in a pause of the writes.",
                                 "counter", family(&stores::SqliteWriteStats::wal_restarts));
 }
 

@@ -818,9 +818,10 @@ SqliteDatabase::~SqliteDatabase() {
 // WAL over.
 int SqliteDatabase::on_wal_commit(void* arg, sqlite3* db, const char*, int pages) {
   auto* self = static_cast<SqliteDatabase*>(arg);
-  self->start_over_.new_wal = pages < self->wal_pages_;
+  self->start_over_.new_wal = self->wal_pages_ < 0 || pages < self->wal_pages_;
+  if (self->start_over_.new_wal && self->wal_pages_ >= 0)
+    self->wal_restarts_.fetch_add(1, std::memory_order_relaxed);
   self->wal_pages_ = pages;
-  if (self->start_over_.new_wal) self->wal_restarts_.fetch_add(1, std::memory_order_relaxed);
   if (pages < kCheckpointPages) {
     self->checkpoint_at_ = kCheckpointPages;  // the WAL started over
     return SQLITE_OK;
@@ -965,6 +966,11 @@ SqlStatus SqliteDatabase::open_connections() {
   // checkpoint through it does nothing.
   if (int rc = host_exec(*checkpointer_, "SELECT count(*) FROM sqlite_master"); rc != SQLITE_OK)
     return failure(checkpointer_->db, rc);
+  // An empty WAL file (a new database, or one whose last close removed its
+  // WAL): the first commit begins a WAL, which is no start-over.
+  std::error_code no_wal;
+  const auto wal_size = std::filesystem::file_size(path_.string() + "-wal", no_wal);
+  wal_pages_ = no_wal || wal_size == 0 ? -1 : 0;
   sqlite3_wal_hook(writer_->db, &SqliteDatabase::on_wal_commit, this);
   checkpoint_thread_ = std::thread([this] { run_checkpointer(); });
   lead_thread_ = std::thread([this] { run_leader(); });

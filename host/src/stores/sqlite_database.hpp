@@ -147,8 +147,10 @@ struct SqliteWriteStats {
   uint64_t commits = 0;  // COMMITs that succeeded, each of one group
   uint64_t waits = 0;    // groups whose leader waited for more works (commit_wait)
   uint64_t fruitless_waits = 0;  // of which no wait brought one
-  // Commits that began a new WAL: each ended a start-over, whose file syncs
-  // every queued write waited for.
+  // Commits that began the WAL anew once all of it was copied into the
+  // file: past wal_bytes (a start-over, whose file syncs every queued write
+  // waited for), or after the checkpointer caught up in a pause of the
+  // writes. Each syncs the new WAL's header.
   uint64_t wal_restarts = 0;
 };
 
@@ -247,7 +249,8 @@ class SqliteDatabase final : public SqlDatabase {
   // next transaction write from the WAL's start), how long that waited for
   // the checkpointer, and whether the COMMIT was the first of a new WAL
   // (whose header SQLite syncs before its frames); the WAL's pages after
-  // the last commit; and when a slow COMMIT was last logged.
+  // the last commit (-1 before a first commit that begins the WAL); and
+  // when a slow COMMIT was last logged.
   struct StartOver {
     bool done = false;
     int waited_ms = 0;

@@ -135,10 +135,7 @@ class PostsStore {
     // The author's head is claimed first: a write to it, which in
     // PostgreSQL locks it until commit, so that two posts of one author
     // chain in the order of their ids.
-    tx.exec(
-        "INSERT INTO author_heads (author_id, last_id) VALUES ($1, NULL) "
-        "ON CONFLICT (author_id) DO UPDATE SET last_id = author_heads.last_id",
-        {author});
+    claim_head(tx, author);
     // Only the id back (the other columns are what was given or their
     // defaults: a new post is version 1 with no counts), and through
     // insert() rather than RETURNING, which SQLite runs through a
@@ -207,6 +204,10 @@ class PostsStore {
   // publishing post.deleted for each; forgets the author's idempotency keys.
   int64_t remove_by_author(grapevine::Tx& tx, const std::string& author, int64_t now_ms,
                            const Payload& payload) {
+    // Writes the head, if any, as create() claims it: in PostgreSQL a post
+    // being created meanwhile then commits first and is in the chain read
+    // below.
+    tx.exec("UPDATE author_heads SET last_id = last_id WHERE author_id = $1", {author});
     auto rows = tx.query(
         "WITH RECURSIVE chain(id) AS ("
         "SELECT last_id FROM author_heads WHERE author_id = $1 "
@@ -340,6 +341,15 @@ class PostsStore {
     p.shares = r["shares"].as_int();
     p.regossips = r["regossips"].as_int();
     return p;
+  }
+
+  // Writes the author's head (creating it), which in PostgreSQL locks it
+  // until the transaction ends.
+  static void claim_head(grapevine::Tx& tx, const std::string& author) {
+    tx.exec(
+        "INSERT INTO author_heads (author_id, last_id) VALUES ($1, NULL) "
+        "ON CONFLICT (author_id) DO UPDATE SET last_id = author_heads.last_id",
+        {author});
   }
 
   static std::optional<Post> find(grapevine::Tx& tx, int64_t id) {
