@@ -6,6 +6,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -351,17 +352,24 @@ TEST_CASE("local blobs: concurrent put and del in one folder never fail a put", 
   Sandbox box;
   LocalBlobStore store(box.root());
   std::atomic<int> failures{0};
+  std::mutex mutex;
+  std::string first_failure;
+  auto failed = [&](const std::string& what) {
+    std::lock_guard lock(mutex);
+    if (failures++ == 0) first_failure = what;
+  };
   // Deletes prune the folder while puts create objects inside it: a put
   // must re-create a folder pruned under it rather than fail.
   auto worker = [&](int id) {
     for (int i = 0; i < 300; ++i) {
       const std::string key = "d/e/" + std::to_string(id);
-      if (!store.put(key, "v").ok()) ++failures;
-      if (!store.del(key).ok()) ++failures;
+      if (auto s = store.put(key, "v"); !s.ok()) failed("put: " + s.message);
+      if (auto r = store.del(key); !r.status.ok()) failed("del: " + r.status.message);
     }
   };
   std::thread a(worker, 1), b(worker, 2), c(worker, 3);
   a.join(), b.join(), c.join();
+  INFO(first_failure);
   CHECK(failures == 0);
   CHECK(tree(box.root()).empty());
 }
