@@ -207,17 +207,12 @@ class PostsStore {
     // Writes the head, if any, as create() claims it: in PostgreSQL a post
     // being created meanwhile then commits first and is in the chain read
     // below.
-    tx.exec("UPDATE author_heads SET last_id = last_id WHERE author_id = $1", {author});
-    auto rows = tx.query(
-        "WITH RECURSIVE chain(id) AS ("
-        "SELECT last_id FROM author_heads WHERE author_id = $1 "
-        "UNION ALL SELECT p.prev_by_author FROM chain c "
-        "JOIN posts p ON p.id = c.id WHERE p.prev_by_author IS NOT NULL) "
-        "SELECT " +
-            std::string(kColumns) +
-            " FROM posts WHERE id IN (SELECT id FROM chain) "
-            "AND deleted_ms IS NULL",
+    auto head = tx.query_one(
+        "UPDATE author_heads SET last_id = last_id WHERE author_id = $1 RETURNING last_id",
         {author});
+    grapevine::Rows rows;
+    if (auto newest = head ? (*head)["last_id"].opt_int() : std::nullopt)
+      rows = chain(tx, *newest, INT64_MAX);
     for (const auto& row : rows) tombstone(tx, from_row(row), now_ms, payload);
     tx.exec("DELETE FROM idempotency_keys WHERE author_id = $1", {author});
     return static_cast<int64_t>(rows.size());
@@ -241,20 +236,7 @@ class PostsStore {
       }
       std::vector<Post> out;
       if (!start || limit <= 0) return out;
-      // Follows the chain from start until it has passed limit live
-      // posts (seen: the live ones before each link), so a page reads
-      // its own posts and the deleted ones between them, not the rest.
-      auto rows = tx.query(
-          "WITH RECURSIVE chain(id, seen) AS (SELECT CAST($1 AS BIGINT), 0 "
-          "UNION ALL SELECT p.prev_by_author, "
-          "c.seen + CASE WHEN p.deleted_ms IS NULL THEN 1 ELSE 0 END FROM chain c "
-          "JOIN posts p ON p.id = c.id WHERE p.prev_by_author IS NOT NULL "
-          "AND c.seen + CASE WHEN p.deleted_ms IS NULL THEN 1 ELSE 0 END < $2) "
-          "SELECT " +
-              std::string(kColumns) +
-              " FROM posts WHERE id IN (SELECT id FROM chain) AND deleted_ms IS NULL "
-              "ORDER BY id DESC LIMIT $2",
-          {*start, limit});
+      auto rows = chain(tx, *start, limit);
       out.reserve(rows.size());
       for (const auto& r : rows) out.push_back(from_row(r));
       return out;
@@ -341,6 +323,24 @@ class PostsStore {
     p.shares = r["shares"].as_int();
     p.regossips = r["regossips"].as_int();
     return p;
+  }
+
+  // The live posts of the chain from the post start on, newest first, at
+  // most limit. It follows the chain until it has passed limit live posts
+  // (seen: the live ones before each link), so a page reads its own posts
+  // and the deleted ones between them, not the rest.
+  static grapevine::Rows chain(grapevine::Tx& tx, int64_t start, int64_t limit) {
+    return tx.query(
+        "WITH RECURSIVE chain(id, seen) AS (SELECT CAST($1 AS BIGINT), 0 "
+        "UNION ALL SELECT p.prev_by_author, "
+        "c.seen + CASE WHEN p.deleted_ms IS NULL THEN 1 ELSE 0 END FROM chain c "
+        "JOIN posts p ON p.id = c.id WHERE p.prev_by_author IS NOT NULL "
+        "AND c.seen + CASE WHEN p.deleted_ms IS NULL THEN 1 ELSE 0 END < $2) "
+        "SELECT " +
+            std::string(kColumns) +
+            " FROM posts WHERE id IN (SELECT id FROM chain) AND deleted_ms IS NULL "
+            "ORDER BY id DESC LIMIT $2",
+        {start, limit});
   }
 
   // Writes the author's head (creating it), which in PostgreSQL locks it
